@@ -1,0 +1,467 @@
+//! Per-worker buffer pool, and the connection input and output buffers.
+//!
+//! A connection holds a buffer only while bytes are in flight: the read
+//! buffer is taken from the pool when bytes arrive and returned when the
+//! handler has consumed them, and the output buffer is returned as soon as it
+//! is flushed. An idle keep-alive connection therefore holds no buffer.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// Most slices handed to one `writev(2)`.
+const MAX_IOVECS: usize = 64;
+
+/// A worker's free list of equally sized byte buffers.
+#[derive(Debug)]
+pub(crate) struct BufferPool {
+    free: Vec<Vec<u8>>,
+    buf_size: usize,
+    max_idle: usize,
+    trim_after: Duration,
+    /// Since when the free list has held more than `max_idle` buffers.
+    over_since: Option<Instant>,
+    /// Buffers handed out and not yet returned.
+    outstanding: usize,
+}
+
+impl BufferPool {
+    pub(crate) fn new(buf_size: usize, max_idle: usize, trim_after: Duration) -> Self {
+        BufferPool {
+            free: Vec::new(),
+            buf_size: buf_size.max(64),
+            max_idle,
+            trim_after,
+            over_since: None,
+            outstanding: 0,
+        }
+    }
+
+    /// An empty buffer with at least the pool's buffer size of capacity.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.outstanding += 1;
+        match self.free.pop() {
+            Some(buf) => {
+                if self.free.len() <= self.max_idle {
+                    self.over_since = None;
+                }
+                buf
+            }
+            None => Vec::with_capacity(self.buf_size),
+        }
+    }
+
+    /// Returns a buffer taken with [`take`](Self::take). A buffer that grew past
+    /// twice the pool size goes back to the allocator instead of being kept.
+    pub(crate) fn give(&mut self, mut buf: Vec<u8>, now: Instant) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if buf.capacity() < self.buf_size || buf.capacity() > 2 * self.buf_size {
+            return;
+        }
+        buf.clear();
+        self.free.push(buf);
+        if self.free.len() > self.max_idle && self.over_since.is_none() {
+            self.over_since = Some(now);
+        }
+    }
+
+    /// Whether a trim pass is due: the free list has held more than its bound
+    /// for longer than the trim period.
+    pub(crate) fn trim_due(&self, now: Instant) -> bool {
+        self.over_since.is_some_and(|t| now.saturating_duration_since(t) >= self.trim_after)
+    }
+
+    /// Frees idle buffers down to the bound. Returns how many were freed.
+    pub(crate) fn trim(&mut self) -> usize {
+        let freed = self.free.len().saturating_sub(self.max_idle);
+        self.free.truncate(self.max_idle);
+        self.free.shrink_to_fit();
+        self.over_since = None;
+        freed
+    }
+
+    /// Buffers on the free list.
+    pub(crate) fn idle(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Buffers currently lent to connections.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    pub(crate) fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+}
+
+/// The unconsumed bytes a connection has received, handed to
+/// [`Handler::on_data`](crate::Handler::on_data).
+///
+/// The handler consumes whole messages with [`consume`](Input::consume); what
+/// it leaves is kept and presented again, with more bytes appended, on the
+/// next call.
+#[derive(Debug)]
+pub struct Input<'a> {
+    bytes: &'a [u8],
+    consumed: usize,
+    peer_closed: bool,
+    draining: bool,
+}
+
+impl<'a> Input<'a> {
+    pub(crate) fn new(bytes: &'a [u8], peer_closed: bool, draining: bool) -> Self {
+        Input { bytes, consumed: 0, peer_closed, draining }
+    }
+
+    /// The bytes not consumed yet.
+    #[must_use]
+    pub fn bytes(&self) -> &'a [u8] {
+        &self.bytes[self.consumed..]
+    }
+
+    /// Marks the first `n` unconsumed bytes as handled.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `n` is more than [`bytes`](Input::bytes) holds.
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.bytes.len() - self.consumed, "consumed past the end of the input");
+        self.consumed += n;
+    }
+
+    /// Bytes consumed during this call.
+    #[must_use]
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
+
+    /// Whether the peer has shut down its sending side: no more bytes will
+    /// follow these.
+    #[must_use]
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Whether the server is shutting down gracefully. Protocols that can say
+    /// so (HTTP's `Connection: close`) should tell the peer not to send more.
+    #[must_use]
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+}
+
+/// Bytes queued for a connection, flushed by the worker with one `write(2)`,
+/// or one `writev(2)` when the output is split into several pieces.
+///
+/// Small replies are copied into a pooled buffer with
+/// [`extend_from_slice`](Output::extend_from_slice) (or `write!` through
+/// [`io::Write`]); large or shared payloads are queued without copying with
+/// [`push_bytes`](Output::push_bytes).
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Inline bytes; `buf[pos..]` is not written yet.
+    buf: Vec<u8>,
+    pos: usize,
+    /// When shared chunks are queued: the order of inline runs and chunks.
+    /// The inline run after the last segment (`buf[last_end..]`) is implicit.
+    segs: VecDeque<Segment>,
+    /// Bytes of the front shared chunk already written.
+    chunk_pos: usize,
+    pending: usize,
+}
+
+#[derive(Debug)]
+enum Segment {
+    /// Inline bytes up to this offset of `buf`.
+    Inline(usize),
+    Shared(Bytes),
+}
+
+impl Output {
+    /// Appends bytes, copying them.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.pending += bytes.len();
+    }
+
+    /// Queues a shared or static chunk without copying it.
+    pub fn push_bytes(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.pending += chunk.len();
+        self.segs.push_back(Segment::Inline(self.buf.len()));
+        self.segs.push_back(Segment::Shared(chunk));
+    }
+
+    /// Bytes queued and not written yet.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether nothing is waiting to be written.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    /// Makes sure the inline buffer can take `additional` more bytes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
+    pub(crate) fn has_buffer(&self) -> bool {
+        self.buf.capacity() != 0
+    }
+
+    pub(crate) fn set_buffer(&mut self, buf: Vec<u8>) {
+        debug_assert!(self.buf.is_empty() && self.pending == 0);
+        self.buf = buf;
+        self.pos = 0;
+    }
+
+    /// Takes the (empty) inline buffer back out, for the pool.
+    pub(crate) fn take_buffer(&mut self) -> Option<Vec<u8>> {
+        debug_assert_eq!(self.pending, 0);
+        if self.buf.capacity() == 0 {
+            return None;
+        }
+        self.pos = 0;
+        Some(std::mem::take(&mut self.buf))
+    }
+
+    /// Drops whatever is unwritten and takes the buffer out, for the pool.
+    pub(crate) fn discard(&mut self) -> Option<Vec<u8>> {
+        self.buf.clear();
+        self.segs.clear();
+        self.chunk_pos = 0;
+        self.pending = 0;
+        self.take_buffer()
+    }
+
+    /// The unwritten bytes, in order, as at most [`MAX_IOVECS`] slices.
+    fn slices<'s>(&'s self, out: &mut [IoSlice<'s>; MAX_IOVECS]) -> usize {
+        let mut n = 0;
+        let mut start = self.pos;
+        for (i, seg) in self.segs.iter().enumerate() {
+            if n == MAX_IOVECS {
+                return n;
+            }
+            match seg {
+                Segment::Inline(end) => {
+                    if *end > start {
+                        out[n] = IoSlice::new(&self.buf[start..*end]);
+                        n += 1;
+                    }
+                    start = start.max(*end);
+                }
+                Segment::Shared(b) => {
+                    // Only the front chunk can be partly written (`advance`
+                    // pops written inline markers before it).
+                    let from = if i == 0 { self.chunk_pos } else { 0 };
+                    out[n] = IoSlice::new(&b[from..]);
+                    n += 1;
+                }
+            }
+        }
+        if n < MAX_IOVECS && self.buf.len() > start {
+            out[n] = IoSlice::new(&self.buf[start..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Records that `n` bytes were written.
+    fn advance(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            match self.segs.front() {
+                Some(Segment::Inline(end)) => {
+                    let take = n.min(end.saturating_sub(self.pos));
+                    self.pos += take;
+                    n -= take;
+                    if self.pos >= *end {
+                        self.segs.pop_front();
+                    }
+                }
+                Some(Segment::Shared(b)) => {
+                    let take = n.min(b.len() - self.chunk_pos);
+                    self.chunk_pos += take;
+                    n -= take;
+                    if self.chunk_pos == b.len() {
+                        self.segs.pop_front();
+                        self.chunk_pos = 0;
+                    }
+                }
+                None => {
+                    self.pos += n;
+                    n = 0;
+                }
+            }
+        }
+        // Drop inline markers that are now fully written.
+        while let Some(Segment::Inline(end)) = self.segs.front() {
+            if *end > self.pos {
+                break;
+            }
+            self.segs.pop_front();
+        }
+        if self.pending == 0 {
+            self.buf.clear();
+            self.pos = 0;
+            self.segs.clear();
+        } else if self.segs.is_empty() && self.pos > self.buf.len() / 2 && self.pos >= 4096 {
+            // Keep the unwritten tail at the front so the buffer does not creep.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Writes as much as the sink takes, with one call per round, until
+    /// everything is written or the sink would block. Returns bytes written.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the sink other than `WouldBlock` and `Interrupted`.
+    pub(crate) fn flush_to(
+        &mut self,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut total = 0;
+        while self.pending > 0 {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let cnt = self.slices(&mut iov);
+            match write(&iov[..cnt]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    total += n;
+                    self.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `limit` bytes per call, then would block
+    /// after `calls` calls.
+    fn drain(out: &mut Output, limit: usize, calls: usize) -> (Vec<u8>, usize) {
+        let mut got = Vec::new();
+        let mut n = 0;
+        let mut syscalls = 0;
+        let res = out.flush_to(|iov| {
+            if n == calls {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            n += 1;
+            syscalls += 1;
+            let mut left = limit;
+            for s in iov {
+                let take = s.len().min(left);
+                got.extend_from_slice(&s[..take]);
+                left -= take;
+            }
+            Ok(limit - left)
+        });
+        res.unwrap();
+        (got, syscalls)
+    }
+
+    #[test]
+    fn inline_and_shared_pieces_keep_their_order_through_partial_writes() {
+        let mut expect = Vec::new();
+        let mut out = Output::default();
+        for i in 0..20u8 {
+            let inline = vec![i; (i as usize * 7) % 13 + 1];
+            out.extend_from_slice(&inline);
+            expect.extend_from_slice(&inline);
+            if i % 3 == 0 {
+                let chunk = Bytes::from(vec![100 + i; 17]);
+                expect.extend_from_slice(&chunk);
+                out.push_bytes(chunk);
+            }
+        }
+        assert_eq!(out.len(), expect.len());
+        let mut got = Vec::new();
+        for limit in [1, 5, 16, 3, 1000] {
+            let (part, _) = drain(&mut out, limit, 3);
+            got.extend(part);
+        }
+        assert_eq!(got, expect);
+        assert!(out.is_empty());
+        assert!(out.segs.is_empty());
+    }
+
+    #[test]
+    fn one_write_when_the_sink_takes_everything() {
+        let mut out = Output::default();
+        out.extend_from_slice(b"a");
+        out.push_bytes(Bytes::from_static(b"bcd"));
+        out.extend_from_slice(b"ef");
+        let (got, syscalls) = drain(&mut out, 1 << 20, 100);
+        assert_eq!(got, b"abcdef");
+        assert_eq!(syscalls, 1);
+    }
+
+    #[test]
+    fn appending_after_a_partial_write_continues_in_order() {
+        let mut out = Output::default();
+        out.extend_from_slice(b"hello ");
+        out.push_bytes(Bytes::from_static(b"big "));
+        let (first, _) = drain(&mut out, 8, 1);
+        assert_eq!(first, b"hello bi");
+        out.extend_from_slice(b"world");
+        let (rest, _) = drain(&mut out, 100, 10);
+        assert_eq!(rest, b"g world");
+    }
+
+    #[test]
+    fn pool_reuses_and_trims() {
+        let t0 = Instant::now();
+        let mut pool = BufferPool::new(4096, 2, Duration::from_secs(1));
+        let bufs: Vec<_> = (0..5).map(|_| pool.take()).collect();
+        assert_eq!(pool.outstanding(), 5);
+        for b in bufs {
+            pool.give(b, t0);
+        }
+        assert_eq!(pool.idle(), 5);
+        assert!(!pool.trim_due(t0));
+        assert!(pool.trim_due(t0 + Duration::from_secs(1)));
+        assert_eq!(pool.trim(), 3);
+        assert_eq!(pool.idle(), 2);
+        let b = pool.take();
+        assert!(b.capacity() >= 4096 && b.is_empty());
+    }
+
+    #[test]
+    fn oversized_buffers_go_back_to_the_allocator() {
+        let mut pool = BufferPool::new(4096, 8, Duration::from_secs(1));
+        let mut b = pool.take();
+        b.reserve(1 << 20);
+        pool.give(b, Instant::now());
+        assert_eq!(pool.idle(), 0);
+        assert_eq!(pool.outstanding(), 0);
+    }
+}

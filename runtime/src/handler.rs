@@ -1,0 +1,158 @@
+//! The handler trait: what a server built on corelane implements.
+
+use std::ffi::CStr;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use crate::buffer::{Input, Output};
+
+/// A protocol implementation, one instance per worker.
+///
+/// Each worker builds its own handler on its own thread from the factory given
+/// to [`ServerBuilder::build`](crate::ServerBuilder::build), so a handler need
+/// not be `Send` and may keep per-worker caches (a formatted `Date` header,
+/// scratch buffers) without locks.
+///
+/// The worker calls the handler for one connection at a time:
+/// [`on_accept`](Handler::on_accept) once, [`on_data`](Handler::on_data) each
+/// time new bytes arrive, and [`on_close`](Handler::on_close) once at the end.
+pub trait Handler {
+    /// Per-connection state, created by [`on_accept`](Handler::on_accept).
+    type Conn;
+
+    /// A new connection was accepted. Returns its state.
+    fn on_accept(&mut self, conn: &Accepted) -> Self::Conn;
+
+    /// Bytes arrived. Consume whole messages from `input` (what is left is
+    /// presented again with more bytes on the next call), append replies to
+    /// `output`, and say whether to keep the connection.
+    ///
+    /// Replies appended during one turn of the worker are flushed together,
+    /// with one write, after the read that brought their requests.
+    fn on_data(&mut self, conn: &mut Self::Conn, input: &mut Input<'_>, output: &mut Output)
+        -> Action;
+
+    /// The connection was closed, for `reason`. Its output, if any was left,
+    /// has been flushed or dropped as the reason says.
+    fn on_close(&mut self, conn: Self::Conn, reason: CloseReason) {
+        let _ = (conn, reason);
+    }
+
+    /// Called on every worker at the tick interval (one second by default),
+    /// and once when the worker starts: refresh per-worker caches here.
+    fn on_tick(&mut self, now: SystemTime) {
+        let _ = now;
+    }
+}
+
+/// What a worker knows about a connection it has just accepted.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Accepted {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Index of the worker that accepted it.
+    pub worker: usize,
+    /// An id unique within the worker (also the `conn_id` of the probes).
+    pub id: u64,
+}
+
+/// What the handler wants done with the connection after [`Handler::on_data`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Keep the connection open and wait for more bytes.
+    Continue,
+    /// Flush the output, then close the connection.
+    Close,
+}
+
+/// Why a connection was closed. Counted per worker in
+/// [`WorkerMetrics::closed`](crate::WorkerMetrics::closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed its side and every reply was flushed.
+    PeerClosed,
+    /// The peer reset the connection (or it broke: `EPIPE`).
+    Reset,
+    /// The handler returned [`Action::Close`].
+    Handler,
+    /// No bytes arrived within the idle keep-alive timeout.
+    IdleTimeout,
+    /// A message (or the first byte) did not arrive in full within the header timeout.
+    HeaderTimeout,
+    /// Output made no progress within the write-stall timeout.
+    WriteTimeout,
+    /// The handler left more unconsumed input than the input limit allows.
+    InputTooLarge,
+    /// The server shut down.
+    Shutdown,
+    /// Another I/O error.
+    Error,
+}
+
+impl CloseReason {
+    /// Every reason, in the order of [`index`](CloseReason::index).
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::PeerClosed,
+        CloseReason::Reset,
+        CloseReason::Handler,
+        CloseReason::IdleTimeout,
+        CloseReason::HeaderTimeout,
+        CloseReason::WriteTimeout,
+        CloseReason::InputTooLarge,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+
+    /// A short, stable name (`peer_closed`, `idle_timeout`, ...), used in
+    /// metrics and as the `close` probe's reason string.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        self.as_cstr().to_str().unwrap_or("?")
+    }
+
+    /// The name as a static C string, for probes.
+    #[must_use]
+    pub fn as_cstr(self) -> &'static CStr {
+        match self {
+            CloseReason::PeerClosed => c"peer_closed",
+            CloseReason::Reset => c"reset",
+            CloseReason::Handler => c"handler",
+            CloseReason::IdleTimeout => c"idle_timeout",
+            CloseReason::HeaderTimeout => c"header_timeout",
+            CloseReason::WriteTimeout => c"write_timeout",
+            CloseReason::InputTooLarge => c"input_too_large",
+            CloseReason::Shutdown => c"shutdown",
+            CloseReason::Error => c"error",
+        }
+    }
+
+    /// Position in [`ALL`](CloseReason::ALL).
+    #[must_use]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_in_order_and_have_distinct_names() {
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut names: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CloseReason::ALL.len());
+    }
+}

@@ -1,0 +1,83 @@
+//! corelane: a thread-per-core TCP server runtime for Linux.
+//!
+//! One worker thread per CPU, pinned to it, runs its own edge-triggered epoll
+//! loop (mio) over its own listening socket. The listeners share one port
+//! through `SO_REUSEPORT`, so the kernel spreads new connections over the
+//! workers without any lock or handoff between threads. Each worker owns its
+//! connections, buffers and timers outright.
+//!
+//! You write a [`Handler`]: per-connection state, what to do with bytes that
+//! arrived, and optionally what to do on close and on each tick. The runtime
+//! does the rest: accepting under budgets, reading until the socket drains,
+//! flushing replies in one write, backpressure, header/idle/write timeouts,
+//! descriptor exhaustion, graceful shutdown and per-worker metrics.
+//!
+//! # Example: an echo server
+//!
+//! ```no_run
+//! use corelane::{Accepted, Action, Handler, Input, Output, Server};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     type Conn = ();
+//!
+//!     fn on_accept(&mut self, _conn: &Accepted) {}
+//!
+//!     fn on_data(&mut self, _conn: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
+//!         let bytes = input.bytes();
+//!         output.extend_from_slice(bytes);
+//!         input.consume(bytes.len());
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), corelane::Error> {
+//!     let server = Server::builder()
+//!         .addr("127.0.0.1:7000".parse().unwrap())
+//!         .build(|_worker| Echo)?;
+//!     println!("echo on {}", server.local_addr());
+//!     server.run() // until SIGINT/SIGTERM
+//! }
+//! ```
+//!
+//! # The edge-triggered contract
+//!
+//! Sockets are registered edge-triggered: epoll reports a socket once when it
+//! becomes readable, not again while bytes remain. The worker therefore reads
+//! until `WouldBlock` or a short read, and when a budget stops it earlier
+//! (accepts per turn, reads per connection per turn) it resumes that work
+//! itself on its next turn. Handlers never see this: they get all the bytes
+//! that arrived, and whatever they leave unconsumed is presented again.
+//!
+//! # Memory
+//!
+//! An idle connection holds no buffer: read and write buffers come from the
+//! worker's pool when bytes arrive and go back when drained.
+
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod buffer;
+mod conn;
+mod error;
+mod handler;
+mod listener;
+mod metrics;
+mod options;
+mod server;
+mod steering;
+pub mod sys;
+mod timer;
+mod worker;
+
+pub use buffer::{Input, Output};
+pub use error::{Error, Result};
+pub use handler::{Accepted, Action, CloseReason, Handler};
+pub use metrics::{Metrics, WorkerMetrics};
+pub use options::{ServerOptions, Workers};
+pub use server::{Server, ServerBuilder, ShutdownHandle, WorkerInfo};
+pub use steering::Steering;
+
+/// Re-exported so handlers can queue shared chunks with [`Output::push_bytes`].
+pub use bytes::Bytes;

@@ -1,0 +1,188 @@
+//! Server options and their defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::steering::Steering;
+
+/// Which workers to start.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Workers {
+    /// One worker per CPU in the process's affinity mask (what `taskset` or a
+    /// cgroup cpuset allows), each pinned to its CPU.
+    #[default]
+    PerCpu,
+    /// This many workers, pinned to the first CPUs of the affinity mask
+    /// (round robin when there are more workers than CPUs).
+    Count(usize),
+    /// One worker per listed CPU, pinned to it.
+    Cpus(Vec<usize>),
+}
+
+/// Everything a [`Server`](crate::Server) can be told. Build it with
+/// [`Server::builder`](crate::Server::builder), or start from
+/// `ServerOptions::default()` and set fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// Address to listen on. Default `127.0.0.1:7000`.
+    pub addr: SocketAddr,
+    /// Which workers to start. Default one per allowed CPU.
+    pub workers: Workers,
+    /// Pin each worker thread to its CPU. Default `true`.
+    pub pin: bool,
+    /// Listen backlog of each listener. Default 4096 (the kernel caps it at
+    /// `net.core.somaxconn`).
+    pub backlog: i32,
+    /// How new connections are spread over workers. Default [`Steering::Kernel`].
+    pub steering: Steering,
+    /// Set `TCP_NODELAY` on accepted connections. Default `true`.
+    pub nodelay: bool,
+    /// Most open connections per worker; a worker at its cap stops accepting
+    /// (its queue fills and, with steering, others take new connections).
+    /// Default 65,536.
+    pub max_connections_per_worker: usize,
+    /// Most connections a worker accepts per loop turn before serving the ones
+    /// it has. Default 64.
+    pub accept_budget: usize,
+    /// Most reads from one connection per loop turn, so one busy connection
+    /// cannot starve the others. Default 16.
+    pub read_budget: usize,
+    /// Size of the pooled read and write buffers. Default 16 KiB.
+    pub buffer_size: usize,
+    /// Most unconsumed input a connection may hold (a message bigger than this
+    /// closes it with [`CloseReason::InputTooLarge`](crate::CloseReason::InputTooLarge)).
+    /// Default 1 MiB.
+    pub max_input: usize,
+    /// Output high-water mark: a connection with this much unwritten output is
+    /// not read until it drains (backpressure). Default 256 KiB.
+    pub output_high_water: usize,
+    /// Time for a message to arrive in full, from its first byte (or, for a
+    /// new connection, from accept). `None` disables it. Default 10 s.
+    pub header_timeout: Option<Duration>,
+    /// Time a connection may sit idle between messages. `None` disables it.
+    /// Default 60 s.
+    pub idle_timeout: Option<Duration>,
+    /// Time pending output may make no progress. `None` disables it. Default 30 s.
+    pub write_timeout: Option<Duration>,
+    /// After the handler closes a connection, time spent discarding what the
+    /// peer still sends so the close does not turn into a reset that destroys
+    /// the last reply (nginx's lingering close). Default 5 s.
+    pub linger_timeout: Duration,
+    /// Interval of [`Handler::on_tick`](crate::Handler::on_tick). Default 1 s.
+    pub tick_interval: Duration,
+    /// Resolution of the timer wheel. Default 10 ms.
+    pub timer_resolution: Duration,
+    /// How long accepting pauses after `EMFILE`, `ENFILE`, `ENOBUFS` or
+    /// `ENOMEM`. Default 100 ms.
+    pub accept_pause: Duration,
+    /// Graceful shutdown deadline: connections still open after it are closed.
+    /// Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// Idle buffers a worker's pool keeps; more are freed after
+    /// `pool_trim_after`. Default 256.
+    pub pool_max_idle: usize,
+    /// How long the pool may hold more than `pool_max_idle` buffers before a
+    /// trim. Default 10 s.
+    pub pool_trim_after: Duration,
+    /// Shut down gracefully on SIGINT and SIGTERM (a second signal forces it).
+    /// Default `true`.
+    pub handle_signals: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            workers: Workers::PerCpu,
+            pin: true,
+            backlog: 4096,
+            steering: Steering::default(),
+            nodelay: true,
+            max_connections_per_worker: 65_536,
+            accept_budget: 64,
+            read_budget: 16,
+            buffer_size: 16 * 1024,
+            max_input: 1024 * 1024,
+            output_high_water: 256 * 1024,
+            header_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            write_timeout: Some(Duration::from_secs(30)),
+            linger_timeout: Duration::from_secs(5),
+            tick_interval: Duration::from_secs(1),
+            timer_resolution: Duration::from_millis(10),
+            accept_pause: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_secs(10),
+            pool_max_idle: 256,
+            pool_trim_after: Duration::from_secs(10),
+            handle_signals: true,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Checks ranges and consistency.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the offending option.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: &str| Err(Error::Config(msg.to_owned()));
+        match &self.workers {
+            Workers::Count(0) => return bad("workers must be at least 1"),
+            Workers::Cpus(c) if c.is_empty() => return bad("the CPU list is empty"),
+            _ => {}
+        }
+        if self.backlog <= 0 {
+            return bad("backlog must be positive");
+        }
+        if self.max_connections_per_worker == 0 {
+            return bad("max_connections_per_worker must be at least 1");
+        }
+        if self.accept_budget == 0 || self.read_budget == 0 {
+            return bad("accept_budget and read_budget must be at least 1");
+        }
+        if self.buffer_size < 512 {
+            return bad("buffer_size must be at least 512 bytes");
+        }
+        if self.max_input < self.buffer_size {
+            return bad("max_input must be at least buffer_size");
+        }
+        if self.output_high_water == 0 {
+            return bad("output_high_water must be positive");
+        }
+        if self.tick_interval.is_zero() || self.timer_resolution.is_zero() {
+            return bad("tick_interval and timer_resolution must be positive");
+        }
+        for (name, t) in [
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Config(format!("{name} must be positive (use None to disable)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ServerOptions::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let o = ServerOptions { workers: Workers::Count(0), ..ServerOptions::default() };
+        assert!(o.validate().unwrap_err().to_string().contains("workers"));
+        let o = ServerOptions { idle_timeout: Some(Duration::ZERO), ..ServerOptions::default() };
+        assert!(o.validate().unwrap_err().to_string().contains("idle_timeout"));
+    }
+}

@@ -1,0 +1,402 @@
+//! The server: builder, start-up, shutdown and `run`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::options::{ServerOptions, Workers};
+use crate::steering::Steering;
+use crate::sys;
+use crate::worker::Worker;
+
+/// Where a worker runs, given to the handler factory on the worker's thread.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Worker index, `0..workers`.
+    pub index: usize,
+    /// The CPU the worker is pinned to, if pinned.
+    pub cpu: Option<usize>,
+}
+
+/// Builds a [`Server`]. Every setter returns the builder; finish with
+/// [`build`](ServerBuilder::build).
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ServerBuilder {
+    opts: ServerOptions,
+}
+
+macro_rules! setters {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty ),* $(,)?) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.opts.$name = value;
+            self
+        }
+    )*};
+}
+
+impl ServerBuilder {
+    /// Starts from the given options instead of the defaults.
+    pub fn options(mut self, opts: ServerOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Starts one worker per CPU of the affinity mask (the default).
+    pub fn workers_per_cpu(mut self) -> Self {
+        self.opts.workers = Workers::PerCpu;
+        self
+    }
+
+    /// Starts `n` workers.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.opts.workers = Workers::Count(n);
+        self
+    }
+
+    /// Starts one worker on each listed CPU.
+    pub fn cpus(mut self, cpus: impl Into<Vec<usize>>) -> Self {
+        self.opts.workers = Workers::Cpus(cpus.into());
+        self
+    }
+
+    setters! {
+        /// Address to listen on (see [`ServerOptions::addr`]).
+        addr: SocketAddr,
+        /// Pin workers to their CPUs (see [`ServerOptions::pin`]).
+        pin: bool,
+        /// Listen backlog (see [`ServerOptions::backlog`]).
+        backlog: i32,
+        /// Steering policy (see [`ServerOptions::steering`]).
+        steering: Steering,
+        /// `TCP_NODELAY` on accepted connections (see [`ServerOptions::nodelay`]).
+        nodelay: bool,
+        /// Connection cap per worker (see [`ServerOptions::max_connections_per_worker`]).
+        max_connections_per_worker: usize,
+        /// Accepts per loop turn (see [`ServerOptions::accept_budget`]).
+        accept_budget: usize,
+        /// Reads per connection per loop turn (see [`ServerOptions::read_budget`]).
+        read_budget: usize,
+        /// Pooled buffer size (see [`ServerOptions::buffer_size`]).
+        buffer_size: usize,
+        /// Unconsumed input limit (see [`ServerOptions::max_input`]).
+        max_input: usize,
+        /// Output high-water mark (see [`ServerOptions::output_high_water`]).
+        output_high_water: usize,
+        /// Header / first-byte timeout (see [`ServerOptions::header_timeout`]).
+        header_timeout: Option<Duration>,
+        /// Idle keep-alive timeout (see [`ServerOptions::idle_timeout`]).
+        idle_timeout: Option<Duration>,
+        /// Write-stall timeout (see [`ServerOptions::write_timeout`]).
+        write_timeout: Option<Duration>,
+        /// Lingering-close time (see [`ServerOptions::linger_timeout`]).
+        linger_timeout: Duration,
+        /// Tick interval (see [`ServerOptions::tick_interval`]).
+        tick_interval: Duration,
+        /// Timer wheel resolution (see [`ServerOptions::timer_resolution`]).
+        timer_resolution: Duration,
+        /// Pause after descriptor exhaustion (see [`ServerOptions::accept_pause`]).
+        accept_pause: Duration,
+        /// Graceful shutdown deadline (see [`ServerOptions::shutdown_timeout`]).
+        shutdown_timeout: Duration,
+        /// Idle buffers kept per worker (see [`ServerOptions::pool_max_idle`]).
+        pool_max_idle: usize,
+        /// Pool trim delay (see [`ServerOptions::pool_trim_after`]).
+        pool_trim_after: Duration,
+        /// SIGINT/SIGTERM handling (see [`ServerOptions::handle_signals`]).
+        handle_signals: bool,
+    }
+
+    /// Validates the options, binds the listeners of the reuseport group and
+    /// returns a server ready to [`run`](Server::run).
+    ///
+    /// `factory` runs once on each worker's own thread and returns that
+    /// worker's handler, so the handler need not be `Send`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for inconsistent options, [`Error::Affinity`] when the
+    /// CPU mask cannot be read, and [`Error::Socket`], [`Error::Bind`] or
+    /// [`Error::Listen`] when the address cannot be served.
+    pub fn build<F, H>(self, factory: F) -> Result<Server<F>>
+    where
+        F: Fn(WorkerInfo) -> H + Send + Sync + 'static,
+        H: Handler,
+    {
+        let opts = self.opts;
+        opts.validate()?;
+        let allowed = sys::allowed_cpus().map_err(Error::Affinity)?;
+        let cpus: Vec<usize> = match &opts.workers {
+            Workers::PerCpu => allowed.clone(),
+            Workers::Count(n) => (0..*n).map(|i| allowed[i % allowed.len()]).collect(),
+            Workers::Cpus(list) => {
+                if let Some(bad) = list.iter().find(|c| !allowed.contains(c)) {
+                    return Err(Error::Config(format!(
+                        "CPU {bad} is not in this process's affinity mask {allowed:?}"
+                    )));
+                }
+                list.clone()
+            }
+        };
+        let listeners = listener::bind_group(opts.addr, cpus.len(), opts.backlog, opts.nodelay)?;
+        let local_addr = listeners[0].local_addr().map_err(|source| Error::Bind {
+            addr: opts.addr,
+            source,
+        })?;
+        Ok(Server {
+            metrics: Metrics::new(cpus.len()),
+            shutdown: ShutdownHandle::new(),
+            cpus: if opts.pin { cpus.into_iter().map(Some).collect() } else { vec![None; cpus.len()] },
+            listeners,
+            local_addr,
+            opts: Arc::new(opts),
+            factory: Arc::new(factory),
+        })
+    }
+}
+
+/// A bound server: listeners are listening; [`run`](Server::run) starts the
+/// workers.
+#[derive(Debug)]
+pub struct Server<F> {
+    opts: Arc<ServerOptions>,
+    listeners: Vec<mio::net::TcpListener>,
+    local_addr: SocketAddr,
+    cpus: Vec<Option<usize>>,
+    metrics: Metrics,
+    shutdown: ShutdownHandle,
+    factory: Arc<F>,
+}
+
+impl Server<()> {
+    /// A builder with the default options.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}
+
+impl<F, H> Server<F>
+where
+    F: Fn(WorkerInfo) -> H + Send + Sync + 'static,
+    H: Handler,
+{
+    /// The address the listeners are bound to (with the real port when the
+    /// options asked for port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of workers (and listeners).
+    #[must_use]
+    pub fn workers(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// The options in force.
+    #[must_use]
+    pub fn options(&self) -> &ServerOptions {
+        &self.opts
+    }
+
+    /// A handle to the per-worker counters, valid during and after `run`.
+    #[must_use]
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// A handle that stops the server from any thread.
+    #[must_use]
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Starts one thread per worker and serves until shutdown.
+    ///
+    /// Returns when every worker has stopped: after a graceful shutdown (by a
+    /// [`ShutdownHandle`], or SIGINT/SIGTERM when
+    /// [`handle_signals`](ServerOptions::handle_signals) is on), or when a
+    /// worker failed, in which case the others are shut down too.
+    ///
+    /// # Errors
+    ///
+    /// The first worker error: [`Error::Pin`], [`Error::Spawn`],
+    /// [`Error::Worker`], [`Error::Panic`]; or [`Error::Signals`].
+    pub fn run(self) -> Result<()> {
+        let signals = if self.opts.handle_signals {
+            Some(spawn_signal_thread(self.shutdown.clone()).map_err(Error::Signals)?)
+        } else {
+            None
+        };
+        let cpu_list: Vec<String> =
+            self.cpus.iter().map(|c| c.map_or_else(|| "-".to_owned(), |c| c.to_string())).collect();
+        tracing::info!(
+            addr = %self.local_addr,
+            workers = self.listeners.len(),
+            cpus = %cpu_list.join(","),
+            steering = %self.opts.steering,
+            "corelane listening"
+        );
+
+        let mut threads = Vec::with_capacity(self.listeners.len());
+        let mut first_error = None;
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let info = WorkerInfo { index, cpu: self.cpus[index] };
+            let opts = Arc::clone(&self.opts);
+            let metrics = self.metrics.clone();
+            let shutdown = self.shutdown.clone();
+            let factory = Arc::clone(&self.factory);
+            let spawned = thread::Builder::new().name(format!("corelane-w{index}")).spawn(move || {
+                let result = Worker::start(info, listener, opts, metrics, shutdown.clone(), |i| {
+                    factory(i)
+                })
+                .and_then(Worker::run);
+                if result.is_err() {
+                    // One worker down takes the server down, gracefully.
+                    shutdown.shutdown();
+                }
+                result
+            });
+            match spawned {
+                Ok(t) => threads.push((index, t)),
+                Err(source) => {
+                    first_error = Some(Error::Spawn { worker: index, source });
+                    self.shutdown.shutdown();
+                    break;
+                }
+            }
+        }
+
+        for (index, t) in threads {
+            let result = match t.join() {
+                Ok(r) => r,
+                Err(payload) => {
+                    self.shutdown.shutdown();
+                    Err(Error::Panic { worker: index, message: panic_message(&payload) })
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(worker = index, error = %e, "worker stopped with an error");
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(handle) = signals {
+            handle.close();
+        }
+        tracing::info!(addr = %self.local_addr, "corelane stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+fn spawn_signal_thread(
+    shutdown: ShutdownHandle,
+) -> std::io::Result<signal_hook::iterator::backend::Handle> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let handle = signals.handle();
+    thread::Builder::new().name("corelane-signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if shutdown.is_shutting_down() {
+                tracing::warn!(signal = sig, "second signal: closing all connections now");
+                shutdown.shutdown_now();
+            } else {
+                tracing::info!(signal = sig, "shutting down gracefully");
+                shutdown.shutdown();
+            }
+        }
+    })?;
+    Ok(handle)
+}
+
+const RUNNING: u8 = 0;
+const GRACEFUL: u8 = 1;
+const IMMEDIATE: u8 = 2;
+
+/// Stops a server from any thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    state: Arc<ShutdownState>,
+}
+
+#[derive(Debug)]
+struct ShutdownState {
+    phase: AtomicU8,
+    wakers: Mutex<Vec<Arc<mio::Waker>>>,
+}
+
+impl ShutdownHandle {
+    fn new() -> Self {
+        ShutdownHandle {
+            state: Arc::new(ShutdownState {
+                phase: AtomicU8::new(RUNNING),
+                wakers: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Starts a graceful shutdown: workers stop accepting, finish and flush
+    /// the messages in flight, close idle connections, and stop when they have
+    /// none left or at the [shutdown deadline](ServerOptions::shutdown_timeout).
+    pub fn shutdown(&self) {
+        self.advance(GRACEFUL);
+    }
+
+    /// Closes every connection at once and stops the workers.
+    pub fn shutdown_now(&self) {
+        self.advance(IMMEDIATE);
+    }
+
+    /// Whether a shutdown has started.
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.phase() != RUNNING
+    }
+
+    fn advance(&self, to: u8) {
+        let prev = self.state.phase.fetch_max(to, Ordering::SeqCst);
+        if prev < to {
+            self.wake_all();
+        }
+    }
+
+    fn wake_all(&self) {
+        let wakers = self.state.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        for w in wakers.iter() {
+            if let Err(e) = w.wake() {
+                tracing::warn!(error = %e, "waking a worker for shutdown failed");
+            }
+        }
+    }
+
+    pub(crate) fn phase(&self) -> u8 {
+        self.state.phase.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_immediate(&self) -> bool {
+        self.phase() == IMMEDIATE
+    }
+
+    /// Registers a worker's waker. A shutdown that started before is not
+    /// missed: the worker checks the phase after registering.
+    pub(crate) fn register(&self, waker: Arc<mio::Waker>) {
+        self.state.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(waker);
+    }
+}

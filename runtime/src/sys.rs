@@ -1,0 +1,172 @@
+//! Every direct system call the runtime makes lives here.
+//!
+//! The rest of the crate stays safe code over `mio` and `socket2`; this module
+//! wraps the few things they do not cover (CPU affinity, writev on a raw fd,
+//! descriptor limits, classifying accept errors).
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Calls a libc function and turns a `-1` return into `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: the caller of the macro upholds the libc function's contract;
+        // every use below states why in its own SAFETY comment.
+        #[allow(unused_unsafe, clippy::undocumented_unsafe_blocks)]
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// The CPUs this process may run on, in ascending order.
+///
+/// # Errors
+///
+/// Returns the error of `sched_getaffinity(2)`.
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size we pass.
+    syscall!(sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set))?;
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: CPU_ISSET only reads the set; `cpu` is below CPU_SETSIZE.
+    Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+}
+
+/// Pins the calling thread to one CPU.
+///
+/// # Errors
+///
+/// Returns the error of `sched_setaffinity(2)`, e.g. `EINVAL` for a CPU the
+/// process may not use.
+pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: all-zero is a valid empty cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` was checked to be below CPU_SETSIZE just above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size we pass; pid 0 is this thread.
+    syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set))?;
+    Ok(())
+}
+
+/// The CPU the calling thread is running on right now.
+pub(crate) fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments and only returns a number.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// Writes several slices to a socket with one `sendmsg(2)` (a `writev(2)`
+/// that cannot raise SIGPIPE).
+///
+/// # Errors
+///
+/// Returns the error of `sendmsg(2)`; `WouldBlock` when the socket buffer is full.
+pub(crate) fn send_vectored(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid msghdr (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    // SAFETY: IoSlice is ABI-compatible with iovec (guaranteed by std), the
+    // slices outlive the call, the kernel only reads them, and msg_iovlen does
+    // not exceed `bufs.len()`.
+    let n = syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL))?;
+    Ok(n as usize)
+}
+
+/// Reads from a descriptor into the spare capacity of `buf` with one
+/// `read(2)`, and extends `buf` by the bytes read.
+///
+/// # Errors
+///
+/// Returns the error of `read(2)`; `WouldBlock` when nothing is there.
+pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the pointer and length describe the vector's spare capacity,
+    // which the kernel may write; it never reads from it.
+    let n = syscall!(read(fd, spare.as_mut_ptr().cast::<libc::c_void>(), spare.len()))? as usize;
+    // SAFETY: `read` initialised the first `n` spare bytes (n <= spare.len()).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+///
+/// # Errors
+///
+/// Returns the error of `getrlimit(2)`.
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Sets the soft `RLIMIT_NOFILE` of this process (the hard limit is kept).
+///
+/// # Errors
+///
+/// Returns the error of `setrlimit(2)`, e.g. `EINVAL` above the hard limit.
+pub fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
+    let (_, hard) = nofile_limit()?;
+    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: `lim` is a valid rlimit that outlives the call.
+    syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    Ok(())
+}
+
+/// Whether an `accept(2)` error means the process or system ran out of a
+/// resource (descriptors, socket buffers, memory). Retrying at once would spin.
+pub(crate) fn is_accept_resource_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Whether an `accept(2)` error concerns only the one connection being
+/// accepted (it was aborted or reset before we took it): skip it and go on.
+pub(crate) fn is_accept_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO | libc::EPERM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_cpus_are_not_empty_and_include_the_current_one() {
+        let cpus = allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        let cur = current_cpu().unwrap();
+        assert!(cpus.contains(&cur), "{cur} not in {cpus:?}");
+    }
+
+    #[test]
+    fn pinning_to_an_impossible_cpu_fails_cleanly() {
+        let err = std::thread::spawn(|| pin_current_thread(1 << 20).unwrap_err())
+            .join()
+            .unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn accept_errors_are_classified() {
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_accept_resource_error(&emfile));
+        assert!(!is_accept_connection_error(&emfile));
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert!(is_accept_connection_error(&aborted));
+        assert!(!is_accept_resource_error(&aborted));
+    }
+}

@@ -1,0 +1,211 @@
+//! A hashed timer wheel (Varghese and Lauck, scheme 6) for per-connection
+//! deadlines.
+//!
+//! Time is cut into ticks of a fixed resolution; an entry due at tick `t`
+//! lives in slot `t % slots` and fires when the wheel reaches `t`. Inserting is
+//! O(1); expiring walks only the slots of the ticks that have passed.
+//!
+//! Connections push their deadline *later* on almost every request (the idle
+//! timeout restarts after each reply). Rescheduling on every request would
+//! make the wheel grow with the request rate, so the owner keeps the real
+//! deadline next to the connection and the wheel only holds the tick it was
+//! last scheduled for. When an entry fires the owner checks the real deadline
+//! and reschedules if it moved later ([`TimerWheel::schedule`] again); an
+//! entry whose tick no longer matches the owner's is stale and ignored.
+
+use std::time::{Duration, Instant};
+
+/// A tick number: whole resolutions since the wheel's start.
+pub(crate) type Tick = u64;
+
+/// One scheduled entry: an owner key and generation, and its due tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) key: usize,
+    pub(crate) generation: u32,
+    pub(crate) tick: Tick,
+}
+
+/// A hashed timer wheel.
+#[derive(Debug)]
+pub(crate) struct TimerWheel {
+    start: Instant,
+    resolution: Duration,
+    /// The next tick to process: every entry due before it has been returned.
+    cursor: Tick,
+    slots: Vec<Vec<Entry>>,
+    len: usize,
+}
+
+impl TimerWheel {
+    /// A wheel of `slots` slots (rounded up to a power of two) of `resolution` each.
+    pub(crate) fn new(start: Instant, resolution: Duration, slots: usize) -> Self {
+        let slots = slots.max(1).next_power_of_two();
+        let resolution = resolution.max(Duration::from_micros(100));
+        TimerWheel { start, resolution, cursor: 0, slots: vec![Vec::new(); slots], len: 0 }
+    }
+
+    /// The tick on which a deadline at `at` fires: the first tick boundary at or
+    /// after it, so a timer never fires early.
+    pub(crate) fn tick_for(&self, at: Instant) -> Tick {
+        let nanos = at.saturating_duration_since(self.start).as_nanos();
+        let res = self.resolution.as_nanos();
+        nanos.div_ceil(res) as Tick
+    }
+
+    /// Schedules `key`/`generation` to fire at `at` and returns the tick it was
+    /// filed under (the owner keeps it to recognise this entry later).
+    pub(crate) fn schedule(&mut self, key: usize, generation: u32, at: Instant) -> Tick {
+        // Never file behind the cursor: that slot's turn has passed.
+        let tick = self.tick_for(at).max(self.cursor);
+        let mask = self.slots.len() - 1;
+        self.slots[(tick as usize) & mask].push(Entry { key, generation, tick });
+        self.len += 1;
+        tick
+    }
+
+    /// Moves the wheel to `now` and appends every entry due by then to `due`.
+    pub(crate) fn expire(&mut self, now: Instant, due: &mut Vec<Entry>) {
+        let now_tick = self.tick_for(now);
+        if self.len == 0 {
+            self.cursor = self.cursor.max(now_tick + 1);
+            return;
+        }
+        let mask = self.slots.len() as Tick - 1;
+        // Visiting more than one full turn would only revisit the same slots.
+        let last = now_tick.min(self.cursor + mask);
+        while self.cursor <= last {
+            let slot = &mut self.slots[(self.cursor & mask) as usize];
+            let before = slot.len();
+            slot.retain(|e| {
+                if e.tick <= now_tick {
+                    due.push(*e);
+                    false
+                } else {
+                    true
+                }
+            });
+            self.len -= before - slot.len();
+            self.cursor += 1;
+        }
+        self.cursor = self.cursor.max(now_tick + 1);
+    }
+
+    /// How long from `now` until the next tick boundary at which an entry may
+    /// be due, or `None` when the wheel is empty. Used as the poll timeout.
+    pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.slots.len() as Tick - 1;
+        // Look one turn ahead for the first non-empty slot; an entry there may
+        // belong to a later turn, in which case we just wake up early once.
+        let first = (self.cursor..=self.cursor + mask)
+            .find(|t| !self.slots[(t & mask) as usize].is_empty())
+            .unwrap_or(self.cursor + mask);
+        let at = self.start + Duration::from_nanos((self.resolution.as_nanos() as u64).saturating_mul(first));
+        Some(at.saturating_duration_since(now))
+    }
+
+    /// Number of entries filed, stale ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Frees slot storage left over from a spike when the wheel holds few
+    /// entries. Returns the number of entry slots released.
+    pub(crate) fn shrink(&mut self) -> usize {
+        let mut freed = 0;
+        for slot in &mut self.slots {
+            if slot.capacity() > 4 * slot.len().max(4) {
+                freed += slot.capacity() - slot.len();
+                slot.shrink_to(slot.len().max(4));
+                freed -= slot.capacity() - slot.len();
+            }
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn fires_on_time_never_early() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0, ms(10), 8);
+        w.schedule(1, 0, t0 + ms(25));
+        let mut due = Vec::new();
+        w.expire(t0 + ms(29), &mut due);
+        assert!(due.is_empty(), "fired early: {due:?}");
+        w.expire(t0 + ms(30), &mut due);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].key, 1);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn entries_beyond_one_turn_wait_for_their_turn() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0, ms(10), 4); // one turn = 40 ms
+        w.schedule(7, 3, t0 + ms(110));
+        let mut due = Vec::new();
+        for step in 1..11 {
+            w.expire(t0 + ms(step * 10), &mut due);
+            assert!(due.is_empty(), "fired at {} ms", step * 10);
+        }
+        w.expire(t0 + ms(110), &mut due);
+        assert_eq!(due, vec![Entry { key: 7, generation: 3, tick: 11 }]);
+    }
+
+    #[test]
+    fn a_long_pause_fires_everything_due() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0, ms(1), 16);
+        for k in 0..100 {
+            w.schedule(k, 0, t0 + ms(k as u64 * 3));
+        }
+        let mut due = Vec::new();
+        w.expire(t0 + ms(1000), &mut due);
+        assert_eq!(due.len(), 100);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn scheduling_in_the_past_fires_on_the_next_expire() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0, ms(10), 8);
+        let mut due = Vec::new();
+        w.expire(t0 + ms(100), &mut due);
+        w.schedule(1, 0, t0);
+        w.expire(t0 + ms(100), &mut due);
+        assert_eq!(due.len(), 1);
+    }
+
+    #[test]
+    fn next_timeout_points_at_the_first_due_slot() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0, ms(10), 64);
+        assert_eq!(w.next_timeout(t0), None);
+        w.schedule(1, 0, t0 + ms(45));
+        assert_eq!(w.next_timeout(t0), Some(ms(50)));
+    }
+
+    #[test]
+    fn shrink_releases_spike_capacity() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0, ms(10), 2);
+        for k in 0..1000 {
+            w.schedule(k, 0, t0 + ms(10));
+        }
+        let mut due = Vec::new();
+        w.expire(t0 + ms(20), &mut due);
+        assert_eq!(due.len(), 1000);
+        assert!(w.shrink() >= 900);
+    }
+}

@@ -1,0 +1,655 @@
+//! One worker: a pinned thread running an edge-triggered epoll loop over its
+//! own listener and its connections.
+//!
+//! The edge-triggered contract: after a readiness event, the operation is
+//! repeated until it returns `WouldBlock` (or a short read proves the socket
+//! drained), because epoll will not report the same readiness again. Where a
+//! budget stops the repetition early (accepts per turn, reads per connection
+//! per turn) the worker remembers the unfinished work and resumes it itself on
+//! the next turn, with a zero poll timeout.
+
+use std::io::{self, Read};
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::buffer::{BufferPool, Input};
+use crate::conn::{Conn, ConnToken};
+use crate::error::{Error, Result};
+use crate::handler::{Accepted, Action, CloseReason, Handler};
+use crate::metrics::{Counters, Metrics};
+use crate::options::ServerOptions;
+use crate::server::{ShutdownHandle, WorkerInfo};
+use crate::sys;
+use crate::timer::{Entry, TimerWheel};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Why a worker is not accepting right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptState {
+    /// Accepting; `pending` means the last turn stopped on its budget.
+    Open { pending: bool },
+    /// Out of descriptors or memory: retry at this instant.
+    Paused { until: Instant },
+    /// At the connection cap: retry when a connection closes.
+    AtCap,
+    /// Listener closed for shutdown.
+    Closed,
+}
+
+pub(crate) struct Worker<H: Handler> {
+    info: WorkerInfo,
+    opts: Arc<ServerOptions>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    handler: H,
+    conns: Slab<Conn<H::Conn>>,
+    next_generation: u32,
+    next_conn_id: u64,
+    pool: BufferPool,
+    wheel: TimerWheel,
+    /// Connections whose read budget ran out: to be driven again next turn.
+    requeue: Vec<usize>,
+    accept: AcceptState,
+    /// Logged the current resource episode already.
+    accept_warned: bool,
+    counters: Counters,
+    shared: Metrics,
+    shutdown: ShutdownHandle,
+    /// Set when a graceful shutdown started: the deadline for connections.
+    draining_until: Option<Instant>,
+    next_tick: Instant,
+    due: Vec<Entry>,
+}
+
+impl<H: Handler> std::fmt::Debug for Worker<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.info.index)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// Pins the thread, creates the epoll instance and builds the handler, on
+    /// the worker's own thread.
+    pub(crate) fn start(
+        info: WorkerInfo,
+        mut listener: TcpListener,
+        opts: Arc<ServerOptions>,
+        shared: Metrics,
+        shutdown: ShutdownHandle,
+        factory: impl FnOnce(WorkerInfo) -> H,
+    ) -> Result<Self> {
+        let worker = info.index;
+        if let Some(cpu) = info.cpu {
+            sys::pin_current_thread(cpu).map_err(|source| Error::Pin { worker, cpu, source })?;
+        }
+        shared.worker(worker).set_cpu(info.cpu);
+        let poll = Poll::new().map_err(|source| Error::Worker { worker, source })?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|source| Error::Worker { worker, source })?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(|source| Error::Worker { worker, source })?;
+        shutdown.register(Arc::new(waker));
+        let now = Instant::now();
+        let mut handler = factory(info);
+        handler.on_tick(SystemTime::now());
+        Ok(Worker {
+            info,
+            poll,
+            listener: Some(listener),
+            handler,
+            conns: Slab::new(),
+            next_generation: 0,
+            next_conn_id: 0,
+            pool: BufferPool::new(opts.buffer_size, opts.pool_max_idle, opts.pool_trim_after),
+            wheel: TimerWheel::new(now, opts.timer_resolution, 1024),
+            requeue: Vec::new(),
+            // Connections may have queued before the loop started.
+            accept: AcceptState::Open { pending: true },
+            accept_warned: false,
+            counters: Counters::default(),
+            shutdown,
+            draining_until: None,
+            next_tick: now + opts.tick_interval,
+            due: Vec::new(),
+            shared,
+            opts,
+        })
+    }
+
+    /// Runs the event loop until shutdown completes.
+    pub(crate) fn run(mut self) -> Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(Error::Worker { worker: self.info.index, source: e });
+                }
+            }
+            let now = Instant::now();
+            self.counters.loop_iterations += 1;
+            for event in events.iter() {
+                self.counters.events += 1;
+                match event.token() {
+                    WAKER => {}
+                    LISTENER => {
+                        if let AcceptState::Open { .. } = self.accept {
+                            self.accept = AcceptState::Open { pending: true };
+                        }
+                    }
+                    token => {
+                        let Some(key) = self.live_key(ConnToken::from(token)) else {
+                            // An event for a connection that is gone, or for an
+                            // older connection in a reused slot: drop it.
+                            continue;
+                        };
+                        let conn = &mut self.conns[key];
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            conn.want_read = true;
+                        }
+                        if event.is_read_closed() || event.is_error() {
+                            // A short read is not proof of drain once FIN or an
+                            // error arrived: read until 0 or the error.
+                            conn.eof_hint = true;
+                        }
+                        self.drive(key, now);
+                    }
+                }
+            }
+            self.resume_requeued(now);
+            self.check_shutdown(now);
+            self.accept_connections(now);
+            self.expire_timers(now);
+            if now >= self.next_tick {
+                self.tick(now);
+            }
+            self.publish();
+            if self.listener.is_none() && self.conns.is_empty() {
+                tracing::debug!(worker = self.info.index, "worker stopped");
+                return Ok(());
+            }
+        }
+    }
+
+    fn live_key(&self, token: ConnToken) -> Option<usize> {
+        let conn = self.conns.get(token.key)?;
+        (conn.generation == token.generation).then_some(token.key)
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.requeue.is_empty() || self.accept == (AcceptState::Open { pending: true }) {
+            return Some(Duration::ZERO);
+        }
+        let mut t = self.next_tick.saturating_duration_since(now);
+        if let Some(w) = self.wheel.next_timeout(now) {
+            t = t.min(w);
+        }
+        if let AcceptState::Paused { until } = self.accept {
+            t = t.min(until.saturating_duration_since(now));
+        }
+        if let Some(d) = self.draining_until {
+            t = t.min(d.saturating_duration_since(now));
+        }
+        Some(t)
+    }
+
+    fn resume_requeued(&mut self, now: Instant) {
+        if self.requeue.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.requeue);
+        for key in &keys {
+            // The slot may have been closed (and even reused) since; driving a
+            // reused slot is harmless, it only reads what is there.
+            if self.conns.contains(*key) {
+                self.drive(*key, now);
+            }
+        }
+        // Keep the allocation for next time.
+        let mut keys = keys;
+        keys.clear();
+        if self.requeue.is_empty() {
+            self.requeue = keys;
+        }
+    }
+
+    // ----- accepting -------------------------------------------------------
+
+    fn accept_connections(&mut self, now: Instant) {
+        match self.accept {
+            AcceptState::Open { pending: true } => {}
+            AcceptState::Paused { until } if now >= until => {}
+            AcceptState::AtCap if self.conns.len() < self.opts.max_connections_per_worker => {}
+            _ => return,
+        }
+        for _ in 0..self.opts.accept_budget {
+            if self.conns.len() >= self.opts.max_connections_per_worker {
+                self.accept = AcceptState::AtCap;
+                return;
+            }
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.recovered();
+                    self.insert(stream, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.recovered();
+                    self.accept = AcceptState::Open { pending: false };
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if sys::is_accept_connection_error(&e) => {}
+                Err(e) => {
+                    // Out of descriptors or memory (or something unexpected):
+                    // retrying now would spin. Pause, keep serving, retry.
+                    if !self.accept_warned {
+                        self.accept_warned = true;
+                        tracing::warn!(
+                            worker = self.info.index,
+                            error = %e,
+                            connections = self.conns.len(),
+                            pause_ms = self.opts.accept_pause.as_millis() as u64,
+                            "accept failed; pausing accepts and serving existing connections"
+                        );
+                    }
+                    self.counters.accept_pauses += 1;
+                    self.accept = AcceptState::Paused { until: now + self.opts.accept_pause };
+                    return;
+                }
+            }
+        }
+        // Budget spent with connections maybe still queued: resume next turn.
+        self.accept = AcceptState::Open { pending: true };
+    }
+
+    fn recovered(&mut self) {
+        if self.accept_warned {
+            self.accept_warned = false;
+            tracing::warn!(worker = self.info.index, "accepting again");
+        }
+    }
+
+    fn insert(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & ConnToken::GENERATION_MASK;
+        let token = ConnToken { key, generation }.into();
+        // WRITABLE is registered once, edge-triggered, so a partial write never
+        // needs an epoll_ctl: the next edge comes when the buffer drains.
+        if let Err(e) =
+            self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            tracing::warn!(worker = self.info.index, error = %e, %peer, "registering a connection failed; closing it");
+            return;
+        }
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let state =
+            self.handler.on_accept(&Accepted { peer, worker: self.info.index, id });
+        entry.insert(Conn::new(stream, state, generation, id, now));
+        self.counters.accepted += 1;
+        self.counters.active += 1;
+        self.update_timer(key, now);
+    }
+
+    // ----- serving a connection ---------------------------------------------
+
+    /// Does all the work a connection has: flush pending output, read and
+    /// hand bytes to the handler, flush the replies, close if it is done.
+    fn drive(&mut self, key: usize, now: Instant) {
+        if let Err(reason) = self.drive_io(key, now) {
+            self.close(key, reason, now);
+            return;
+        }
+        let conn = &self.conns[key];
+        if conn.output.is_empty() {
+            if let Some(reason) = conn.close_after_flush {
+                if conn.lingering {
+                    // Waiting for the peer's FIN; reads discard.
+                } else if reason == CloseReason::Handler && !conn.read_closed {
+                    self.start_linger(key, now);
+                    return;
+                } else {
+                    self.close(key, reason, now);
+                    return;
+                }
+            } else if conn.read_closed {
+                self.close(key, CloseReason::PeerClosed, now);
+                return;
+            } else if self.draining_until.is_some() && conn.is_idle() && conn.served {
+                self.close(key, CloseReason::Shutdown, now);
+                return;
+            }
+        }
+        self.release_buffers(key, now);
+        self.update_timer(key, now);
+    }
+
+    fn drive_io(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+        let high_water = self.opts.output_high_water;
+        let mut reads = 0;
+        loop {
+            self.flush(key, now)?;
+            let backpressure = self.read_some(key, now, &mut reads)?;
+            self.flush(key, now)?;
+            // Reading stopped at the high-water mark with bytes possibly left
+            // in the socket, for which no new edge will come. If the flush
+            // made room, read on now; if not, the writable edge resumes us.
+            if !backpressure || self.conns[key].output.len() >= high_water {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads and hands bytes to the handler until the socket drains, the
+    /// budget runs out (the connection is requeued) or the output reaches the
+    /// high-water mark (returns `true`).
+    fn read_some(&mut self, key: usize, now: Instant, reads: &mut usize) -> Result<bool, CloseReason> {
+        let high_water = self.opts.output_high_water;
+        let budget = self.opts.read_budget;
+        loop {
+            let conn = &mut self.conns[key];
+            if !conn.want_read
+                || conn.read_closed
+                || (conn.close_after_flush.is_some() && !conn.lingering)
+            {
+                return Ok(false);
+            }
+            if conn.output.len() >= high_water {
+                // Backpressure: `want_read` stays set.
+                return Ok(true);
+            }
+            if *reads == budget {
+                self.requeue.push(key);
+                return Ok(false);
+            }
+            *reads += 1;
+            if conn.lingering {
+                let mut scratch = [0u8; 512];
+                match conn.stream.read(&mut scratch) {
+                    Ok(0) => return Err(CloseReason::Handler),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.want_read = false;
+                        return Ok(false);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(CloseReason::Handler),
+                }
+            }
+            if conn.input.capacity() == 0 {
+                conn.input = self.pool.take();
+            } else if conn.input.len() == conn.input.capacity() {
+                if conn.input.len() >= self.opts.max_input {
+                    return Err(CloseReason::InputTooLarge);
+                }
+                let grow = conn.input.len().min(self.opts.max_input - conn.input.len());
+                conn.input.reserve_exact(grow);
+            }
+            let space = conn.input.capacity() - conn.input.len();
+            match sys::read_spare(conn.stream.as_raw_fd(), &mut conn.input) {
+                Ok(0) => {
+                    conn.read_closed = true;
+                    conn.want_read = false;
+                    if !conn.input.is_empty() {
+                        // Let the handler see that no more bytes will come.
+                        self.call_handler(key, now);
+                    }
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.counters.bytes_read += n as u64;
+                    if n < space && !conn.eof_hint {
+                        // A short read drained the socket; the next edge
+                        // reports new bytes. Saves the read that would say
+                        // WouldBlock.
+                        conn.want_read = false;
+                    }
+                    self.call_handler(key, now);
+                    if self.conns[key].close_after_flush.is_some() {
+                        self.conns[key].want_read = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.want_read = false;
+                    conn.eof_hint = false;
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(&e)),
+            }
+        }
+    }
+
+    fn call_handler(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        if !conn.output.has_buffer() {
+            conn.output.set_buffer(self.pool.take());
+        }
+        let draining = self.draining_until.is_some();
+        let Some(state) = conn.state.as_mut() else { return };
+        let mut input = Input::new(&conn.input, conn.read_closed, draining);
+        let action = self.handler.on_data(state, &mut input, &mut conn.output);
+        let consumed = input.consumed();
+        if consumed > 0 {
+            conn.served = true;
+            if consumed == conn.input.len() {
+                conn.input.clear();
+            } else {
+                conn.input.drain(..consumed);
+            }
+        }
+        if conn.input.is_empty() {
+            conn.message_start = None;
+            conn.last_active = now;
+        } else if consumed > 0 || conn.message_start.is_none() {
+            // A new message began in these bytes: its header clock starts now.
+            // A message still arriving keeps its clock (slow senders gain
+            // nothing by trickling bytes).
+            conn.message_start = Some(now);
+        }
+        if action == Action::Close {
+            conn.close_after_flush = Some(CloseReason::Handler);
+        }
+    }
+
+    fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+        let conn = &mut self.conns[key];
+        if conn.output.is_empty() {
+            return Ok(());
+        }
+        let fd = conn.stream.as_raw_fd();
+        match conn.output.flush_to(|iov| {
+            if iov.len() == 1 {
+                // The common case: one piece, one send(2).
+                io::Write::write(&mut &conn.stream, &iov[0])
+            } else {
+                sys::send_vectored(fd, iov)
+            }
+        }) {
+            Ok(n) => {
+                if n > 0 {
+                    self.counters.bytes_written += n as u64;
+                    conn.last_progress = now;
+                }
+                Ok(())
+            }
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    fn start_linger(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        // Send FIN now, then read and discard until the peer's FIN so unread
+        // request bytes do not turn our close into a reset.
+        if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            self.close(key, CloseReason::Handler, now);
+            return;
+        }
+        conn.lingering = true;
+        conn.linger_since = now;
+        conn.want_read = true;
+        self.release_buffers(key, now);
+        self.update_timer(key, now);
+        self.requeue.push(key);
+    }
+
+    fn release_buffers(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        if conn.input.is_empty() && conn.input.capacity() != 0 {
+            self.pool.give(std::mem::take(&mut conn.input), now);
+        }
+        if conn.output.is_empty() {
+            if let Some(buf) = conn.output.take_buffer() {
+                self.pool.give(buf, now);
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
+        let mut conn = self.conns.remove(key);
+        // Dropping the stream closes the descriptor, which also removes it
+        // from the epoll set: no epoll_ctl(DEL) needed.
+        let state = conn.state.take();
+        if conn.input.capacity() != 0 {
+            self.pool.give(std::mem::take(&mut conn.input), now);
+        }
+        if let Some(buf) = conn.output.discard() {
+            self.pool.give(buf, now);
+        }
+        drop(conn);
+        self.counters.active -= 1;
+        self.counters.closed[reason.index()] += 1;
+        if let Some(state) = state {
+            self.handler.on_close(state, reason);
+        }
+        if self.accept == AcceptState::AtCap {
+            self.accept = AcceptState::Open { pending: true };
+        }
+    }
+
+    // ----- timers -------------------------------------------------------------
+
+    /// Makes sure the wheel holds an entry no later than the connection's
+    /// current deadline. Deadlines that move later need no new entry: the old
+    /// one fires, finds the deadline moved, and reschedules.
+    fn update_timer(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        let Some((at, _)) = conn.deadline(&self.opts, now) else { return };
+        let tick = self.wheel.tick_for(at);
+        if conn.scheduled.is_none_or(|s| tick < s) {
+            conn.scheduled = Some(self.wheel.schedule(key, conn.generation, at));
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(now, &mut due);
+        let mut closed = 0u64;
+        for entry in due.drain(..) {
+            let Some(conn) = self.conns.get_mut(entry.key) else { continue };
+            if conn.generation != entry.generation || conn.scheduled != Some(entry.tick) {
+                continue; // stale: superseded by an earlier entry, or a reused slot
+            }
+            conn.scheduled = None;
+            match conn.deadline(&self.opts, now) {
+                Some((at, reason)) if at <= now => {
+                    self.close(entry.key, reason, now);
+                    closed += 1;
+                }
+                _ => self.update_timer(entry.key, now),
+            }
+        }
+        self.due = due;
+        if closed > 0 {
+            self.counters.idle_sweeps += 1;
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        while self.next_tick <= now {
+            self.next_tick += self.opts.tick_interval;
+        }
+        self.handler.on_tick(SystemTime::now());
+        if self.pool.trim_due(now) && self.pool.trim() > 0 {
+            self.counters.pool_trims += 1;
+        }
+    }
+
+    // ----- shutdown -------------------------------------------------------------
+
+    fn check_shutdown(&mut self, now: Instant) {
+        let phase = self.shutdown.phase();
+        if phase == 0 {
+            return;
+        }
+        if self.draining_until.is_none() {
+            self.begin_drain(now);
+        }
+        let deadline_passed = self.draining_until.is_some_and(|d| now >= d);
+        if self.shutdown.is_immediate() || deadline_passed {
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.close(key, CloseReason::Shutdown, now);
+            }
+        }
+    }
+
+    fn begin_drain(&mut self, now: Instant) {
+        self.draining_until = Some(now + self.opts.shutdown_timeout);
+        // Take what is already queued before closing the listener: with
+        // SO_REUSEPORT a closed listener resets the connections in its queue.
+        while self.conns.len() < self.opts.max_connections_per_worker {
+            let Some(listener) = self.listener.as_ref() else { break };
+            match listener.accept() {
+                Ok((stream, peer)) => self.insert(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept = AcceptState::Closed;
+        let idle: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.is_idle() && c.served).map(|(k, _)| k).collect();
+        for key in idle {
+            self.close(key, CloseReason::Shutdown, now);
+        }
+        tracing::debug!(
+            worker = self.info.index,
+            remaining = self.conns.len(),
+            "draining: listener closed, idle connections closed"
+        );
+    }
+
+    fn publish(&mut self) {
+        self.counters.pool_idle = self.pool.idle() as u64;
+        self.counters.pool_outstanding = self.pool.outstanding() as u64;
+        self.counters.slab_capacity = self.conns.capacity() as u64;
+        self.shared.worker(self.info.index).publish(&self.counters);
+    }
+}
+
+fn classify(e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
+        _ => CloseReason::Error,
+    }
+}
