@@ -70,7 +70,8 @@ impl BufferPool {
     /// Whether a trim pass is due: the free list has held more than its bound
     /// for longer than the trim period.
     pub(crate) fn trim_due(&self, now: Instant) -> bool {
-        self.over_since.is_some_and(|t| now.saturating_duration_since(t) >= self.trim_after)
+        self.over_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.trim_after)
     }
 
     /// Frees idle buffers down to the bound. Returns how many were freed.
@@ -91,10 +92,6 @@ impl BufferPool {
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding
     }
-
-    pub(crate) fn buf_size(&self) -> usize {
-        self.buf_size
-    }
 }
 
 /// The unconsumed bytes a connection has received, handed to
@@ -113,7 +110,12 @@ pub struct Input<'a> {
 
 impl<'a> Input<'a> {
     pub(crate) fn new(bytes: &'a [u8], peer_closed: bool, draining: bool) -> Self {
-        Input { bytes, consumed: 0, peer_closed, draining }
+        Input {
+            bytes,
+            consumed: 0,
+            peer_closed,
+            draining,
+        }
     }
 
     /// The bytes not consumed yet.
@@ -128,7 +130,10 @@ impl<'a> Input<'a> {
     ///
     /// Panics if `n` is more than [`bytes`](Input::bytes) holds.
     pub fn consume(&mut self, n: usize) {
-        assert!(n <= self.bytes.len() - self.consumed, "consumed past the end of the input");
+        assert!(
+            n <= self.bytes.len() - self.consumed,
+            "consumed past the end of the input"
+        );
         self.consumed += n;
     }
 

@@ -34,7 +34,10 @@ impl From<ConnToken> for Token {
 
 impl From<Token> for ConnToken {
     fn from(t: Token) -> ConnToken {
-        ConnToken { key: t.0 & 0xffff_ffff, generation: ((t.0 >> 32) as u32) & Self::GENERATION_MASK }
+        ConnToken {
+            key: t.0 & 0xffff_ffff,
+            generation: ((t.0 >> 32) as u32) & Self::GENERATION_MASK,
+        }
     }
 }
 
@@ -105,17 +108,29 @@ impl<S> Conn<S> {
     /// The deadline in force and the reason to close at it, from the
     /// connection's state: lingering, stalled output, a message in progress,
     /// or idle between messages.
-    pub(crate) fn deadline(&self, opts: &ServerOptions, _now: Instant) -> Option<(Instant, CloseReason)> {
+    pub(crate) fn deadline(
+        &self,
+        opts: &ServerOptions,
+        _now: Instant,
+    ) -> Option<(Instant, CloseReason)> {
         if self.lingering {
-            return Some((self.linger_since + opts.linger_timeout, CloseReason::Handler));
+            return Some((
+                self.linger_since + opts.linger_timeout,
+                CloseReason::Handler,
+            ));
         }
         if !self.output.is_empty() {
-            return opts.write_timeout.map(|t| (self.last_progress + t, CloseReason::WriteTimeout));
+            return opts
+                .write_timeout
+                .map(|t| (self.last_progress + t, CloseReason::WriteTimeout));
         }
         if let Some(start) = self.message_start {
-            return opts.header_timeout.map(|t| (start + t, CloseReason::HeaderTimeout));
+            return opts
+                .header_timeout
+                .map(|t| (start + t, CloseReason::HeaderTimeout));
         }
-        opts.idle_timeout.map(|t| (self.last_active + t, CloseReason::IdleTimeout))
+        opts.idle_timeout
+            .map(|t| (self.last_active + t, CloseReason::IdleTimeout))
     }
 }
 
@@ -129,14 +144,26 @@ mod tests {
             let t: Token = ConnToken { key, generation }.into();
             assert_eq!(ConnToken::from(t), ConnToken { key, generation });
         }
-        let old: Token = ConnToken { key: 3, generation: 10 }.into();
-        let new: Token = ConnToken { key: 3, generation: 11 }.into();
+        let old: Token = ConnToken {
+            key: 3,
+            generation: 10,
+        }
+        .into();
+        let new: Token = ConnToken {
+            key: 3,
+            generation: 11,
+        }
+        .into();
         assert_ne!(old, new);
     }
 
     #[test]
     fn connection_tokens_never_collide_with_reserved_ones() {
-        let t: Token = ConnToken { key: u32::MAX as usize, generation: ConnToken::GENERATION_MASK }.into();
+        let t: Token = ConnToken {
+            key: u32::MAX as usize,
+            generation: ConnToken::GENERATION_MASK,
+        }
+        .into();
         assert!(t.0 < usize::MAX - 1);
     }
 }

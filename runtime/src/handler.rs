@@ -29,8 +29,12 @@ pub trait Handler {
     ///
     /// Replies appended during one turn of the worker are flushed together,
     /// with one write, after the read that brought their requests.
-    fn on_data(&mut self, conn: &mut Self::Conn, input: &mut Input<'_>, output: &mut Output)
-        -> Action;
+    fn on_data(
+        &mut self,
+        conn: &mut Self::Conn,
+        input: &mut Input<'_>,
+        output: &mut Output,
+    ) -> Action;
 
     /// The connection was closed, for `reason`. Its output, if any was left,
     /// has been flushed or dropped as the reason says.

@@ -65,6 +65,7 @@ mod handler;
 mod listener;
 mod metrics;
 mod options;
+mod probes;
 mod server;
 mod steering;
 pub mod sys;

@@ -33,10 +33,18 @@ pub(crate) fn bind_group(
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
         let socket = new_socket(addr, nodelay).map_err(|source| Error::Socket { addr, source })?;
-        socket.bind(&addr.into()).map_err(|source| Error::Bind { addr, source })?;
-        socket.listen(backlog).map_err(|source| Error::Listen { addr, backlog, source })?;
+        socket
+            .bind(&addr.into())
+            .map_err(|source| Error::Bind { addr, source })?;
+        socket.listen(backlog).map_err(|source| Error::Listen {
+            addr,
+            backlog,
+            source,
+        })?;
         if addr.port() == 0 {
-            let local = socket.local_addr().map_err(|source| Error::Bind { addr, source })?;
+            let local = socket
+                .local_addr()
+                .map_err(|source| Error::Bind { addr, source })?;
             if let Some(local) = local.as_socket() {
                 addr.set_port(local.port());
             }
@@ -77,8 +85,9 @@ mod tests {
             assert_eq!(l.local_addr().unwrap().port(), port);
         }
         // Connect until one of the listeners has a connection to accept.
-        let _clients: Vec<_> =
-            (0..16).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let _clients: Vec<_> = (0..16)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut accepted = 0;
         for l in &listeners {

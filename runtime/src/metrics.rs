@@ -112,7 +112,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub(crate) fn new(workers: usize) -> Self {
-        Metrics { workers: (0..workers).map(|_| SharedCounters::default()).collect() }
+        let workers: Arc<[SharedCounters]> =
+            (0..workers).map(|_| SharedCounters::default()).collect();
+        for w in workers.iter() {
+            w.set_cpu(None);
+        }
+        Metrics { workers }
     }
 
     pub(crate) fn worker(&self, index: usize) -> &SharedCounters {
@@ -122,14 +127,22 @@ impl Metrics {
     /// The counters of every worker, in worker order.
     #[must_use]
     pub fn snapshot(&self) -> Vec<WorkerMetrics> {
-        self.workers.iter().enumerate().map(|(i, w)| w.snapshot(i)).collect()
+        self.workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.snapshot(i))
+            .collect()
     }
 
     /// The sum over all workers (with `worker` set to the worker count).
     #[must_use]
     pub fn total(&self) -> WorkerMetrics {
         let all = self.snapshot();
-        let mut t = WorkerMetrics { worker: all.len(), cpu: None, ..WorkerMetrics::default() };
+        let mut t = WorkerMetrics {
+            worker: all.len(),
+            cpu: None,
+            ..WorkerMetrics::default()
+        };
         for w in &all {
             t.accepted += w.accepted;
             t.active += w.active;
@@ -212,12 +225,24 @@ mod tests {
     #[test]
     fn publish_then_snapshot_round_trips() {
         let m = Metrics::new(2);
-        let mut c = Counters { accepted: 5, active: 2, bytes_read: 10, ..Counters::default() };
+        let mut c = Counters {
+            accepted: 5,
+            active: 2,
+            bytes_read: 10,
+            ..Counters::default()
+        };
         c.closed[CloseReason::Reset.index()] = 3;
         m.worker(1).publish(&c);
         m.worker(1).set_cpu(Some(1));
         let s = m.snapshot();
-        assert_eq!(s[0], WorkerMetrics::default());
+        assert_eq!(
+            s[0],
+            WorkerMetrics {
+                worker: 0,
+                cpu: None,
+                ..WorkerMetrics::default()
+            }
+        );
         assert_eq!(s[1].accepted, 5);
         assert_eq!(s[1].cpu, Some(1));
         assert_eq!(s[1].closed(CloseReason::Reset), 3);

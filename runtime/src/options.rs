@@ -82,11 +82,13 @@ pub struct ServerOptions {
     /// Default 10 s.
     pub shutdown_timeout: Duration,
     /// Idle buffers a worker's pool keeps; more are freed after
-    /// `pool_trim_after`. Default 256.
+    /// `reclaim_after`. Default 256.
     pub pool_max_idle: usize,
-    /// How long the pool may hold more than `pool_max_idle` buffers before a
-    /// trim. Default 10 s.
-    pub pool_trim_after: Duration,
+    /// How long memory may sit unused before a reclamation pass frees it:
+    /// idle buffers beyond `pool_max_idle` (`pool_trim`), and a connection
+    /// table at under a quarter occupancy after a spike (`slab_shrink`).
+    /// Default 10 s.
+    pub reclaim_after: Duration,
     /// Shut down gracefully on SIGINT and SIGTERM (a second signal forces it).
     /// Default `true`.
     pub handle_signals: bool,
@@ -116,7 +118,7 @@ impl Default for ServerOptions {
             accept_pause: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(10),
             pool_max_idle: 256,
-            pool_trim_after: Duration::from_secs(10),
+            reclaim_after: Duration::from_secs(10),
             handle_signals: true,
         }
     }
@@ -162,7 +164,9 @@ impl ServerOptions {
             ("write_timeout", self.write_timeout),
         ] {
             if t.is_some_and(|t| t.is_zero()) {
-                return Err(Error::Config(format!("{name} must be positive (use None to disable)")));
+                return Err(Error::Config(format!(
+                    "{name} must be positive (use None to disable)"
+                )));
             }
         }
         Ok(())
@@ -180,9 +184,19 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let o = ServerOptions { workers: Workers::Count(0), ..ServerOptions::default() };
+        let o = ServerOptions {
+            workers: Workers::Count(0),
+            ..ServerOptions::default()
+        };
         assert!(o.validate().unwrap_err().to_string().contains("workers"));
-        let o = ServerOptions { idle_timeout: Some(Duration::ZERO), ..ServerOptions::default() };
-        assert!(o.validate().unwrap_err().to_string().contains("idle_timeout"));
+        let o = ServerOptions {
+            idle_timeout: Some(Duration::ZERO),
+            ..ServerOptions::default()
+        };
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("idle_timeout"));
     }
 }

@@ -109,8 +109,8 @@ impl ServerBuilder {
         shutdown_timeout: Duration,
         /// Idle buffers kept per worker (see [`ServerOptions::pool_max_idle`]).
         pool_max_idle: usize,
-        /// Pool trim delay (see [`ServerOptions::pool_trim_after`]).
-        pool_trim_after: Duration,
+        /// Delay before memory is reclaimed (see [`ServerOptions::reclaim_after`]).
+        reclaim_after: Duration,
         /// SIGINT/SIGTERM handling (see [`ServerOptions::handle_signals`]).
         handle_signals: bool,
     }
@@ -154,7 +154,11 @@ impl ServerBuilder {
         Ok(Server {
             metrics: Metrics::new(cpus.len()),
             shutdown: ShutdownHandle::new(),
-            cpus: if opts.pin { cpus.into_iter().map(Some).collect() } else { vec![None; cpus.len()] },
+            cpus: if opts.pin {
+                cpus.into_iter().map(Some).collect()
+            } else {
+                vec![None; cpus.len()]
+            },
             listeners,
             local_addr,
             opts: Arc::new(opts),
@@ -236,8 +240,11 @@ where
         } else {
             None
         };
-        let cpu_list: Vec<String> =
-            self.cpus.iter().map(|c| c.map_or_else(|| "-".to_owned(), |c| c.to_string())).collect();
+        let cpu_list: Vec<String> = self
+            .cpus
+            .iter()
+            .map(|c| c.map_or_else(|| "-".to_owned(), |c| c.to_string()))
+            .collect();
         tracing::info!(
             addr = %self.local_addr,
             workers = self.listeners.len(),
@@ -249,26 +256,35 @@ where
         let mut threads = Vec::with_capacity(self.listeners.len());
         let mut first_error = None;
         for (index, listener) in self.listeners.into_iter().enumerate() {
-            let info = WorkerInfo { index, cpu: self.cpus[index] };
+            let info = WorkerInfo {
+                index,
+                cpu: self.cpus[index],
+            };
             let opts = Arc::clone(&self.opts);
             let metrics = self.metrics.clone();
             let shutdown = self.shutdown.clone();
             let factory = Arc::clone(&self.factory);
-            let spawned = thread::Builder::new().name(format!("corelane-w{index}")).spawn(move || {
-                let result = Worker::start(info, listener, opts, metrics, shutdown.clone(), |i| {
-                    factory(i)
-                })
-                .and_then(Worker::run);
-                if result.is_err() {
-                    // One worker down takes the server down, gracefully.
-                    shutdown.shutdown();
-                }
-                result
-            });
+            let spawned = thread::Builder::new()
+                .name(format!("corelane-w{index}"))
+                .spawn(move || {
+                    let result =
+                        Worker::start(info, listener, opts, metrics, shutdown.clone(), |i| {
+                            factory(i)
+                        })
+                        .and_then(Worker::run);
+                    if result.is_err() {
+                        // One worker down takes the server down, gracefully.
+                        shutdown.shutdown();
+                    }
+                    result
+                });
             match spawned {
                 Ok(t) => threads.push((index, t)),
                 Err(source) => {
-                    first_error = Some(Error::Spawn { worker: index, source });
+                    first_error = Some(Error::Spawn {
+                        worker: index,
+                        source,
+                    });
                     self.shutdown.shutdown();
                     break;
                 }
@@ -280,7 +296,10 @@ where
                 Ok(r) => r,
                 Err(payload) => {
                     self.shutdown.shutdown();
-                    Err(Error::Panic { worker: index, message: panic_message(&payload) })
+                    Err(Error::Panic {
+                        worker: index,
+                        message: panic_message(&payload),
+                    })
                 }
             };
             if let Err(e) = result {
@@ -312,17 +331,19 @@ fn spawn_signal_thread(
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let handle = signals.handle();
-    thread::Builder::new().name("corelane-signals".into()).spawn(move || {
-        for sig in signals.forever() {
-            if shutdown.is_shutting_down() {
-                tracing::warn!(signal = sig, "second signal: closing all connections now");
-                shutdown.shutdown_now();
-            } else {
-                tracing::info!(signal = sig, "shutting down gracefully");
-                shutdown.shutdown();
+    thread::Builder::new()
+        .name("corelane-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if shutdown.is_shutting_down() {
+                    tracing::warn!(signal = sig, "second signal: closing all connections now");
+                    shutdown.shutdown_now();
+                } else {
+                    tracing::info!(signal = sig, "shutting down gracefully");
+                    shutdown.shutdown();
+                }
             }
-        }
-    })?;
+        })?;
     Ok(handle)
 }
 
@@ -343,7 +364,7 @@ struct ShutdownState {
 }
 
 impl ShutdownHandle {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ShutdownHandle {
             state: Arc::new(ShutdownState {
                 phase: AtomicU8::new(RUNNING),
@@ -397,6 +418,10 @@ impl ShutdownHandle {
     /// Registers a worker's waker. A shutdown that started before is not
     /// missed: the worker checks the phase after registering.
     pub(crate) fn register(&self, waker: Arc<mio::Waker>) {
-        self.state.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(waker);
+        self.state
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(waker);
     }
 }

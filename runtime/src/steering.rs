@@ -18,8 +18,14 @@ impl Steering {
     /// The name used on command lines, in logs and in metrics.
     #[must_use]
     pub fn as_str(self) -> &'static str {
+        self.as_cstr().to_str().unwrap_or("?")
+    }
+
+    /// The name as a static C string, for the `steer` probe.
+    #[must_use]
+    pub fn as_cstr(self) -> &'static std::ffi::CStr {
         match self {
-            Steering::Kernel => "kernel",
+            Steering::Kernel => c"kernel",
         }
     }
 }
@@ -36,7 +42,9 @@ impl std::str::FromStr for Steering {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "kernel" | "hash-kernel" => Ok(Steering::Kernel),
-            other => Err(format!("unknown steering mode `{other}` (expected: kernel)")),
+            other => Err(format!(
+                "unknown steering mode `{other}` (expected: kernel)"
+            )),
         }
     }
 }

@@ -31,10 +31,16 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid, writable cpu_set_t of the size we pass.
-    syscall!(sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set))?;
+    syscall!(sched_getaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &mut set
+    ))?;
     let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: CPU_ISSET only reads the set; `cpu` is below CPU_SETSIZE.
-    Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 /// Pins the calling thread to one CPU.
@@ -52,11 +58,16 @@ pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: `cpu` was checked to be below CPU_SETSIZE just above.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size we pass; pid 0 is this thread.
-    syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set))?;
+    syscall!(sched_setaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))?;
     Ok(())
 }
 
 /// The CPU the calling thread is running on right now.
+#[cfg(test)]
 pub(crate) fn current_cpu() -> Option<usize> {
     // SAFETY: sched_getcpu takes no arguments and only returns a number.
     let cpu = unsafe { libc::sched_getcpu() };
@@ -91,7 +102,11 @@ pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     // SAFETY: the pointer and length describe the vector's spare capacity,
     // which the kernel may write; it never reads from it.
-    let n = syscall!(read(fd, spare.as_mut_ptr().cast::<libc::c_void>(), spare.len()))? as usize;
+    let n = syscall!(read(
+        fd,
+        spare.as_mut_ptr().cast::<libc::c_void>(),
+        spare.len()
+    ))? as usize;
     // SAFETY: `read` initialised the first `n` spare bytes (n <= spare.len()).
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
@@ -103,7 +118,10 @@ pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
 ///
 /// Returns the error of `getrlimit(2)`.
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid, writable rlimit.
     syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
     Ok((lim.rlim_cur, lim.rlim_max))
@@ -116,7 +134,10 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
 /// Returns the error of `setrlimit(2)`, e.g. `EINVAL` above the hard limit.
 pub fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
     let (_, hard) = nofile_limit()?;
-    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
     // SAFETY: `lim` is a valid rlimit that outlives the call.
     syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
     Ok(())

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::handler::{Accepted, Action, CloseReason, Handler};
 use crate::metrics::{Counters, Metrics};
 use crate::options::ServerOptions;
+use crate::probes::{self, GcKind};
 use crate::server::{ShutdownHandle, WorkerInfo};
 use crate::sys;
 use crate::timer::{Entry, TimerWheel};
@@ -68,6 +69,8 @@ pub(crate) struct Worker<H: Handler> {
     draining_until: Option<Instant>,
     next_tick: Instant,
     due: Vec<Entry>,
+    /// Since when the connection table has been under a quarter full.
+    slab_low_since: Option<Instant>,
 }
 
 impl<H: Handler> std::fmt::Debug for Worker<H> {
@@ -92,18 +95,24 @@ impl<H: Handler> Worker<H> {
     ) -> Result<Self> {
         let worker = info.index;
         if let Some(cpu) = info.cpu {
-            sys::pin_current_thread(cpu).map_err(|source| Error::Pin { worker, cpu, source })?;
+            sys::pin_current_thread(cpu).map_err(|source| Error::Pin {
+                worker,
+                cpu,
+                source,
+            })?;
         }
         shared.worker(worker).set_cpu(info.cpu);
         let poll = Poll::new().map_err(|source| Error::Worker { worker, source })?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|source| Error::Worker { worker, source })?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(|source| Error::Worker { worker, source })?;
+        let waker = Waker::new(poll.registry(), WAKER)
+            .map_err(|source| Error::Worker { worker, source })?;
         shutdown.register(Arc::new(waker));
         let now = Instant::now();
         let mut handler = factory(info);
         handler.on_tick(SystemTime::now());
+        probes::steer(worker, opts.steering.as_cstr());
         Ok(Worker {
             info,
             poll,
@@ -112,7 +121,7 @@ impl<H: Handler> Worker<H> {
             conns: Slab::new(),
             next_generation: 0,
             next_conn_id: 0,
-            pool: BufferPool::new(opts.buffer_size, opts.pool_max_idle, opts.pool_trim_after),
+            pool: BufferPool::new(opts.buffer_size, opts.pool_max_idle, opts.reclaim_after),
             wheel: TimerWheel::new(now, opts.timer_resolution, 1024),
             requeue: Vec::new(),
             // Connections may have queued before the loop started.
@@ -123,6 +132,7 @@ impl<H: Handler> Worker<H> {
             draining_until: None,
             next_tick: now + opts.tick_interval,
             due: Vec::new(),
+            slab_low_since: None,
             shared,
             opts,
         })
@@ -135,7 +145,10 @@ impl<H: Handler> Worker<H> {
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(Error::Worker { worker: self.info.index, source: e });
+                    return Err(Error::Worker {
+                        worker: self.info.index,
+                        source: e,
+                    });
                 }
             }
             let now = Instant::now();
@@ -239,7 +252,9 @@ impl<H: Handler> Worker<H> {
                 self.accept = AcceptState::AtCap;
                 return;
             }
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => {
                     self.recovered();
@@ -257,7 +272,13 @@ impl<H: Handler> Worker<H> {
                     // retrying now would spin. Pause, keep serving, retry.
                     if !self.accept_warned {
                         self.accept_warned = true;
+                        let kind = if sys::is_accept_resource_error(&e) {
+                            "out of resources"
+                        } else {
+                            "unexpected error"
+                        };
                         tracing::warn!(
+                            kind,
                             worker = self.info.index,
                             error = %e,
                             connections = self.conns.len(),
@@ -266,7 +287,9 @@ impl<H: Handler> Worker<H> {
                         );
                     }
                     self.counters.accept_pauses += 1;
-                    self.accept = AcceptState::Paused { until: now + self.opts.accept_pause };
+                    self.accept = AcceptState::Paused {
+                        until: now + self.opts.accept_pause,
+                    };
                     return;
                 }
             }
@@ -290,16 +313,22 @@ impl<H: Handler> Worker<H> {
         let token = ConnToken { key, generation }.into();
         // WRITABLE is registered once, edge-triggered, so a partial write never
         // needs an epoll_ctl: the next edge comes when the buffer drains.
-        if let Err(e) =
-            self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             tracing::warn!(worker = self.info.index, error = %e, %peer, "registering a connection failed; closing it");
             return;
         }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        let state =
-            self.handler.on_accept(&Accepted { peer, worker: self.info.index, id });
+        probes::accept(self.info.index, stream.as_raw_fd(), id);
+        let state = self.handler.on_accept(&Accepted {
+            peer,
+            worker: self.info.index,
+            id,
+        });
         entry.insert(Conn::new(stream, state, generation, id, now));
         self.counters.accepted += 1;
         self.counters.active += 1;
@@ -358,7 +387,12 @@ impl<H: Handler> Worker<H> {
     /// Reads and hands bytes to the handler until the socket drains, the
     /// budget runs out (the connection is requeued) or the output reaches the
     /// high-water mark (returns `true`).
-    fn read_some(&mut self, key: usize, now: Instant, reads: &mut usize) -> Result<bool, CloseReason> {
+    fn read_some(
+        &mut self,
+        key: usize,
+        now: Instant,
+        reads: &mut usize,
+    ) -> Result<bool, CloseReason> {
         let high_water = self.opts.output_high_water;
         let budget = self.opts.read_budget;
         loop {
@@ -413,6 +447,7 @@ impl<H: Handler> Worker<H> {
                 }
                 Ok(n) => {
                     self.counters.bytes_read += n as u64;
+                    probes::read(self.info.index, conn.stream.as_raw_fd(), conn.id, n);
                     if n < space && !conn.eof_hint {
                         // A short read drained the socket; the next edge
                         // reports new bytes. Saves the read that would say
@@ -441,7 +476,9 @@ impl<H: Handler> Worker<H> {
             conn.output.set_buffer(self.pool.take());
         }
         let draining = self.draining_until.is_some();
-        let Some(state) = conn.state.as_mut() else { return };
+        let Some(state) = conn.state.as_mut() else {
+            return;
+        };
         let mut input = Input::new(&conn.input, conn.read_closed, draining);
         let action = self.handler.on_data(state, &mut input, &mut conn.output);
         let consumed = input.consumed();
@@ -473,13 +510,16 @@ impl<H: Handler> Worker<H> {
             return Ok(());
         }
         let fd = conn.stream.as_raw_fd();
+        let (worker, id) = (self.info.index, conn.id);
         match conn.output.flush_to(|iov| {
-            if iov.len() == 1 {
+            let n = if iov.len() == 1 {
                 // The common case: one piece, one send(2).
                 io::Write::write(&mut &conn.stream, &iov[0])
             } else {
                 sys::send_vectored(fd, iov)
-            }
+            }?;
+            probes::write(worker, fd, id, n);
+            Ok(n)
         }) {
             Ok(n) => {
                 if n > 0 {
@@ -522,6 +562,12 @@ impl<H: Handler> Worker<H> {
 
     fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
         let mut conn = self.conns.remove(key);
+        probes::close(
+            self.info.index,
+            conn.stream.as_raw_fd(),
+            conn.id,
+            reason.as_cstr(),
+        );
         // Dropping the stream closes the descriptor, which also removes it
         // from the epoll set: no epoll_ctl(DEL) needed.
         let state = conn.state.take();
@@ -549,7 +595,9 @@ impl<H: Handler> Worker<H> {
     /// one fires, finds the deadline moved, and reschedules.
     fn update_timer(&mut self, key: usize, now: Instant) {
         let conn = &mut self.conns[key];
-        let Some((at, _)) = conn.deadline(&self.opts, now) else { return };
+        let Some((at, _)) = conn.deadline(&self.opts, now) else {
+            return;
+        };
         let tick = self.wheel.tick_for(at);
         if conn.scheduled.is_none_or(|s| tick < s) {
             conn.scheduled = Some(self.wheel.schedule(key, conn.generation, at));
@@ -559,9 +607,17 @@ impl<H: Handler> Worker<H> {
     fn expire_timers(&mut self, now: Instant) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(now, &mut due);
-        let mut closed = 0u64;
+        if due.is_empty() {
+            self.due = due;
+            return;
+        }
+        let started = Instant::now();
+        probes::gc_start(self.info.index, GcKind::IdleSweep);
+        let mut closed = 0usize;
         for entry in due.drain(..) {
-            let Some(conn) = self.conns.get_mut(entry.key) else { continue };
+            let Some(conn) = self.conns.get_mut(entry.key) else {
+                continue;
+            };
             if conn.generation != entry.generation || conn.scheduled != Some(entry.tick) {
                 continue; // stale: superseded by an earlier entry, or a reused slot
             }
@@ -575,9 +631,13 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.due = due;
-        if closed > 0 {
-            self.counters.idle_sweeps += 1;
-        }
+        self.counters.idle_sweeps += 1;
+        probes::gc_done(
+            self.info.index,
+            GcKind::IdleSweep,
+            closed,
+            elapsed_nanos(started),
+        );
     }
 
     fn tick(&mut self, now: Instant) {
@@ -585,9 +645,88 @@ impl<H: Handler> Worker<H> {
             self.next_tick += self.opts.tick_interval;
         }
         self.handler.on_tick(SystemTime::now());
-        if self.pool.trim_due(now) && self.pool.trim() > 0 {
-            self.counters.pool_trims += 1;
+        if self.pool.trim_due(now) {
+            self.trim_pool();
         }
+        self.maybe_shrink_slab(now);
+    }
+
+    /// `pool_trim`: frees idle buffers beyond the pool's bound.
+    fn trim_pool(&mut self) {
+        let started = Instant::now();
+        probes::gc_start(self.info.index, GcKind::PoolTrim);
+        let freed = self.pool.trim();
+        self.counters.pool_trims += 1;
+        probes::gc_done(
+            self.info.index,
+            GcKind::PoolTrim,
+            freed,
+            elapsed_nanos(started),
+        );
+    }
+
+    /// `slab_shrink`: after a spike, when the connection table has stayed
+    /// under a quarter full for `reclaim_after`, moves the connections to the
+    /// front (re-registering each under its new token) and frees the rest.
+    fn maybe_shrink_slab(&mut self, now: Instant) {
+        const MIN_CAPACITY: usize = 1024;
+        let cap = self.conns.capacity();
+        if cap <= MIN_CAPACITY || self.conns.len() * 4 > cap || !self.requeue.is_empty() {
+            self.slab_low_since = None;
+            return;
+        }
+        let since = *self.slab_low_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.opts.reclaim_after {
+            self.shrink_slab(now);
+        }
+    }
+
+    pub(crate) fn shrink_slab(&mut self, now: Instant) {
+        let started = Instant::now();
+        probes::gc_start(self.info.index, GcKind::SlabShrink);
+        let before = self.conns.capacity();
+        let registry = self.poll.registry();
+        let mut moved = Vec::new();
+        self.conns.compact(|conn, _from, to| {
+            let token = ConnToken {
+                key: to,
+                generation: conn.generation,
+            }
+            .into();
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if registry
+                .reregister(&mut conn.stream, token, interest)
+                .is_err()
+            {
+                return false; // keep it where it is; its old token still works
+            }
+            // Timer entries name the old key: file a new one.
+            conn.scheduled = None;
+            moved.push(to);
+            true
+        });
+        for key in moved {
+            self.update_timer(key, now);
+        }
+        let freed_timer = self.wheel.shrink();
+        self.requeue.shrink_to_fit();
+        self.due.shrink_to_fit();
+        let freed = before - self.conns.capacity();
+        self.slab_low_since = None;
+        self.counters.slab_shrinks += 1;
+        tracing::debug!(
+            worker = self.info.index,
+            before,
+            after = self.conns.capacity(),
+            freed_timer,
+            "connection table shrunk"
+        );
+        probes::gc_done(
+            self.info.index,
+            GcKind::SlabShrink,
+            freed,
+            elapsed_nanos(started),
+        );
     }
 
     // ----- shutdown -------------------------------------------------------------
@@ -614,7 +753,9 @@ impl<H: Handler> Worker<H> {
         // Take what is already queued before closing the listener: with
         // SO_REUSEPORT a closed listener resets the connections in its queue.
         while self.conns.len() < self.opts.max_connections_per_worker {
-            let Some(listener) = self.listener.as_ref() else { break };
+            let Some(listener) = self.listener.as_ref() else {
+                break;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => self.insert(stream, peer, now),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -625,8 +766,12 @@ impl<H: Handler> Worker<H> {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.accept = AcceptState::Closed;
-        let idle: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| c.is_idle() && c.served).map(|(k, _)| k).collect();
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_idle() && c.served)
+            .map(|(k, _)| k)
+            .collect();
         for key in idle {
             self.close(key, CloseReason::Shutdown, now);
         }
@@ -645,11 +790,102 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+fn elapsed_nanos(since: Instant) -> u64 {
+    since.elapsed().as_nanos().min(u64::MAX as u128) as u64
+}
+
 fn classify(e: &io::Error) -> CloseReason {
     match e.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
         _ => CloseReason::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listener::bind_group;
+
+    struct Nop;
+
+    impl Handler for Nop {
+        type Conn = ();
+        fn on_accept(&mut self, _: &Accepted) {}
+        fn on_data(&mut self, _: &mut (), input: &mut Input<'_>, _: &mut crate::Output) -> Action {
+            input.consume(input.bytes().len());
+            Action::Continue
+        }
+    }
+
+    fn accept_one(w: &mut Worker<Nop>, addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let before = w.conns.len();
+        for _ in 0..200 {
+            w.accept = AcceptState::Open { pending: true };
+            w.accept_connections(Instant::now());
+            if w.conns.len() > before {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("connection was never accepted");
+    }
+
+    #[test]
+    fn an_event_for_a_reused_slot_is_recognised_as_stale() {
+        let listener = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16, true)
+            .unwrap()
+            .remove(0);
+        let addr = listener.local_addr().unwrap();
+        let opts = Arc::new(ServerOptions::default());
+        let info = WorkerInfo {
+            index: 0,
+            cpu: None,
+        };
+        let mut w = Worker::start(
+            info,
+            listener,
+            opts,
+            Metrics::new(1),
+            ShutdownHandle::new(),
+            |_| Nop,
+        )
+        .unwrap();
+        let _c1 = accept_one(&mut w, addr);
+        let (key, conn) = w.conns.iter().next().unwrap();
+        let old = ConnToken {
+            key,
+            generation: conn.generation,
+        };
+        assert_eq!(w.live_key(old), Some(key));
+
+        w.close(key, CloseReason::Handler, Instant::now());
+        assert_eq!(w.live_key(old), None, "event for a closed slot");
+
+        let _c2 = accept_one(&mut w, addr);
+        let (new_key, conn) = w.conns.iter().next().unwrap();
+        assert_eq!(new_key, key, "the slab reuses the freed slot");
+        let new = ConnToken {
+            key,
+            generation: conn.generation,
+        };
+        assert_ne!(old, new);
+        assert_eq!(
+            w.live_key(old),
+            None,
+            "stale event for the reused slot must be dropped"
+        );
+        assert_eq!(w.live_key(new), Some(key));
+        // A stale timer entry for the old connection is ignored too.
+        let mut due = vec![Entry {
+            key,
+            generation: old.generation,
+            tick: 0,
+        }];
+        std::mem::swap(&mut w.due, &mut due);
+        w.expire_timers(Instant::now());
+        assert_eq!(w.conns.len(), 1);
     }
 }

@@ -1,0 +1,220 @@
+//! Serving: many connections over several workers, large payloads, backpressure,
+//! resets and slot reuse, against real sockets on 127.0.0.1.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use corelane::{CloseReason, Server};
+use util::{read_exact_n, roundtrip, Echo, TestServer};
+
+#[test]
+fn many_connections_are_served_across_several_workers() {
+    let server = TestServer::start(Server::builder().workers(4), |_| Echo::default());
+    let mut clients: Vec<TcpStream> = (0..200).map(|_| server.connect()).collect();
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.write_all(format!("client {i} round {round}\n").as_bytes())
+                .unwrap();
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let want = format!("client {i} round {round}\n");
+            assert_eq!(read_exact_n(c, want.len()), want.as_bytes());
+        }
+    }
+    let per_worker = server.metrics.snapshot();
+    assert_eq!(per_worker.len(), 4);
+    let accepted: u64 = per_worker.iter().map(|w| w.accepted).sum();
+    assert_eq!(accepted, 200);
+    let busy = per_worker.iter().filter(|w| w.accepted > 0).count();
+    assert!(
+        busy >= 3,
+        "the kernel's hash should spread 200 connections: {per_worker:?}"
+    );
+    assert!(
+        per_worker.iter().all(|w| w.cpu.is_some()),
+        "workers are pinned by default"
+    );
+    drop(clients);
+    server.wait_for("all closed as peer_closed", Duration::from_secs(5), |m| {
+        m.active == 0 && m.closed(CloseReason::PeerClosed) == 200
+    });
+    server.stop().unwrap();
+}
+
+#[test]
+fn large_payloads_survive_partial_writes() {
+    // Small buffers and high-water mark force many partial writes and pauses.
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .buffer_size(4096)
+            .max_input(4096)
+            .output_high_water(8192),
+        |_| Echo::default(),
+    );
+    let mut client = server.connect();
+    let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut reader = client.try_clone().unwrap();
+    let expected = payload.clone();
+    let receiver = std::thread::spawn(move || {
+        let mut got = vec![0; expected.len()];
+        reader.read_exact(&mut got).unwrap();
+        assert!(got == expected, "echoed bytes differ from what was sent");
+    });
+    client.write_all(&payload).unwrap();
+    receiver.join().unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    server.wait_for("close", Duration::from_secs(5), |m| m.active == 0);
+    let m = server.metrics.total();
+    assert_eq!(m.bytes_read, payload.len() as u64);
+    assert_eq!(m.bytes_written, payload.len() as u64);
+    assert_eq!(m.pool_outstanding, 0, "buffers returned after close");
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_grow_server_memory() {
+    let high_water = 64 * 1024;
+    let echo = Echo::default();
+    let max_output = echo.max_output.clone();
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .output_high_water(high_water)
+            .buffer_size(16 * 1024),
+        move |_| echo.clone(),
+    );
+    let mut writer = server.connect();
+    writer
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0usize;
+    // Write until the kernel buffers on both sides are full and the server
+    // has stopped reading (the write times out), or 256 MiB.
+    while sent < 256 << 20 {
+        match writer.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent < 256 << 20, "the server kept reading without bound");
+    let m = server.metrics.total();
+    // What the server read is bounded by its high-water mark plus one read,
+    // plus what the kernel's socket buffers hold (not server memory).
+    assert!(
+        max_output.load(Ordering::Relaxed) <= high_water + 16 * 1024,
+        "queued output {} exceeded the high-water mark",
+        max_output.load(Ordering::Relaxed)
+    );
+    assert!(
+        m.pool_outstanding <= 2,
+        "one connection holds at most its two buffers: {m:?}"
+    );
+    // Another client is served meanwhile.
+    let mut other = server.connect();
+    roundtrip(&mut other, b"still serving\n");
+    // Draining the first client's replies lets the server read on.
+    let mut reader = writer.try_clone().unwrap();
+    let drained = std::thread::spawn(move || {
+        let mut buf = vec![0; 1 << 20];
+        let mut total = 0;
+        reader
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        while total < sent {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    });
+    assert_eq!(
+        drained.join().unwrap(),
+        sent,
+        "every byte was echoed once the client read"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_reset_peer_is_counted_and_others_keep_being_served() {
+    let server = TestServer::start(Server::builder().workers(2), |_| Echo::default());
+    let mut keeper = server.connect();
+    roundtrip(&mut keeper, b"before\n");
+    let victim = server.connect();
+    let sock = socket2::SockRef::from(&victim);
+    sock.set_linger(Some(Duration::ZERO)).unwrap();
+    (&victim).write_all(b"some bytes").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(victim); // SO_LINGER 0: close sends RST
+    server.wait_for("the reset to be seen", Duration::from_secs(5), |m| {
+        m.closed(CloseReason::Reset) == 1 && m.active == 1
+    });
+    roundtrip(&mut keeper, b"after\n");
+    server.stop().unwrap();
+}
+
+#[test]
+fn reused_slots_never_mix_up_connections() {
+    // Connections come and go while others stay: slots are reused all the
+    // time, and any event delivered to the wrong connection would corrupt a
+    // stream. Every stream must come back exactly as sent.
+    let server = TestServer::start(Server::builder().workers(1), |_| Echo::default());
+    let mut steady: Vec<TcpStream> = (0..20).map(|_| server.connect()).collect();
+    for round in 0..50 {
+        let mut churn: Vec<TcpStream> = (0..10).map(|_| server.connect()).collect();
+        for (i, c) in churn.iter_mut().enumerate() {
+            c.write_all(format!("churn {round} {i};").as_bytes())
+                .unwrap();
+        }
+        for (i, c) in steady.iter_mut().enumerate() {
+            roundtrip(c, format!("steady {round} {i};").as_bytes());
+        }
+        for (i, c) in churn.iter_mut().enumerate() {
+            let want = format!("churn {round} {i};");
+            assert_eq!(read_exact_n(c, want.len()), want.as_bytes());
+            if i % 2 == 0 {
+                socket2::SockRef::from(&*c)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        }
+    }
+    server.wait_for("churned connections closed", Duration::from_secs(5), |m| {
+        m.active == 20
+    });
+    let m = server.metrics.total();
+    assert_eq!(m.accepted, 20 + 50 * 10);
+    server.stop().unwrap();
+}
+
+#[test]
+fn ipv6_loopback_is_served() {
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("skipping: this host has no IPv6 loopback");
+        return;
+    };
+    drop(probe);
+    let server = Server::builder()
+        .addr("[::1]:0".parse().unwrap())
+        .workers(2)
+        .handle_signals(false)
+        .build(|_| Echo::default())
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.shutdown_handle();
+    let t = std::thread::spawn(move || server.run());
+    let mut c = TcpStream::connect(addr).unwrap();
+    roundtrip(&mut c, b"over ipv6");
+    handle.shutdown();
+    t.join().unwrap().unwrap();
+}

@@ -1,0 +1,109 @@
+//! Graceful shutdown: in-flight messages are finished and flushed, idle
+//! connections are closed, and `run` returns before the deadline.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use corelane::{CloseReason, Server};
+use util::{closed_within, read_line, Lines, TestServer};
+
+#[test]
+fn graceful_shutdown_delivers_in_flight_replies_then_closes() {
+    let lines = Lines::default();
+    let l = lines.clone();
+    let server = TestServer::start(
+        Server::builder()
+            .workers(2)
+            .shutdown_timeout(Duration::from_secs(5)),
+        move |_| l.clone(),
+    );
+    let mut idle = server.connect();
+    idle.write_all(b"served once\n").unwrap();
+    assert_eq!(read_line(&mut idle), "served once\n");
+
+    // A message in flight: half a line is sent before shutdown starts.
+    let mut busy = server.connect();
+    busy.write_all(b"served once\n").unwrap();
+    assert_eq!(read_line(&mut busy), "served once\n");
+    let big = vec![b'z'; 200_000];
+    busy.write_all(&big[..100_000]).unwrap();
+    server.wait_for("the first half read", Duration::from_secs(5), |m| {
+        m.bytes_read >= 100_024
+    });
+
+    let started = Instant::now();
+    server.shutdown.shutdown();
+    // The idle keep-alive connection is closed at once.
+    assert!(closed_within(&mut idle, Duration::from_secs(2)).unwrap());
+    // New connections are refused once the listeners are closed.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        std::net::TcpStream::connect(server.addr).is_err(),
+        "still accepting while draining"
+    );
+
+    // The rest of the in-flight message is still read and answered in full.
+    busy.write_all(&big[100_000..]).unwrap();
+    busy.write_all(b"\n").unwrap();
+    let mut reply = Vec::new();
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    busy.read_to_end(&mut reply).unwrap();
+    let mut want = big.clone();
+    want.extend_from_slice(b"\n(draining)\n");
+    assert_eq!(reply.len(), want.len());
+    assert!(reply == want, "reply differs");
+
+    server.stop().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    let reasons = lines.closed.lock().unwrap().clone();
+    assert_eq!(reasons, vec![CloseReason::Shutdown, CloseReason::Shutdown]);
+}
+
+#[test]
+fn the_shutdown_deadline_closes_connections_that_do_not_finish() {
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .shutdown_timeout(Duration::from_millis(300)),
+        |_| Lines::default(),
+    );
+    let mut stuck = server.connect();
+    stuck.write_all(b"a line that never ends").unwrap();
+    server.wait_for("read", Duration::from_secs(5), |m| m.bytes_read > 0);
+    let started = Instant::now();
+    let m = server.metrics.clone();
+    server.stop().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(closed_within(&mut stuck, Duration::from_secs(1)).unwrap());
+    assert_eq!(m.total().closed(CloseReason::Shutdown), 1);
+}
+
+#[test]
+fn quit_closes_after_the_reply_without_a_reset() {
+    let server = TestServer::start(Server::builder().workers(1), |_| Lines::default());
+    let mut c = server.connect();
+    // Pipeline bytes after `quit`: unread input must not turn the close into
+    // a reset that destroys the reply (lingering close).
+    c.write_all(b"one\nquit\nthese bytes are never read\n")
+        .unwrap();
+    assert_eq!(read_line(&mut c), "one\n");
+    assert_eq!(read_line(&mut c), "bye\n");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("a clean FIN, not a reset");
+    assert!(rest.is_empty());
+    drop(c);
+    server.wait_for("closed by the handler", Duration::from_secs(6), |m| {
+        m.closed(CloseReason::Handler) == 1 && m.active == 0
+    });
+    server.stop().unwrap();
+}
