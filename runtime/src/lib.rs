@@ -82,3 +82,8 @@ pub use steering::Steering;
 
 /// Re-exported so handlers can queue shared chunks with [`Output::push_bytes`].
 pub use bytes::Bytes;
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -92,6 +92,10 @@ pub struct ServerOptions {
     /// Shut down gracefully on SIGINT and SIGTERM (a second signal forces it).
     /// Default `true`.
     pub handle_signals: bool,
+    /// Raise the soft `RLIMIT_NOFILE` to the hard limit at start-up, as Go and
+    /// nginx (`worker_rlimit_nofile`) do: the common soft default of 1024
+    /// descriptors is far below what a server holds. Default `true`.
+    pub raise_nofile_limit: bool,
 }
 
 impl Default for ServerOptions {
@@ -120,6 +124,7 @@ impl Default for ServerOptions {
             pool_max_idle: 256,
             reclaim_after: Duration::from_secs(10),
             handle_signals: true,
+            raise_nofile_limit: true,
         }
     }
 }

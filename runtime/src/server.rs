@@ -113,6 +113,8 @@ impl ServerBuilder {
         reclaim_after: Duration,
         /// SIGINT/SIGTERM handling (see [`ServerOptions::handle_signals`]).
         handle_signals: bool,
+        /// Raise the descriptor limit (see [`ServerOptions::raise_nofile_limit`]).
+        raise_nofile_limit: bool,
     }
 
     /// Validates the options, binds the listeners of the reuseport group and
@@ -146,6 +148,9 @@ impl ServerBuilder {
                 list.clone()
             }
         };
+        if opts.raise_nofile_limit {
+            raise_nofile_limit();
+        }
         let listeners = listener::bind_group(opts.addr, cpus.len(), opts.backlog, opts.nodelay)?;
         let local_addr = listeners[0].local_addr().map_err(|source| Error::Bind {
             addr: opts.addr,
@@ -312,6 +317,19 @@ where
         }
         tracing::info!(addr = %self.local_addr, "corelane stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn raise_nofile_limit() {
+    match sys::nofile_limit() {
+        Ok((soft, hard)) if soft < hard => match sys::set_nofile_soft_limit(hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the descriptor limit"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "could not raise the descriptor limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the descriptor limit"),
     }
 }
 

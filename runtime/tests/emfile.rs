@@ -30,6 +30,7 @@ fn emfile_server_child() {
         .addr("127.0.0.1:0".parse().unwrap())
         .workers(1)
         .handle_signals(false)
+        .raise_nofile_limit(false)
         .accept_pause(Duration::from_millis(50))
         .build(|_| Echo::default())
         .unwrap();
