@@ -205,3 +205,39 @@ pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).unwrap();
     assert_eq!(read_exact_n(s, msg.len()), msg);
 }
+
+/// For tests that need root or a tool: returns whether to run. When the need
+/// is not met, CI (`CI=true`) fails the test; elsewhere it is skipped with a
+/// printed reason.
+pub fn needs(met: bool, what: &str) -> bool {
+    if met {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("this test needs {what}, and CI must run it");
+    }
+    eprintln!("skipping: this test needs {what}");
+    false
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `tool` runs (`tool --version`).
+pub fn has_tool(tool: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
