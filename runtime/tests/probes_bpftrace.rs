@@ -170,7 +170,7 @@ fn bpftrace_counts_equal_the_traffic_and_the_metrics_per_worker() {
 /// what it printed.
 fn run_tool(name: &str, server: &TestServer) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/").to_owned() + name;
-    let mut tracer = Command::new("bpftrace")
+    let tracer = Command::new("bpftrace")
         .args(["-p", &std::process::id().to_string(), &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
