@@ -216,7 +216,7 @@ fn the_shipped_bpftrace_tools_run_and_show_their_maps() {
         |_| Echo::default(),
     );
     for (tool, expect) in [
-        ("top.bt", &["@accepts[", "@read_bytes["][..]),
+        ("top.bt", &["@calls[0, accept]", "@bytes[1, read]"][..]),
         ("io-sizes.bt", &["@read_bytes[", "@write_bytes["]),
         (
             "lifetime.bt",

@@ -1,0 +1,1 @@
+//! Benchmarks and load tools for corelane (see the binaries in `src/bin`).
