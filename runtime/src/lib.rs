@@ -54,6 +54,34 @@
 //!
 //! An idle connection holds no buffer: read and write buffers come from the
 //! worker's pool when bytes arrive and go back when drained.
+//!
+//! # Probes
+//!
+//! The runtime fires USDT probes (SystemTap SDT notes, provider `corelane`)
+//! that `bpftrace -p PID` or `perf` can attach to while the server runs. Each
+//! is a single `nop` when nobody traces; the `probes` feature (on by default)
+//! compiles them in. All arguments are 64-bit integers; argument 0 is always
+//! the worker index; strings are pointers to static C strings (`str(argN)`).
+//!
+//! | probe | arguments | when it fires |
+//! |---|---|---|
+//! | `accept` | worker, fd, conn_id | a connection was accepted (`conn_id` is unique per worker) |
+//! | `read` | worker, fd, conn_id, bytes | a `read(2)` returned `bytes` > 0 |
+//! | `write` | worker, fd, conn_id, bytes | a `send(2)`/`sendmsg(2)` wrote `bytes` > 0 |
+//! | `close` | worker, fd, conn_id, reason | a connection is closed; `reason` is a [`CloseReason`] name |
+//! | `gc_start` | worker, kind | a reclamation pass begins: `pool_trim`, `idle_sweep` or `slab_shrink` |
+//! | `gc_done` | worker, kind, freed, nanoseconds | it ended, freeing `freed` buffers / timed-out connections / table slots |
+//! | `steer` | worker, mode | the steering mode in force, at worker start |
+//!
+//! The reclamation passes are the runtime's GC-like events: `pool_trim`
+//! returns idle pooled buffers beyond
+//! [`pool_max_idle`](ServerOptions::pool_max_idle) to the allocator once the
+//! pool has held them for [`reclaim_after`](ServerOptions::reclaim_after);
+//! `idle_sweep` is the timer wheel's expiry pass; `slab_shrink` compacts the
+//! connection table when it stays under a quarter full after a spike.
+//!
+//! Binaries linked by rust-lld need `-z separate-loadable-segments` for perf
+//! 6.1 to place uprobes correctly (see the README).
 
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
