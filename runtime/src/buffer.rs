@@ -109,7 +109,11 @@ pub struct Input<'a> {
 }
 
 impl<'a> Input<'a> {
-    pub(crate) fn new(bytes: &'a [u8], peer_closed: bool, draining: bool) -> Self {
+    /// Input over `bytes`, as the worker builds it for
+    /// [`Handler::on_data`](crate::Handler::on_data). Public so handlers can be
+    /// driven directly in unit tests, benches and fuzzers.
+    #[must_use]
+    pub fn new(bytes: &'a [u8], peer_closed: bool, draining: bool) -> Self {
         Input {
             bytes,
             consumed: 0,

@@ -16,13 +16,19 @@ use crate::sys;
 use crate::worker::Worker;
 
 /// Where a worker runs, given to the handler factory on the worker's thread.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerInfo {
     /// Worker index, `0..workers`.
     pub index: usize,
+    /// Number of workers of the server.
+    pub workers: usize,
     /// The CPU the worker is pinned to, if pinned.
     pub cpu: Option<usize>,
+    /// The server's metrics (every worker's), e.g. for a metrics endpoint.
+    pub metrics: Metrics,
+    /// The steering mode in force.
+    pub steering: Steering,
 }
 
 /// Builds a [`Server`]. Every setter returns the builder; finish with
@@ -121,7 +127,8 @@ impl ServerBuilder {
     /// returns a server ready to [`run`](Server::run).
     ///
     /// `factory` runs once on each worker's own thread and returns that
-    /// worker's handler, so the handler need not be `Send`.
+    /// worker's handler, so the handler need not be `Send`. It is told which
+    /// worker it builds for ([`WorkerInfo`]).
     ///
     /// # Errors
     ///
@@ -130,7 +137,7 @@ impl ServerBuilder {
     /// [`Error::Listen`] when the address cannot be served.
     pub fn build<F, H>(self, factory: F) -> Result<Server<F>>
     where
-        F: Fn(WorkerInfo) -> H + Send + Sync + 'static,
+        F: Fn(&WorkerInfo) -> H + Send + Sync + 'static,
         H: Handler,
     {
         let opts = self.opts;
@@ -194,7 +201,7 @@ impl Server<()> {
 
 impl<F, H> Server<F>
 where
-    F: Fn(WorkerInfo) -> H + Send + Sync + 'static,
+    F: Fn(&WorkerInfo) -> H + Send + Sync + 'static,
     H: Handler,
 {
     /// The address the listeners are bound to (with the real port when the
@@ -263,7 +270,10 @@ where
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let info = WorkerInfo {
                 index,
+                workers: self.cpus.len(),
                 cpu: self.cpus[index],
+                metrics: self.metrics.clone(),
+                steering: self.opts.steering,
             };
             let opts = Arc::clone(&self.opts);
             let metrics = self.metrics.clone();

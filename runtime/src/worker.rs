@@ -91,7 +91,7 @@ impl<H: Handler> Worker<H> {
         opts: Arc<ServerOptions>,
         shared: Metrics,
         shutdown: ShutdownHandle,
-        factory: impl FnOnce(WorkerInfo) -> H,
+        factory: impl FnOnce(&WorkerInfo) -> H,
     ) -> Result<Self> {
         let worker = info.index;
         if let Some(cpu) = info.cpu {
@@ -110,7 +110,7 @@ impl<H: Handler> Worker<H> {
             .map_err(|source| Error::Worker { worker, source })?;
         shutdown.register(Arc::new(waker));
         let now = Instant::now();
-        let mut handler = factory(info);
+        let mut handler = factory(&info);
         handler.on_tick(SystemTime::now());
         probes::steer(worker, opts.steering.as_cstr());
         Ok(Worker {
@@ -842,7 +842,10 @@ mod tests {
         let opts = Arc::new(ServerOptions::default());
         let info = WorkerInfo {
             index: 0,
+            workers: 1,
             cpu: None,
+            metrics: Metrics::new(1),
+            steering: crate::Steering::Kernel,
         };
         let mut w = Worker::start(
             info,

@@ -27,7 +27,7 @@ impl TestServer {
     /// Builds from `builder` (address forced to 127.0.0.1:0, signals off) and runs.
     pub fn start<F, H>(builder: ServerBuilder, factory: F) -> TestServer
     where
-        F: Fn(WorkerInfo) -> H + Send + Sync + 'static,
+        F: Fn(&WorkerInfo) -> H + Send + Sync + 'static,
         H: Handler,
     {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();

@@ -1,0 +1,389 @@
+//! An HTTP/1.1 origin server on the corelane runtime, with httparse.
+//!
+//! Routes: `GET /plaintext` and `GET /json` (TechEmpower), `GET /` a short
+//! page, `POST /echo` returns the request body, `GET /metrics` the runtime's
+//! per-worker metrics in Prometheus text format. `HEAD` works on every `GET`
+//! route; a known path with another method gets 405 with `Allow`; anything
+//! else 404.
+//!
+//! Keep-alive is the default for HTTP/1.1, HTTP/1.0 closes unless it asks for
+//! keep-alive, and pipelined requests are answered in order, the replies of
+//! one read going out in one write. Malformed or hostile requests get their
+//! status (400, 413, 417, 431, 501, 505) and the connection is closed; see
+//! [`request`] for the framing rules.
+//!
+//! Steady state allocates nothing per request: the `Date` header and the
+//! complete TechEmpower responses are formatted once per second per worker,
+//! on the runtime's tick.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use corelane::{Accepted, Action, CloseReason, Handler, Input, Metrics, Output, Steering, WorkerInfo};
+
+pub mod date;
+pub mod request;
+pub mod status;
+
+use date::{format_http_date, DATE_LEN};
+use request::{decode_chunked, parse, Body, Limits, Method, Parse, Request};
+use status::Status;
+
+const PLAINTEXT_BODY: &[u8] = b"Hello, World!";
+const JSON_BODY: &[u8] = br#"{"message":"Hello, World!"}"#;
+const INDEX_BODY: &[u8] = b"corelane HTTP/1.1 server\n\n\
+GET  /plaintext  TechEmpower plaintext\n\
+GET  /json       TechEmpower JSON\n\
+POST /echo       returns the request body\n\
+GET  /metrics    per-worker runtime metrics (Prometheus text format)\n";
+
+/// Options of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct HttpOptions {
+    /// Request size limits. Defaults: 16 KiB head, 1 MiB body.
+    pub limits: Limits,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions { limits: Limits { max_head: 16 * 1024, max_body: 1024 * 1024 } }
+    }
+}
+
+impl HttpOptions {
+    /// The runtime's unconsumed-input limit these limits need.
+    pub fn max_input(&self) -> usize {
+        self.limits.max_chunked_wire()
+    }
+}
+
+/// Requests answered, per worker, shared by all workers' handlers so that
+/// whichever worker serves `/metrics` can report every worker's count.
+#[derive(Debug)]
+pub struct RequestCounters {
+    per_worker: Box<[PaddedCounter]>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PaddedCounter(AtomicU64);
+
+impl RequestCounters {
+    /// Counters for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        RequestCounters { per_worker: (0..workers).map(|_| PaddedCounter::default()).collect() }
+    }
+
+    /// Requests answered by `worker`.
+    pub fn get(&self, worker: usize) -> u64 {
+        self.per_worker.get(worker).map_or(0, |c| c.0.load(Relaxed))
+    }
+}
+
+/// The HTTP handler of one worker.
+#[derive(Debug)]
+pub struct Http {
+    worker: usize,
+    limits: Limits,
+    date: [u8; DATE_LEN],
+    /// Complete keep-alive responses, rebuilt each tick.
+    plaintext: Vec<u8>,
+    json: Vec<u8>,
+    metrics: Metrics,
+    steering: Steering,
+    requests: Arc<RequestCounters>,
+    /// Requests answered by this worker (published to `requests`).
+    answered: u64,
+    scratch: Vec<u8>,
+}
+
+/// Per-connection state.
+#[derive(Debug, Default)]
+pub struct HttpConn {
+    /// `100 Continue` was sent for the request now arriving.
+    continue_sent: bool,
+}
+
+/// The `Connection` header a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnHeader {
+    None,
+    Close,
+    KeepAlive,
+}
+
+impl Http {
+    /// A factory for [`ServerBuilder::build`](corelane::ServerBuilder::build):
+    /// every worker gets its own handler, all sharing one set of request
+    /// counters for `/metrics`.
+    pub fn factory(opts: HttpOptions) -> impl Fn(&WorkerInfo) -> Http + Send + Sync + 'static {
+        let shared: std::sync::OnceLock<Arc<RequestCounters>> = std::sync::OnceLock::new();
+        move |info| {
+            let requests = shared.get_or_init(|| Arc::new(RequestCounters::new(info.workers)));
+            Http::new(info, opts, Arc::clone(requests))
+        }
+    }
+
+    /// A handler for the worker described by `info`.
+    pub fn new(info: &WorkerInfo, opts: HttpOptions, requests: Arc<RequestCounters>) -> Self {
+        let mut http = Http {
+            worker: info.index,
+            limits: opts.limits,
+            date: *b"Thu, 01 Jan 1970 00:00:00 GMT",
+            plaintext: Vec::with_capacity(256),
+            json: Vec::with_capacity(256),
+            metrics: info.metrics.clone(),
+            steering: info.steering,
+            requests,
+            answered: 0,
+            scratch: Vec::new(),
+        };
+        http.on_tick(SystemTime::now());
+        http
+    }
+
+    fn head(&self, out: &mut Output, status: Status, content_type: &[u8], len: usize, conn: ConnHeader, extra: &[u8]) {
+        out.extend_from_slice(status.line());
+        out.extend_from_slice(b"Server: corelane\r\nDate: ");
+        out.extend_from_slice(&self.date);
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type);
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(extra);
+        match conn {
+            ConnHeader::None => {}
+            ConnHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
+            ConnHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn simple(
+        &self,
+        out: &mut Output,
+        status: Status,
+        content_type: &[u8],
+        body: &[u8],
+        conn: ConnHeader,
+        head_only: bool,
+        extra: &[u8],
+    ) {
+        self.head(out, status, content_type, body.len(), conn, extra);
+        if !head_only {
+            out.extend_from_slice(body);
+        }
+    }
+
+    /// Answers a bad request; the connection closes after it.
+    fn error(&self, out: &mut Output, status: Status) {
+        self.simple(out, status, b"text/plain", status.reason_body(), ConnHeader::Close, false, b"");
+    }
+
+    fn respond(&mut self, req: &Request<'_>, buf: &[u8], keep: bool, out: &mut Output) {
+        let conn = match (keep, req.minor) {
+            (false, _) => ConnHeader::Close,
+            (true, 0) => ConnHeader::KeepAlive,
+            (true, _) => ConnHeader::None,
+        };
+        let head_only = req.method == Method::Head;
+        let get = matches!(req.method, Method::Get | Method::Head);
+        match req.path {
+            b"/plaintext" if get => {
+                if conn == ConnHeader::None && !head_only {
+                    out.extend_from_slice(&self.plaintext);
+                } else {
+                    self.simple(out, Status::Ok, b"text/plain", PLAINTEXT_BODY, conn, head_only, b"");
+                }
+            }
+            b"/json" if get => {
+                if conn == ConnHeader::None && !head_only {
+                    out.extend_from_slice(&self.json);
+                } else {
+                    self.simple(out, Status::Ok, b"application/json", JSON_BODY, conn, head_only, b"");
+                }
+            }
+            b"/" if get => {
+                self.simple(out, Status::Ok, b"text/plain; charset=utf-8", INDEX_BODY, conn, head_only, b"")
+            }
+            b"/metrics" if get => {
+                let mut page = std::mem::take(&mut self.scratch);
+                page.clear();
+                self.render_metrics(&mut page);
+                self.simple(out, Status::Ok, b"text/plain; version=0.0.4", &page, conn, head_only, b"");
+                self.scratch = page;
+            }
+            b"/echo" if req.method == Method::Post => {
+                let body = &buf[req.head_len..req.total_len];
+                match req.body {
+                    Body::Length(_) => {
+                        self.simple(out, Status::Ok, b"application/octet-stream", body, conn, false, b"")
+                    }
+                    Body::Chunked { len } => {
+                        self.head(out, Status::Ok, b"application/octet-stream", len, conn, b"");
+                        // Already validated by `parse`; this pass copies the data.
+                        let _ = decode_chunked(body, self.limits.max_body, |d| out.extend_from_slice(d));
+                    }
+                }
+            }
+            b"/plaintext" | b"/json" | b"/" | b"/metrics" => self.simple(
+                out,
+                Status::MethodNotAllowed,
+                b"text/plain",
+                Status::MethodNotAllowed.reason_body(),
+                conn,
+                head_only,
+                b"Allow: GET, HEAD\r\n",
+            ),
+            b"/echo" => self.simple(
+                out,
+                Status::MethodNotAllowed,
+                b"text/plain",
+                Status::MethodNotAllowed.reason_body(),
+                conn,
+                head_only,
+                b"Allow: POST\r\n",
+            ),
+            _ => self.simple(out, Status::NotFound, b"text/plain", Status::NotFound.reason_body(), conn, head_only, b""),
+        }
+        self.answered += 1;
+    }
+
+    /// The runtime's metrics in Prometheus text exposition format.
+    fn render_metrics(&self, page: &mut Vec<u8>) {
+        let workers = self.metrics.snapshot();
+        let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&corelane::WorkerMetrics) -> u64| {
+            let _ = writeln!(page, "# HELP corelane_{name} {help}\n# TYPE corelane_{name} {kind}");
+            for w in &workers {
+                let _ = writeln!(page, "corelane_{name}{{worker=\"{}\"}} {}", w.worker, value(w));
+            }
+        };
+        family("connections_accepted_total", "counter", "Connections accepted.", &|w| w.accepted);
+        family("connections_active", "gauge", "Connections open now.", &|w| w.active);
+        family("http_requests_total", "counter", "HTTP requests answered.", &|w| self.requests.get(w.worker));
+        family("read_bytes_total", "counter", "Bytes read from connections.", &|w| w.bytes_read);
+        family("written_bytes_total", "counter", "Bytes written to connections.", &|w| w.bytes_written);
+        family("events_total", "counter", "Readiness events handled.", &|w| w.events);
+        family("loop_iterations_total", "counter", "Event loop turns.", &|w| w.loop_iterations);
+        family("accept_pauses_total", "counter", "Accept pauses for lack of descriptors or memory.", &|w| {
+            w.accept_pauses
+        });
+        family("pool_idle_buffers", "gauge", "Buffers idle in the worker's pool.", &|w| w.pool_idle);
+        family("pool_lent_buffers", "gauge", "Buffers lent to connections.", &|w| w.pool_outstanding);
+        family("connection_table_slots", "gauge", "Capacity of the connection table.", &|w| w.slab_capacity);
+        let _ = writeln!(
+            page,
+            "# HELP corelane_connections_closed_total Connections closed, by reason.\n\
+             # TYPE corelane_connections_closed_total counter"
+        );
+        for w in &workers {
+            for reason in CloseReason::ALL {
+                let _ = writeln!(
+                    page,
+                    "corelane_connections_closed_total{{worker=\"{}\",reason=\"{reason}\"}} {}",
+                    w.worker,
+                    w.closed(reason)
+                );
+            }
+        }
+        let _ = writeln!(
+            page,
+            "# HELP corelane_gc_passes_total Reclamation passes, by kind.\n\
+             # TYPE corelane_gc_passes_total counter"
+        );
+        for w in &workers {
+            for (kind, n) in [("pool_trim", w.pool_trims), ("idle_sweep", w.idle_sweeps), ("slab_shrink", w.slab_shrinks)] {
+                let _ = writeln!(page, "corelane_gc_passes_total{{worker=\"{}\",kind=\"{kind}\"}} {n}", w.worker);
+            }
+        }
+        let _ = writeln!(
+            page,
+            "# HELP corelane_steering_info The steering mode in force.\n\
+             # TYPE corelane_steering_info gauge\ncorelane_steering_info{{mode=\"{}\"}} 1",
+            self.steering
+        );
+    }
+
+    fn rebuild_cached(&mut self) {
+        let mut plaintext = std::mem::take(&mut self.plaintext);
+        let mut json = std::mem::take(&mut self.json);
+        for (buf, ct, body) in
+            [(&mut plaintext, &b"text/plain"[..], PLAINTEXT_BODY), (&mut json, b"application/json", JSON_BODY)]
+        {
+            buf.clear();
+            buf.extend_from_slice(Status::Ok.line());
+            buf.extend_from_slice(b"Server: corelane\r\nDate: ");
+            buf.extend_from_slice(&self.date);
+            buf.extend_from_slice(b"\r\nContent-Type: ");
+            buf.extend_from_slice(ct);
+            buf.extend_from_slice(b"\r\nContent-Length: ");
+            buf.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+            buf.extend_from_slice(b"\r\n\r\n");
+            buf.extend_from_slice(body);
+        }
+        self.plaintext = plaintext;
+        self.json = json;
+    }
+}
+
+impl Handler for Http {
+    type Conn = HttpConn;
+
+    fn on_accept(&mut self, _conn: &Accepted) -> HttpConn {
+        HttpConn::default()
+    }
+
+    fn on_data(&mut self, conn: &mut HttpConn, input: &mut Input<'_>, output: &mut Output) -> Action {
+        let answered = self.answered;
+        let action = loop {
+            let buf = input.bytes();
+            if buf.is_empty() {
+                break Action::Continue;
+            }
+            match parse(buf, &self.limits) {
+                Parse::Complete(req) => {
+                    conn.continue_sent = false;
+                    let keep = req.keep_alive && !input.draining();
+                    self.respond(&req, buf, keep, output);
+                    input.consume(req.total_len);
+                    if !keep {
+                        break Action::Close;
+                    }
+                }
+                Parse::Partial { expect_continue } => {
+                    if input.peer_closed() {
+                        // The peer stopped sending in the middle of a request.
+                        break Action::Close;
+                    }
+                    if expect_continue && !conn.continue_sent {
+                        output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        conn.continue_sent = true;
+                    }
+                    break Action::Continue;
+                }
+                Parse::Error(status) => {
+                    self.error(output, status);
+                    input.consume(buf.len());
+                    self.answered += 1;
+                    break Action::Close;
+                }
+            }
+        };
+        if self.answered != answered {
+            if let Some(c) = self.requests.per_worker.get(self.worker) {
+                c.0.store(self.answered, Relaxed);
+            }
+        }
+        action
+    }
+
+    fn on_tick(&mut self, now: SystemTime) {
+        format_http_date(now, &mut self.date);
+        self.rebuild_cached();
+    }
+}

@@ -1,0 +1,91 @@
+//! `corelane-http`: the bundled HTTP/1.1 server.
+//!
+//! ```text
+//! cargo run --release -p corelane-http
+//! curl http://127.0.0.1:8080/plaintext
+//! ```
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use corelane::{Server, Steering};
+use corelane_http::{Http, HttpOptions};
+
+/// HTTP/1.1 server on corelane: one pinned worker per CPU, each with its own
+/// epoll loop and SO_REUSEPORT listener.
+///
+/// Routes: GET /plaintext, GET /json (TechEmpower), GET / (index), POST /echo
+/// (returns the body), GET /metrics (Prometheus text). HEAD works on every GET
+/// route.
+#[derive(Debug, Parser)]
+#[command(name = "corelane-http", version)]
+struct Args {
+    /// Address to listen on (IPv4 or IPv6, e.g. `[::]:8080`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Number of workers (default: one per CPU this process may use).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How new connections are spread over workers.
+    #[arg(long, default_value = "kernel")]
+    steering: Steering,
+    /// Close keep-alive connections idle this long (`0` disables).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Time allowed for a request to arrive in full, from its first byte (or,
+    /// on a new connection, from accept). Slow senders are closed after it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_body: usize,
+    /// Largest request head (request line and headers), in bytes (431 above it).
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_head: usize,
+    /// Graceful shutdown deadline after SIGINT/SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut opts = HttpOptions::default();
+    opts.limits.max_body = args.max_body;
+    opts.limits.max_head = args.max_head;
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let mut builder = Server::builder()
+        .addr(args.addr)
+        .steering(args.steering)
+        .idle_timeout(nonzero(args.idle_timeout))
+        .header_timeout(nonzero(args.header_timeout))
+        .shutdown_timeout(args.shutdown_timeout)
+        .max_input(opts.max_input());
+    if let Some(n) = args.workers {
+        builder = builder.workers(n);
+    }
+    let server = match builder.build(Http::factory(opts)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

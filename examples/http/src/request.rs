@@ -1,0 +1,513 @@
+//! Request parsing and message framing (RFC 9112), strict where laxness
+//! enables request smuggling.
+//!
+//! The head is parsed by httparse; this module adds what httparse leaves to
+//! the server: the version check, the framing rules for `Content-Length` and
+//! `Transfer-Encoding`, `Host`, `Connection` and `Expect`, and a strict
+//! chunked-body decoder.
+
+use crate::status::Status;
+
+/// Most header fields in a request.
+pub const MAX_HEADERS: usize = 64;
+
+/// Size limits of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most bytes in the request line and header section.
+    pub max_head: usize,
+    /// Most bytes in a decoded body.
+    pub max_body: usize,
+}
+
+impl Limits {
+    /// Most bytes a chunked request may occupy while it arrives (chunk
+    /// framing adds overhead to the body; this bounds it).
+    pub fn max_chunked_wire(&self) -> usize {
+        self.max_head + 2 * self.max_body + 4096
+    }
+}
+
+/// Request methods the server routes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `HEAD`
+    Head,
+    /// `POST`
+    Post,
+    /// Any other method.
+    Other,
+}
+
+/// How the body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `Content-Length` bytes right after the head (0 when absent).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`; `len` is the decoded length.
+    Chunked {
+        /// Decoded body length.
+        len: usize,
+    },
+}
+
+/// A complete request: head parsed and body fully buffered.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The method.
+    pub method: Method,
+    /// Path of the target, without the query (origin-form, or the path of an
+    /// absolute-form target).
+    pub path: &'a [u8],
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+    /// Bytes of the head.
+    pub head_len: usize,
+    /// The body framing.
+    pub body: Body,
+    /// Bytes of the whole message (head, body and framing).
+    pub total_len: usize,
+}
+
+/// Result of looking at the start of the input.
+#[derive(Debug)]
+pub enum Parse<'a> {
+    /// A complete request.
+    Complete(Request<'a>),
+    /// More bytes are needed; `expect_continue` when the head is complete and
+    /// asks for `100 Continue` before the body.
+    Partial {
+        /// The head is complete and carries `Expect: 100-continue`.
+        expect_continue: bool,
+    },
+    /// The request is malformed or over a limit: answer with this status and
+    /// close.
+    Error(Status),
+}
+
+/// Parses the request at the start of `buf`.
+pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.max_head {
+                Parse::Error(Status::HeaderFieldsTooLarge)
+            } else {
+                Parse::Partial { expect_continue: false }
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Parse::Error(Status::HeaderFieldsTooLarge),
+        Err(httparse::Error::Version) => {
+            return Parse::Error(if well_formed_other_version(buf) {
+                Status::VersionNotSupported
+            } else {
+                Status::BadRequest
+            });
+        }
+        Err(_) => return Parse::Error(Status::BadRequest),
+    };
+    if head_len > limits.max_head {
+        return Parse::Error(Status::HeaderFieldsTooLarge);
+    }
+    let minor = req.version.unwrap_or(1);
+    let method = match req.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        _ => Method::Other,
+    };
+    let Some(path) = req.path.map(route_path) else { return Parse::Error(Status::BadRequest) };
+
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Parse::Error(Status::BadRequest); // repeated: smuggling risk
+            }
+            match parse_length(h.value) {
+                Some(n) => content_length = Some(n),
+                None => return Parse::Error(Status::BadRequest),
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if transfer_encoding {
+                return Parse::Error(Status::BadRequest);
+            }
+            transfer_encoding = true;
+            match transfer_coding(h.value) {
+                Ok(()) => chunked = true,
+                Err(status) => return Parse::Error(status),
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = trim(token);
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = minor == 1;
+            } else {
+                return Parse::Error(Status::ExpectationFailed);
+            }
+        }
+    }
+    if transfer_encoding && (content_length.is_some() || minor == 0) {
+        return Parse::Error(Status::BadRequest);
+    }
+    if hosts > 1 || (minor == 1 && hosts == 0) {
+        return Parse::Error(Status::BadRequest);
+    }
+    let keep_alive = if minor == 1 { !close } else { keep_alive_token && !close };
+
+    let rest = &buf[head_len..];
+    let (body, body_wire) = if chunked {
+        match decode_chunked(rest, limits.max_body, |_| {}) {
+            Ok(Some((wire, len))) => (Body::Chunked { len }, wire),
+            Ok(None) => {
+                if buf.len() > limits.max_chunked_wire() {
+                    return Parse::Error(Status::PayloadTooLarge);
+                }
+                return Parse::Partial { expect_continue };
+            }
+            Err(status) => return Parse::Error(status),
+        }
+    } else {
+        let len = content_length.unwrap_or(0);
+        if len > limits.max_body {
+            return Parse::Error(Status::PayloadTooLarge);
+        }
+        if rest.len() < len {
+            return Parse::Partial { expect_continue };
+        }
+        (Body::Length(len), len)
+    };
+    Parse::Complete(Request {
+        method,
+        path,
+        minor,
+        keep_alive,
+        head_len,
+        body,
+        total_len: head_len + body_wire,
+    })
+}
+
+/// The path to route on: the query is dropped, and an absolute-form target
+/// (`http://host/path`) is reduced to its path.
+fn route_path(target: &str) -> &[u8] {
+    let mut t = target.as_bytes();
+    if let Some(after) = t.strip_prefix(b"http://").or_else(|| t.strip_prefix(b"https://")) {
+        t = after.iter().position(|&b| b == b'/').map_or(b"/", |i| &after[i..]);
+    }
+    match t.iter().position(|&b| b == b'?') {
+        Some(i) => &t[..i],
+        None => t,
+    }
+}
+
+/// Whether the request line is well formed except for its version (so the
+/// right answer is 505, not 400): `METHOD SP target SP HTTP/d.d CRLF`.
+fn well_formed_other_version(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    !method.is_empty()
+        && method.iter().all(|b| b.is_ascii_alphabetic())
+        && !target.is_empty()
+        && version.len() == 8
+        && version.starts_with(b"HTTP/")
+        && version[5].is_ascii_digit()
+        && version[6] == b'.'
+        && version[7].is_ascii_digit()
+}
+
+/// A `Content-Length` value: one or more digits and nothing else.
+fn parse_length(value: &[u8]) -> Option<usize> {
+    let v = trim(value);
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0')))
+}
+
+/// Accepts exactly `chunked`; a list whose last coding is `chunked` names
+/// codings we do not implement (501); anything else is malformed or unknown.
+fn transfer_coding(value: &[u8]) -> Result<(), Status> {
+    let mut last = None;
+    let mut count = 0;
+    let mut chunked_before_last = false;
+    for c in value.split(|&b| b == b',').map(trim) {
+        if c.is_empty() {
+            return Err(Status::BadRequest);
+        }
+        if let Some(prev) = last {
+            chunked_before_last |= <[u8]>::eq_ignore_ascii_case(prev, b"chunked");
+        }
+        last = Some(c);
+        count += 1;
+    }
+    match last {
+        _ if chunked_before_last => Err(Status::BadRequest),
+        Some(c) if c.eq_ignore_ascii_case(b"chunked") && count == 1 => Ok(()),
+        Some(c) if c.eq_ignore_ascii_case(b"chunked") => Err(Status::NotImplemented),
+        // Chunked must be the final coding of a request (RFC 9112 §6.3).
+        Some(c) if is_token(c) => Err(Status::NotImplemented),
+        _ => Err(Status::BadRequest),
+    }
+}
+
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
+    &s[start..end]
+}
+
+/// Decodes a chunked body at the start of `buf`, calling `data` with each
+/// chunk's bytes. Returns `Ok(None)` when incomplete, `Ok(Some((wire, len)))`
+/// with the bytes the body occupies (framing and trailers included) and its
+/// decoded length, or the status to answer a malformed or oversized body with.
+///
+/// Strict: every line ends in CRLF (a bare LF or CR is an error), sizes are
+/// hex digits only, chunk extensions are skipped, trailers are discarded.
+pub fn decode_chunked(
+    buf: &[u8],
+    max_body: usize,
+    mut data: impl FnMut(&[u8]),
+) -> Result<Option<(usize, usize)>, Status> {
+    let mut pos = 0;
+    let mut len = 0usize;
+    loop {
+        // chunk-size [ chunk-ext ] CRLF
+        let mut size = 0usize;
+        let mut digits = 0;
+        while let Some(&b) = buf.get(pos) {
+            let Some(d) = (b as char).to_digit(16) else { break };
+            if digits == 15 {
+                return Err(Status::BadRequest); // far beyond any limit
+            }
+            size = size * 16 + d as usize;
+            digits += 1;
+            pos += 1;
+        }
+        if pos == buf.len() {
+            return Ok(None);
+        }
+        if digits == 0 {
+            return Err(Status::BadRequest);
+        }
+        let Some(line_end) = line_end(buf, pos, true)? else { return Ok(None) };
+        pos = line_end;
+        if size == 0 {
+            break;
+        }
+        len = len.checked_add(size).ok_or(Status::BadRequest)?;
+        if len > max_body {
+            return Err(Status::PayloadTooLarge);
+        }
+        // chunk-data CRLF
+        if buf.len() < pos + size + 2 {
+            if buf.len() > pos + size {
+                check_crlf_prefix(&buf[pos + size..])?;
+            }
+            return Ok(None);
+        }
+        data(&buf[pos..pos + size]);
+        pos += size;
+        if &buf[pos..pos + 2] != b"\r\n" {
+            return Err(Status::BadRequest);
+        }
+        pos += 2;
+    }
+    // trailer-section CRLF: header lines, discarded, then an empty line.
+    loop {
+        if buf.len() < pos + 2 {
+            if buf.len() > pos {
+                check_crlf_prefix(&buf[pos..])?;
+            }
+            return Ok(None);
+        }
+        if &buf[pos..pos + 2] == b"\r\n" {
+            return Ok(Some((pos + 2, len)));
+        }
+        if matches!(buf[pos], b' ' | b'\t' | b'\r' | b'\n') {
+            return Err(Status::BadRequest); // obs-fold or a bare line ending
+        }
+        let Some(end) = line_end(buf, pos, false)? else { return Ok(None) };
+        pos = end;
+    }
+}
+
+/// From `pos`, finds the end of a line (just after its CRLF). With `ext`, the
+/// rest of the line must be chunk extensions (`;name[=value]`). A CR not
+/// followed by LF, or an LF not preceded by CR, is an error.
+fn line_end(buf: &[u8], pos: usize, ext: bool) -> Result<Option<usize>, Status> {
+    let rest = &buf[pos..];
+    if ext && !rest.is_empty() && !matches!(rest[0], b';' | b'\r' | b' ' | b'\t') {
+        return Err(Status::BadRequest);
+    }
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b'\n' => return Err(Status::BadRequest),
+            b'\r' => {
+                return match rest.get(i + 1) {
+                    Some(b'\n') => Ok(Some(pos + i + 2)),
+                    Some(_) => Err(Status::BadRequest),
+                    None => Ok(None),
+                };
+            }
+            0..=8 | 11..=31 | 127 => return Err(Status::BadRequest),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+fn check_crlf_prefix(rest: &[u8]) -> Result<(), Status> {
+    match rest {
+        [] | [b'\r'] | [b'\r', b'\n', ..] => Ok(()),
+        _ => Err(Status::BadRequest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_head: 8192, max_body: 1 << 20 };
+
+    fn status_of(req: &[u8]) -> Option<Status> {
+        match parse(req, &LIMITS) {
+            Parse::Error(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_simple_get_is_complete() {
+        let Parse::Complete(r) = parse(b"GET /plaintext?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", &LIMITS) else {
+            panic!()
+        };
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.path, b"/plaintext");
+        assert!(r.keep_alive);
+        assert_eq!(r.body, Body::Length(0));
+        assert_eq!(r.total_len, r.head_len);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let ka = |req: &[u8]| match parse(req, &LIMITS) {
+            Parse::Complete(r) => r.keep_alive,
+            other => panic!("{other:?}"),
+        };
+        assert!(!ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n"));
+    }
+
+    #[test]
+    fn framing_attacks_are_rejected() {
+        let bad = Some(Status::BadRequest);
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            bad
+        );
+        assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n"), bad);
+        assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3 4\r\n\r\n"), bad);
+        assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n"), bad);
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+            bad
+        );
+        assert_eq!(status_of(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), bad);
+        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n"), bad);
+        assert_eq!(status_of(b"GET / HTTP/1.1\r\n\r\n"), bad, "HTTP/1.1 without Host");
+        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), bad);
+        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"), bad);
+    }
+
+    #[test]
+    fn unsupported_things_get_their_own_status() {
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Some(Status::NotImplemented)
+        );
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some(Status::NotImplemented)
+        );
+        assert_eq!(status_of(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), Some(Status::VersionNotSupported));
+        assert_eq!(status_of(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"), Some(Status::VersionNotSupported));
+        assert_eq!(status_of(b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n"), Some(Status::BadRequest));
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n"),
+            Some(Status::PayloadTooLarge)
+        );
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 9000));
+        assert_eq!(status_of(&big), Some(Status::HeaderFieldsTooLarge));
+    }
+
+    #[test]
+    fn chunked_bodies_decode_strictly() {
+        let mut got = Vec::new();
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        let r = decode_chunked(body, 100, |d| got.extend_from_slice(d)).unwrap();
+        assert_eq!(r, Some((body.len() - 4, 9)));
+        assert_eq!(got, b"Wikipedia");
+        for bad in [
+            &b"4\nWiki\r\n0\r\n\r\n"[..],
+            b"4\r\nWiki\n0\r\n\r\n",
+            b"4\r\nWikiXX0\r\n\r\n",
+            b"g\r\n",
+            b"4\rX",
+            b"0\r\nTrailer: x\n\r\n",
+            b"0\r\n\n",
+            b"-1\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(decode_chunked(bad, 100, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for partial in [&b""[..], b"4", b"4\r", b"4\r\nWi", b"4\r\nWiki\r", b"0\r\n", b"0\r\nT: x\r\n"] {
+            assert_eq!(decode_chunked(partial, 100, |_| {}), Ok(None), "{partial:?}");
+        }
+        assert_eq!(decode_chunked(b"65\r\n", 100, |_| {}), Err(Status::PayloadTooLarge));
+    }
+
+    #[test]
+    fn absolute_form_targets_route_on_their_path() {
+        assert_eq!(route_path("http://example.com/json?x"), b"/json");
+        assert_eq!(route_path("http://example.com"), b"/");
+        assert_eq!(route_path("/a/b"), b"/a/b");
+    }
+}
