@@ -20,6 +20,8 @@ pub(crate) struct Counters {
     pub(crate) closed: [u64; REASONS],
     pub(crate) bytes_read: u64,
     pub(crate) bytes_written: u64,
+    pub(crate) reads: u64,
+    pub(crate) writes: u64,
     pub(crate) events: u64,
     pub(crate) loop_iterations: u64,
     pub(crate) accept_pauses: u64,
@@ -41,6 +43,8 @@ pub(crate) struct SharedCounters {
     closed: [AtomicU64; REASONS],
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
     events: AtomicU64,
     loop_iterations: AtomicU64,
     accept_pauses: AtomicU64,
@@ -68,6 +72,8 @@ impl SharedCounters {
         }
         self.bytes_read.store(c.bytes_read, Relaxed);
         self.bytes_written.store(c.bytes_written, Relaxed);
+        self.reads.store(c.reads, Relaxed);
+        self.writes.store(c.writes, Relaxed);
         self.events.store(c.events, Relaxed);
         self.loop_iterations.store(c.loop_iterations, Relaxed);
         self.accept_pauses.store(c.accept_pauses, Relaxed);
@@ -90,6 +96,8 @@ impl SharedCounters {
             closed: std::array::from_fn(|i| self.closed[i].load(Relaxed)),
             bytes_read: self.bytes_read.load(Relaxed),
             bytes_written: self.bytes_written.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
             events: self.events.load(Relaxed),
             loop_iterations: self.loop_iterations.load(Relaxed),
             accept_pauses: self.accept_pauses.load(Relaxed),
@@ -151,6 +159,8 @@ impl Metrics {
             }
             t.bytes_read += w.bytes_read;
             t.bytes_written += w.bytes_written;
+            t.reads += w.reads;
+            t.writes += w.writes;
             t.events += w.events;
             t.loop_iterations += w.loop_iterations;
             t.accept_pauses += w.accept_pauses;
@@ -184,6 +194,10 @@ pub struct WorkerMetrics {
     pub bytes_read: u64,
     /// Bytes written to connections.
     pub bytes_written: u64,
+    /// `read(2)` calls on connections that returned bytes.
+    pub reads: u64,
+    /// `send(2)`/`sendmsg(2)` calls on connections that wrote bytes.
+    pub writes: u64,
     /// Readiness events handled.
     pub events: u64,
     /// Turns of the event loop.

@@ -447,6 +447,7 @@ impl<H: Handler> Worker<H> {
                 }
                 Ok(n) => {
                     self.counters.bytes_read += n as u64;
+                    self.counters.reads += 1;
                     probes::read(self.info.index, conn.stream.as_raw_fd(), conn.id, n);
                     if n < space && !conn.eof_hint {
                         // A short read drained the socket; the next edge
@@ -511,6 +512,7 @@ impl<H: Handler> Worker<H> {
         }
         let fd = conn.stream.as_raw_fd();
         let (worker, id) = (self.info.index, conn.id);
+        let mut writes = 0;
         match conn.output.flush_to(|iov| {
             let n = if iov.len() == 1 {
                 // The common case: one piece, one send(2).
@@ -519,9 +521,11 @@ impl<H: Handler> Worker<H> {
                 sys::send_vectored(fd, iov)
             }?;
             probes::write(worker, fd, id, n);
+            writes += 1;
             Ok(n)
         }) {
             Ok(n) => {
+                self.counters.writes += writes;
                 if n > 0 {
                     self.counters.bytes_written += n as u64;
                     conn.last_progress = now;

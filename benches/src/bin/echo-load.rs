@@ -75,11 +75,25 @@ fn run(args: &Args) -> io::Result<(u64, f64)> {
         std.set_nodelay(true)?;
         std.set_nonblocking(true)?;
         let mut stream = TcpStream::from_std(std);
-        poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-        conns.push(Conn { stream, partial: 0, in_flight: 0, unsent: 0 });
+        poll.registry().register(
+            &mut stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        conns.push(Conn {
+            stream,
+            partial: 0,
+            in_flight: 0,
+            unsent: 0,
+        });
     }
     let msg = vec![b'e'; args.size.max(1)];
-    let batch: Vec<u8> = msg.iter().copied().cycle().take(msg.len() * args.depth).collect();
+    let batch: Vec<u8> = msg
+        .iter()
+        .copied()
+        .cycle()
+        .take(msg.len() * args.depth)
+        .collect();
     let mut buf = vec![0u8; 64 * 1024];
     let mut events = Events::with_capacity(1024);
     let start = Instant::now();
@@ -102,7 +116,12 @@ fn run(args: &Args) -> io::Result<(u64, f64)> {
             }
             loop {
                 match c.stream.read(&mut buf) {
-                    Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed")),
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "server closed",
+                        ))
+                    }
                     Ok(n) => {
                         let total = c.partial + n;
                         let whole = total / msg.len();

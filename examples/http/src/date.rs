@@ -14,8 +14,10 @@ pub fn format_http_date(t: SystemTime, out: &mut [u8; DATE_LEN]) {
     let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
     // 1970-01-01 was a Thursday.
     const WEEKDAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] =
-        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
     let (year, month, day) = civil_from_days(days);
     out[0..3].copy_from_slice(WEEKDAYS[(days.rem_euclid(7)) as usize]);
     out[3..5].copy_from_slice(b", ");

@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use corelane::{Accepted, Action, CloseReason, Handler, Input, Metrics, Output, Steering, WorkerInfo};
+use corelane::{
+    Accepted, Action, CloseReason, Handler, Input, Metrics, Output, Steering, WorkerInfo,
+};
 
 pub mod date;
 pub mod request;
@@ -49,14 +51,20 @@ pub struct HttpOptions {
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { limits: Limits { max_head: 16 * 1024, max_body: 1024 * 1024 } }
+        HttpOptions {
+            limits: Limits {
+                max_head: 16 * 1024,
+                max_body: 1024 * 1024,
+            },
+        }
     }
 }
 
 impl HttpOptions {
-    /// The runtime's unconsumed-input limit these limits need.
+    /// The runtime's unconsumed-input limit these limits need (the handler
+    /// enforces the exact limits itself; this is the backstop).
     pub fn max_input(&self) -> usize {
-        self.limits.max_chunked_wire()
+        self.limits.max_chunked_wire().max(64 * 1024)
     }
 }
 
@@ -74,7 +82,9 @@ struct PaddedCounter(AtomicU64);
 impl RequestCounters {
     /// Counters for `workers` workers.
     pub fn new(workers: usize) -> Self {
-        RequestCounters { per_worker: (0..workers).map(|_| PaddedCounter::default()).collect() }
+        RequestCounters {
+            per_worker: (0..workers).map(|_| PaddedCounter::default()).collect(),
+        }
     }
 
     /// Requests answered by `worker`.
@@ -145,7 +155,15 @@ impl Http {
         http
     }
 
-    fn head(&self, out: &mut Output, status: Status, content_type: &[u8], len: usize, conn: ConnHeader, extra: &[u8]) {
+    fn head(
+        &self,
+        out: &mut Output,
+        status: Status,
+        content_type: &[u8],
+        len: usize,
+        conn: ConnHeader,
+        extra: &[u8],
+    ) {
         out.extend_from_slice(status.line());
         out.extend_from_slice(b"Server: corelane\r\nDate: ");
         out.extend_from_slice(&self.date);
@@ -182,7 +200,15 @@ impl Http {
 
     /// Answers a bad request; the connection closes after it.
     fn error(&self, out: &mut Output, status: Status) {
-        self.simple(out, status, b"text/plain", status.reason_body(), ConnHeader::Close, false, b"");
+        self.simple(
+            out,
+            status,
+            b"text/plain",
+            status.reason_body(),
+            ConnHeader::Close,
+            false,
+            b"",
+        );
     }
 
     fn respond(&mut self, req: &Request<'_>, buf: &[u8], keep: bool, out: &mut Output) {
@@ -198,36 +224,74 @@ impl Http {
                 if conn == ConnHeader::None && !head_only {
                     out.extend_from_slice(&self.plaintext);
                 } else {
-                    self.simple(out, Status::Ok, b"text/plain", PLAINTEXT_BODY, conn, head_only, b"");
+                    self.simple(
+                        out,
+                        Status::Ok,
+                        b"text/plain",
+                        PLAINTEXT_BODY,
+                        conn,
+                        head_only,
+                        b"",
+                    );
                 }
             }
             b"/json" if get => {
                 if conn == ConnHeader::None && !head_only {
                     out.extend_from_slice(&self.json);
                 } else {
-                    self.simple(out, Status::Ok, b"application/json", JSON_BODY, conn, head_only, b"");
+                    self.simple(
+                        out,
+                        Status::Ok,
+                        b"application/json",
+                        JSON_BODY,
+                        conn,
+                        head_only,
+                        b"",
+                    );
                 }
             }
-            b"/" if get => {
-                self.simple(out, Status::Ok, b"text/plain; charset=utf-8", INDEX_BODY, conn, head_only, b"")
-            }
+            b"/" if get => self.simple(
+                out,
+                Status::Ok,
+                b"text/plain; charset=utf-8",
+                INDEX_BODY,
+                conn,
+                head_only,
+                b"",
+            ),
             b"/metrics" if get => {
                 let mut page = std::mem::take(&mut self.scratch);
                 page.clear();
                 self.render_metrics(&mut page);
-                self.simple(out, Status::Ok, b"text/plain; version=0.0.4", &page, conn, head_only, b"");
+                self.simple(
+                    out,
+                    Status::Ok,
+                    b"text/plain; version=0.0.4",
+                    &page,
+                    conn,
+                    head_only,
+                    b"",
+                );
                 self.scratch = page;
             }
             b"/echo" if req.method == Method::Post => {
                 let body = &buf[req.head_len..req.total_len];
                 match req.body {
-                    Body::Length(_) => {
-                        self.simple(out, Status::Ok, b"application/octet-stream", body, conn, false, b"")
-                    }
+                    Body::Length(_) => self.simple(
+                        out,
+                        Status::Ok,
+                        b"application/octet-stream",
+                        body,
+                        conn,
+                        false,
+                        b"",
+                    ),
                     Body::Chunked { len } => {
                         self.head(out, Status::Ok, b"application/octet-stream", len, conn, b"");
                         // Already validated by `parse`; this pass copies the data.
-                        let _ = decode_chunked(body, self.limits.max_body, |d| out.extend_from_slice(d));
+                        let _ = decode_chunked(body, self.limits.max_body, |d| {
+                            out.extend_from_slice(d)
+                        });
                     }
                 }
             }
@@ -249,7 +313,15 @@ impl Http {
                 head_only,
                 b"Allow: POST\r\n",
             ),
-            _ => self.simple(out, Status::NotFound, b"text/plain", Status::NotFound.reason_body(), conn, head_only, b""),
+            _ => self.simple(
+                out,
+                Status::NotFound,
+                b"text/plain",
+                Status::NotFound.reason_body(),
+                conn,
+                head_only,
+                b"",
+            ),
         }
         self.answered += 1;
     }
@@ -257,25 +329,102 @@ impl Http {
     /// The runtime's metrics in Prometheus text exposition format.
     fn render_metrics(&self, page: &mut Vec<u8>) {
         let workers = self.metrics.snapshot();
-        let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&corelane::WorkerMetrics) -> u64| {
-            let _ = writeln!(page, "# HELP corelane_{name} {help}\n# TYPE corelane_{name} {kind}");
-            for w in &workers {
-                let _ = writeln!(page, "corelane_{name}{{worker=\"{}\"}} {}", w.worker, value(w));
-            }
-        };
-        family("connections_accepted_total", "counter", "Connections accepted.", &|w| w.accepted);
-        family("connections_active", "gauge", "Connections open now.", &|w| w.active);
-        family("http_requests_total", "counter", "HTTP requests answered.", &|w| self.requests.get(w.worker));
-        family("read_bytes_total", "counter", "Bytes read from connections.", &|w| w.bytes_read);
-        family("written_bytes_total", "counter", "Bytes written to connections.", &|w| w.bytes_written);
-        family("events_total", "counter", "Readiness events handled.", &|w| w.events);
-        family("loop_iterations_total", "counter", "Event loop turns.", &|w| w.loop_iterations);
-        family("accept_pauses_total", "counter", "Accept pauses for lack of descriptors or memory.", &|w| {
-            w.accept_pauses
-        });
-        family("pool_idle_buffers", "gauge", "Buffers idle in the worker's pool.", &|w| w.pool_idle);
-        family("pool_lent_buffers", "gauge", "Buffers lent to connections.", &|w| w.pool_outstanding);
-        family("connection_table_slots", "gauge", "Capacity of the connection table.", &|w| w.slab_capacity);
+        let mut family =
+            |name: &str,
+             kind: &str,
+             help: &str,
+             value: &dyn Fn(&corelane::WorkerMetrics) -> u64| {
+                let _ = writeln!(
+                    page,
+                    "# HELP corelane_{name} {help}\n# TYPE corelane_{name} {kind}"
+                );
+                for w in &workers {
+                    let _ = writeln!(
+                        page,
+                        "corelane_{name}{{worker=\"{}\"}} {}",
+                        w.worker,
+                        value(w)
+                    );
+                }
+            };
+        family(
+            "connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            &|w| w.accepted,
+        );
+        family(
+            "connections_active",
+            "gauge",
+            "Connections open now.",
+            &|w| w.active,
+        );
+        family(
+            "http_requests_total",
+            "counter",
+            "HTTP requests answered.",
+            &|w| self.requests.get(w.worker),
+        );
+        family(
+            "read_bytes_total",
+            "counter",
+            "Bytes read from connections.",
+            &|w| w.bytes_read,
+        );
+        family(
+            "written_bytes_total",
+            "counter",
+            "Bytes written to connections.",
+            &|w| w.bytes_written,
+        );
+        family(
+            "read_calls_total",
+            "counter",
+            "read(2) calls that returned bytes.",
+            &|w| w.reads,
+        );
+        family(
+            "write_calls_total",
+            "counter",
+            "send(2)/sendmsg(2) calls that wrote bytes.",
+            &|w| w.writes,
+        );
+        family(
+            "events_total",
+            "counter",
+            "Readiness events handled.",
+            &|w| w.events,
+        );
+        family(
+            "loop_iterations_total",
+            "counter",
+            "Event loop turns.",
+            &|w| w.loop_iterations,
+        );
+        family(
+            "accept_pauses_total",
+            "counter",
+            "Accept pauses for lack of descriptors or memory.",
+            &|w| w.accept_pauses,
+        );
+        family(
+            "pool_idle_buffers",
+            "gauge",
+            "Buffers idle in the worker's pool.",
+            &|w| w.pool_idle,
+        );
+        family(
+            "pool_lent_buffers",
+            "gauge",
+            "Buffers lent to connections.",
+            &|w| w.pool_outstanding,
+        );
+        family(
+            "connection_table_slots",
+            "gauge",
+            "Capacity of the connection table.",
+            &|w| w.slab_capacity,
+        );
         let _ = writeln!(
             page,
             "# HELP corelane_connections_closed_total Connections closed, by reason.\n\
@@ -297,8 +446,16 @@ impl Http {
              # TYPE corelane_gc_passes_total counter"
         );
         for w in &workers {
-            for (kind, n) in [("pool_trim", w.pool_trims), ("idle_sweep", w.idle_sweeps), ("slab_shrink", w.slab_shrinks)] {
-                let _ = writeln!(page, "corelane_gc_passes_total{{worker=\"{}\",kind=\"{kind}\"}} {n}", w.worker);
+            for (kind, n) in [
+                ("pool_trim", w.pool_trims),
+                ("idle_sweep", w.idle_sweeps),
+                ("slab_shrink", w.slab_shrinks),
+            ] {
+                let _ = writeln!(
+                    page,
+                    "corelane_gc_passes_total{{worker=\"{}\",kind=\"{kind}\"}} {n}",
+                    w.worker
+                );
             }
         }
         let _ = writeln!(
@@ -312,9 +469,10 @@ impl Http {
     fn rebuild_cached(&mut self) {
         let mut plaintext = std::mem::take(&mut self.plaintext);
         let mut json = std::mem::take(&mut self.json);
-        for (buf, ct, body) in
-            [(&mut plaintext, &b"text/plain"[..], PLAINTEXT_BODY), (&mut json, b"application/json", JSON_BODY)]
-        {
+        for (buf, ct, body) in [
+            (&mut plaintext, &b"text/plain"[..], PLAINTEXT_BODY),
+            (&mut json, b"application/json", JSON_BODY),
+        ] {
             buf.clear();
             buf.extend_from_slice(Status::Ok.line());
             buf.extend_from_slice(b"Server: corelane\r\nDate: ");
@@ -338,7 +496,12 @@ impl Handler for Http {
         HttpConn::default()
     }
 
-    fn on_data(&mut self, conn: &mut HttpConn, input: &mut Input<'_>, output: &mut Output) -> Action {
+    fn on_data(
+        &mut self,
+        conn: &mut HttpConn,
+        input: &mut Input<'_>,
+        output: &mut Output,
+    ) -> Action {
         let answered = self.answered;
         let action = loop {
             let buf = input.bytes();

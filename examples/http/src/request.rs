@@ -99,7 +99,9 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
             return if buf.len() > limits.max_head {
                 Parse::Error(Status::HeaderFieldsTooLarge)
             } else {
-                Parse::Partial { expect_continue: false }
+                Parse::Partial {
+                    expect_continue: false,
+                }
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Parse::Error(Status::HeaderFieldsTooLarge),
@@ -122,7 +124,9 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
         "POST" => Method::Post,
         _ => Method::Other,
     };
-    let Some(path) = req.path.map(route_path) else { return Parse::Error(Status::BadRequest) };
+    let Some(path) = req.path.map(route_path) else {
+        return Parse::Error(Status::BadRequest);
+    };
 
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
@@ -172,7 +176,11 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
     if hosts > 1 || (minor == 1 && hosts == 0) {
         return Parse::Error(Status::BadRequest);
     }
-    let keep_alive = if minor == 1 { !close } else { keep_alive_token && !close };
+    let keep_alive = if minor == 1 {
+        !close
+    } else {
+        keep_alive_token && !close
+    };
 
     let rest = &buf[head_len..];
     let (body, body_wire) = if chunked {
@@ -211,8 +219,14 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
 /// (`http://host/path`) is reduced to its path.
 fn route_path(target: &str) -> &[u8] {
     let mut t = target.as_bytes();
-    if let Some(after) = t.strip_prefix(b"http://").or_else(|| t.strip_prefix(b"https://")) {
-        t = after.iter().position(|&b| b == b'/').map_or(b"/", |i| &after[i..]);
+    if let Some(after) = t
+        .strip_prefix(b"http://")
+        .or_else(|| t.strip_prefix(b"https://"))
+    {
+        t = after
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(b"/", |i| &after[i..]);
     }
     match t.iter().position(|&b| b == b'?') {
         Some(i) => &t[..i],
@@ -223,7 +237,10 @@ fn route_path(target: &str) -> &[u8] {
 /// Whether the request line is well formed except for its version (so the
 /// right answer is 505, not 400): `METHOD SP target SP HTTP/d.d CRLF`.
 fn well_formed_other_version(buf: &[u8]) -> bool {
-    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let line_end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
     let line = &buf[..line_end];
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
@@ -278,12 +295,19 @@ fn transfer_coding(value: &[u8]) -> Result<(), Status> {
 
 fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
-        && s.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
     &s[start..end]
 }
 
@@ -306,7 +330,9 @@ pub fn decode_chunked(
         let mut size = 0usize;
         let mut digits = 0;
         while let Some(&b) = buf.get(pos) {
-            let Some(d) = (b as char).to_digit(16) else { break };
+            let Some(d) = (b as char).to_digit(16) else {
+                break;
+            };
             if digits == 15 {
                 return Err(Status::BadRequest); // far beyond any limit
             }
@@ -320,7 +346,9 @@ pub fn decode_chunked(
         if digits == 0 {
             return Err(Status::BadRequest);
         }
-        let Some(line_end) = line_end(buf, pos, true)? else { return Ok(None) };
+        let Some(line_end) = line_end(buf, pos, true)? else {
+            return Ok(None);
+        };
         pos = line_end;
         if size == 0 {
             break;
@@ -357,7 +385,9 @@ pub fn decode_chunked(
         if matches!(buf[pos], b' ' | b'\t' | b'\r' | b'\n') {
             return Err(Status::BadRequest); // obs-fold or a bare line ending
         }
-        let Some(end) = line_end(buf, pos, false)? else { return Ok(None) };
+        let Some(end) = line_end(buf, pos, false)? else {
+            return Ok(None);
+        };
         pos = end;
     }
 }
@@ -398,7 +428,10 @@ fn check_crlf_prefix(rest: &[u8]) -> Result<(), Status> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_head: 8192, max_body: 1 << 20 };
+    const LIMITS: Limits = Limits {
+        max_head: 8192,
+        max_body: 1 << 20,
+    };
 
     fn status_of(req: &[u8]) -> Option<Status> {
         match parse(req, &LIMITS) {
@@ -409,7 +442,8 @@ mod tests {
 
     #[test]
     fn a_simple_get_is_complete() {
-        let Parse::Complete(r) = parse(b"GET /plaintext?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", &LIMITS) else {
+        let Parse::Complete(r) = parse(b"GET /plaintext?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", &LIMITS)
+        else {
             panic!()
         };
         assert_eq!(r.method, Method::Get);
@@ -425,10 +459,14 @@ mod tests {
             Parse::Complete(r) => r.keep_alive,
             other => panic!("{other:?}"),
         };
-        assert!(!ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -439,20 +477,46 @@ mod tests {
             bad
         );
         assert_eq!(
-            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            status_of(
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
+            ),
             bad
         );
-        assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n"), bad);
-        assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3 4\r\n\r\n"), bad);
-        assert_eq!(status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n"), bad);
         assert_eq!(
-            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n"),
             bad
         );
-        assert_eq!(status_of(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), bad);
-        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n"), bad);
-        assert_eq!(status_of(b"GET / HTTP/1.1\r\n\r\n"), bad, "HTTP/1.1 without Host");
-        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), bad);
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3 4\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status_of(
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
+            ),
+            bad
+        );
+        assert_eq!(
+            status_of(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status_of(b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n"),
+            bad
+        );
+        assert_eq!(
+            status_of(b"GET / HTTP/1.1\r\n\r\n"),
+            bad,
+            "HTTP/1.1 without Host"
+        );
+        assert_eq!(
+            status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            bad
+        );
         assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"), bad);
     }
 
@@ -466,9 +530,18 @@ mod tests {
             status_of(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Some(Status::NotImplemented)
         );
-        assert_eq!(status_of(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), Some(Status::VersionNotSupported));
-        assert_eq!(status_of(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"), Some(Status::VersionNotSupported));
-        assert_eq!(status_of(b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n"), Some(Status::BadRequest));
+        assert_eq!(
+            status_of(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
+            Some(Status::VersionNotSupported)
+        );
+        assert_eq!(
+            status_of(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"),
+            Some(Status::VersionNotSupported)
+        );
+        assert_eq!(
+            status_of(b"GET / HTTQ/1.1\r\nHost: a\r\n\r\n"),
+            Some(Status::BadRequest)
+        );
         assert_eq!(
             status_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n"),
             Some(Status::PayloadTooLarge)
@@ -496,12 +569,31 @@ mod tests {
             b"-1\r\n",
             b"fffffffffffffffff\r\n",
         ] {
-            assert!(decode_chunked(bad, 100, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_chunked(bad, 100, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        for partial in [&b""[..], b"4", b"4\r", b"4\r\nWi", b"4\r\nWiki\r", b"0\r\n", b"0\r\nT: x\r\n"] {
-            assert_eq!(decode_chunked(partial, 100, |_| {}), Ok(None), "{partial:?}");
+        for partial in [
+            &b""[..],
+            b"4",
+            b"4\r",
+            b"4\r\nWi",
+            b"4\r\nWiki\r",
+            b"0\r\n",
+            b"0\r\nT: x\r\n",
+        ] {
+            assert_eq!(
+                decode_chunked(partial, 100, |_| {}),
+                Ok(None),
+                "{partial:?}"
+            );
         }
-        assert_eq!(decode_chunked(b"65\r\n", 100, |_| {}), Err(Status::PayloadTooLarge));
+        assert_eq!(
+            decode_chunked(b"65\r\n", 100, |_| {}),
+            Err(Status::PayloadTooLarge)
+        );
     }
 
     #[test]
