@@ -35,7 +35,14 @@ pub(crate) struct TimerWheel {
     cursor: Tick,
     slots: Vec<Vec<Entry>>,
     len: usize,
+    /// No entry is due before this tick (a lower bound, so waking at it is
+    /// never late). `None` after an expiry pass until the next look-ahead.
+    earliest: Option<Tick>,
 }
+
+/// Slots [`TimerWheel::next_timeout`] looks ahead at most; with nothing due
+/// sooner the worker wakes at that horizon and looks again.
+const LOOK_AHEAD: Tick = 64;
 
 impl TimerWheel {
     /// A wheel of `slots` slots (rounded up to a power of two) of `resolution` each.
@@ -48,6 +55,7 @@ impl TimerWheel {
             cursor: 0,
             slots: vec![Vec::new(); slots],
             len: 0,
+            earliest: None,
         }
     }
 
@@ -71,6 +79,9 @@ impl TimerWheel {
             tick,
         });
         self.len += 1;
+        if let Some(e) = self.earliest.as_mut() {
+            *e = (*e).min(tick);
+        }
         tick
     }
 
@@ -82,6 +93,7 @@ impl TimerWheel {
             / self.resolution.as_nanos()) as Tick;
         if self.len == 0 {
             self.cursor = self.cursor.max(now_tick + 1);
+            self.earliest = None;
             return;
         }
         let mask = self.slots.len() as Tick - 1;
@@ -102,20 +114,35 @@ impl TimerWheel {
             self.cursor += 1;
         }
         self.cursor = self.cursor.max(now_tick + 1);
+        if self.earliest.is_some_and(|e| e < self.cursor) {
+            self.earliest = None;
+        }
     }
 
     /// How long from `now` until the next tick boundary at which an entry may
     /// be due, or `None` when the wheel is empty. Used as the poll timeout.
-    pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
+    ///
+    /// Cheap on every loop turn: the answer is cached as a lower bound and
+    /// only recomputed, by looking at most [`LOOK_AHEAD`] slots ahead, after
+    /// an expiry pass consumed it.
+    pub(crate) fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
-        let mask = self.slots.len() as Tick - 1;
-        // Look one turn ahead for the first non-empty slot; an entry there may
-        // belong to a later turn, in which case we just wake up early once.
-        let first = (self.cursor..=self.cursor + mask)
-            .find(|t| !self.slots[(t & mask) as usize].is_empty())
-            .unwrap_or(self.cursor + mask);
+        let first = match self.earliest {
+            Some(e) => e,
+            None => {
+                let mask = self.slots.len() as Tick - 1;
+                let horizon = LOOK_AHEAD.min(mask);
+                // A non-empty slot may hold only later turns' entries; then
+                // we wake early once and look again.
+                let t = (self.cursor..self.cursor + horizon)
+                    .find(|t| !self.slots[(t & mask) as usize].is_empty())
+                    .unwrap_or(self.cursor + horizon);
+                self.earliest = Some(t);
+                t
+            }
+        };
         let at = self.start
             + Duration::from_nanos((self.resolution.as_nanos() as u64).saturating_mul(first));
         Some(at.saturating_duration_since(now))
@@ -210,10 +237,23 @@ mod tests {
     #[test]
     fn next_timeout_points_at_the_first_due_slot() {
         let t0 = Instant::now();
-        let mut w = TimerWheel::new(t0, ms(10), 64);
+        let mut w = TimerWheel::new(t0, ms(10), 1024);
         assert_eq!(w.next_timeout(t0), None);
         w.schedule(1, 0, t0 + ms(45));
         assert_eq!(w.next_timeout(t0), Some(ms(50)));
+        // An earlier entry lowers the cached answer.
+        w.schedule(2, 0, t0 + ms(25));
+        assert_eq!(w.next_timeout(t0), Some(ms(30)));
+        // After it fires, the look-ahead finds the next one.
+        let mut due = Vec::new();
+        w.expire(t0 + ms(30), &mut due);
+        assert_eq!(due.len(), 1);
+        assert_eq!(w.next_timeout(t0 + ms(30)), Some(ms(20)));
+        w.expire(t0 + ms(50), &mut due);
+        // Far entries: wake at the look-ahead horizon, never later than due.
+        w.schedule(3, 0, t0 + ms(5000));
+        let wait = w.next_timeout(t0 + ms(50)).unwrap();
+        assert!(wait <= ms(4950) && wait >= ms(600), "{wait:?}");
     }
 
     #[test]

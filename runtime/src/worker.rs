@@ -201,7 +201,7 @@ impl<H: Handler> Worker<H> {
         (conn.generation == token.generation).then_some(token.key)
     }
 
-    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+    fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
         if !self.requeue.is_empty() || self.accept == (AcceptState::Open { pending: true }) {
             return Some(Duration::ZERO);
         }

@@ -107,10 +107,11 @@ fn a_client_that_never_reads_cannot_grow_server_memory() {
     }
     assert!(sent < 256 << 20, "the server kept reading without bound");
     let m = server.metrics.total();
-    // What the server read is bounded by its high-water mark plus one read,
-    // plus what the kernel's socket buffers hold (not server memory).
+    // Queued output is bounded by the high-water mark plus one read; a read
+    // fills at most one pooled buffer, and the pool keeps buffers of up to
+    // twice its buffer size. The rest sits in kernel socket buffers.
     assert!(
-        max_output.load(Ordering::Relaxed) <= high_water + 16 * 1024,
+        max_output.load(Ordering::Relaxed) <= high_water + 2 * 16 * 1024,
         "queued output {} exceeded the high-water mark",
         max_output.load(Ordering::Relaxed)
     );
