@@ -218,6 +218,40 @@ impl Output {
         self.pending == 0
     }
 
+    /// Drops everything queued and not yet written.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.pos = 0;
+        self.segs.clear();
+        self.chunk_pos = 0;
+        self.pending = 0;
+    }
+
+    /// The queued bytes, copied out in order (for tests and inspection; the
+    /// worker writes them without copying).
+    #[must_use]
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pending);
+        let mut start = self.pos;
+        for (i, seg) in self.segs.iter().enumerate() {
+            match seg {
+                Segment::Inline(end) => {
+                    if *end > start {
+                        out.extend_from_slice(&self.buf[start..*end]);
+                    }
+                    start = start.max(*end);
+                }
+                Segment::Shared(b) => {
+                    out.extend_from_slice(&b[if i == 0 { self.chunk_pos } else { 0 }..]);
+                }
+            }
+        }
+        if self.buf.len() > start {
+            out.extend_from_slice(&self.buf[start..]);
+        }
+        out
+    }
+
     /// Makes sure the inline buffer can take `additional` more bytes.
     pub fn reserve(&mut self, additional: usize) {
         self.buf.reserve(additional);
@@ -245,10 +279,7 @@ impl Output {
 
     /// Drops whatever is unwritten and takes the buffer out, for the pool.
     pub(crate) fn discard(&mut self) -> Option<Vec<u8>> {
-        self.buf.clear();
-        self.segs.clear();
-        self.chunk_pos = 0;
-        self.pending = 0;
+        self.clear();
         self.take_buffer()
     }
 
@@ -429,6 +460,7 @@ mod tests {
         out.extend_from_slice(b"a");
         out.push_bytes(Bytes::from_static(b"bcd"));
         out.extend_from_slice(b"ef");
+        assert_eq!(out.to_vec(), b"abcdef");
         let (got, syscalls) = drain(&mut out, 1 << 20, 100);
         assert_eq!(got, b"abcdef");
         assert_eq!(syscalls, 1);

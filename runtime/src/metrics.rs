@@ -119,7 +119,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(workers: usize) -> Self {
+    /// Zeroed counters for `workers` workers. Servers make their own; this is
+    /// for driving a handler outside a server (tests, benches, fuzzers).
+    #[must_use]
+    pub fn new(workers: usize) -> Self {
         let workers: Arc<[SharedCounters]> =
             (0..workers).map(|_| SharedCounters::default()).collect();
         for w in workers.iter() {

@@ -31,6 +31,22 @@ pub struct WorkerInfo {
     pub steering: Steering,
 }
 
+impl WorkerInfo {
+    /// Describes worker `index` of `workers` outside any server, with fresh
+    /// metrics and kernel steering: for building a handler directly in tests,
+    /// benches and fuzzers.
+    #[must_use]
+    pub fn detached(index: usize, workers: usize) -> Self {
+        WorkerInfo {
+            index,
+            workers,
+            cpu: None,
+            metrics: Metrics::new(workers),
+            steering: Steering::Kernel,
+        }
+    }
+}
+
 /// Builds a [`Server`]. Every setter returns the builder; finish with
 /// [`build`](ServerBuilder::build).
 #[derive(Debug, Clone, Default)]

@@ -137,6 +137,12 @@ impl Http {
         }
     }
 
+    /// Connection state for driving the handler outside a server (benches,
+    /// fuzzers); the runtime calls [`Handler::on_accept`] itself.
+    pub fn on_accept_detached(&mut self) -> HttpConn {
+        HttpConn::default()
+    }
+
     /// A handler for the worker described by `info`.
     pub fn new(info: &WorkerInfo, opts: HttpOptions, requests: Arc<RequestCounters>) -> Self {
         let mut http = Http {
