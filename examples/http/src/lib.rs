@@ -26,6 +26,7 @@ use corelane::{
 };
 
 pub mod date;
+pub mod fuzzing;
 pub mod request;
 pub mod status;
 

@@ -106,6 +106,13 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
         }
         Err(httparse::Error::TooManyHeaders) => return Parse::Error(Status::HeaderFieldsTooLarge),
         Err(httparse::Error::Version) => {
+            // Judge the version only on a whole request line, so the answer
+            // does not depend on how the bytes were split.
+            if !buf.iter().any(|&b| b == b'\n') && buf.len() <= limits.max_head {
+                return Parse::Partial {
+                    expect_continue: false,
+                };
+            }
             return Parse::Error(if well_formed_other_version(buf) {
                 Status::VersionNotSupported
             } else {
@@ -185,6 +192,11 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
     let rest = &buf[head_len..];
     let (body, body_wire) = if chunked {
         match decode_chunked(rest, limits.max_body, |_| {}) {
+            // The same bound as while it arrives (below), so a request is
+            // judged alike whether it came in one read or many.
+            Ok(Some((wire, _))) if head_len + wire > limits.max_chunked_wire() => {
+                return Parse::Error(Status::PayloadTooLarge);
+            }
             Ok(Some((wire, len))) => (Body::Chunked { len }, wire),
             Ok(None) => {
                 if buf.len() > limits.max_chunked_wire() {

@@ -1,0 +1,89 @@
+//! The request path as the fuzzer drives it: bytes fed to the handler the
+//! way the runtime feeds them, whole and in pieces.
+//!
+//! Shared by the cargo-fuzz target (`examples/http/fuzz`) and by a regular
+//! test that replays the seed corpus, so CI checks the same properties.
+
+use corelane::{Action, Handler, Input, Output, WorkerInfo};
+
+use crate::{Http, HttpOptions};
+
+/// Feeds `pieces` one after another to a fresh handler, keeping unconsumed
+/// bytes as the runtime does, until the handler asks to close. Returns the
+/// bytes it wrote and whether it closed.
+pub fn feed(pieces: &[&[u8]], opts: HttpOptions) -> (Vec<u8>, bool) {
+    let info = WorkerInfo::detached(0, 1);
+    let mut http = Http::new(
+        &info,
+        opts,
+        std::sync::Arc::new(crate::RequestCounters::new(1)),
+    );
+    let mut conn = http.on_accept_detached();
+    let mut buffered: Vec<u8> = Vec::new();
+    let mut out = Output::default();
+    let mut written = Vec::new();
+    for piece in pieces {
+        buffered.extend_from_slice(piece);
+        let mut input = Input::new(&buffered, false, false);
+        let action = http.on_data(&mut conn, &mut input, &mut out);
+        let consumed = input.consumed();
+        assert!(consumed <= buffered.len());
+        buffered.drain(..consumed);
+        written.extend_from_slice(&out.to_vec());
+        out.clear();
+        if action == Action::Close {
+            return (written, true);
+        }
+    }
+    (written, false)
+}
+
+/// Drops interim `100 Continue` responses (sent or not depending on how the
+/// bytes were split).
+fn without_interim(mut out: &[u8]) -> Vec<u8> {
+    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut kept = Vec::with_capacity(out.len());
+    while !out.is_empty() {
+        if let Some(rest) = out.strip_prefix(CONTINUE) {
+            out = rest;
+        } else {
+            kept.push(out[0]);
+            out = &out[1..];
+        }
+    }
+    kept
+}
+
+/// The fuzz property. The first byte chooses how the rest is split; the rest
+/// is fed whole and in pieces. Nothing may panic, every response must be a
+/// well-formed HTTP/1.1 status line, and splitting must not change the
+/// responses (interim 100s aside) or whether the connection closes.
+pub fn check(data: &[u8]) {
+    let Some((&seed, data)) = data.split_first() else {
+        return;
+    };
+    let mut opts = HttpOptions::default();
+    opts.limits.max_head = 2048;
+    opts.limits.max_body = 4096;
+    let (whole, whole_closed) = feed(&[data], opts);
+    let step = usize::from(seed % 17) + 1;
+    let pieces: Vec<&[u8]> = data.chunks(step).collect();
+    let (split, split_closed) = feed(&pieces, opts);
+    assert!(
+        whole.is_empty() || whole.starts_with(b"HTTP/1.1 "),
+        "malformed response"
+    );
+    let (whole, split) = (without_interim(&whole), without_interim(&split));
+    // A request that is still incomplete when the whole input ends is not
+    // answered in either mode; only compare what both modes had to answer.
+    assert_eq!(
+        whole_closed, split_closed,
+        "close decision depends on the split"
+    );
+    assert!(
+        whole == split,
+        "responses depend on the split (step {step}):\nwhole: {:?}\nsplit: {:?}",
+        String::from_utf8_lossy(&whole),
+        String::from_utf8_lossy(&split)
+    );
+}
