@@ -108,7 +108,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
         Err(httparse::Error::Version) => {
             // Judge the version only on a whole request line, so the answer
             // does not depend on how the bytes were split.
-            if !buf.iter().any(|&b| b == b'\n') && buf.len() <= limits.max_head {
+            if !buf.contains(&b'\n') && buf.len() <= limits.max_head {
                 return Parse::Partial {
                     expect_continue: false,
                 };
@@ -386,8 +386,9 @@ pub fn decode_chunked(
     // trailer-section CRLF: header lines, discarded, then an empty line.
     loop {
         if buf.len() < pos + 2 {
-            if buf.len() > pos {
-                check_crlf_prefix(&buf[pos..])?;
+            // One byte: the CR of the final CRLF, or the start of a field line.
+            if buf.len() > pos && matches!(buf[pos], b' ' | b'\t' | b'\n') {
+                return Err(Status::BadRequest);
             }
             return Ok(None);
         }
