@@ -596,6 +596,8 @@ mod tests {
             b"4\r\nWiki\r",
             b"0\r\n",
             b"0\r\nT: x\r\n",
+            b"0\r\nT",
+            b"0\r\n\r",
         ] {
             assert_eq!(
                 decode_chunked(partial, 100, |_| {}),
