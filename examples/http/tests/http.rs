@@ -98,6 +98,10 @@ fn sixteen_pipelined_requests_are_answered_in_order_with_one_write() {
         };
         assert_eq!(r.body, want, "response {i} out of order");
     }
+    // Metrics are published at the end of the worker's loop turn, which may
+    // come after the client has read the replies.
+    server.wait_for("the turn's metrics", |m| m.reads >= 2 && m.writes >= 2);
+    std::thread::sleep(Duration::from_millis(50));
     let m = server.metrics.total();
     assert_eq!(m.reads, 2, "the 16 requests arrived in one read");
     assert_eq!(m.writes, 2, "and their 16 replies left in one write");
