@@ -11,7 +11,7 @@ use crate::handler::Handler;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::options::{ServerOptions, Workers};
-use crate::steering::Steering;
+use crate::steering::{self, Steering};
 use crate::sys;
 use crate::worker::Worker;
 
@@ -179,14 +179,18 @@ impl ServerBuilder {
             addr: opts.addr,
             source,
         })?;
+        let cpus: Vec<Option<usize>> = if opts.pin {
+            cpus.into_iter().map(Some).collect()
+        } else {
+            vec![None; cpus.len()]
+        };
+        let mut opts = opts;
+        // Every listener is listening: the group is complete, steer it.
+        opts.steering = steering::apply(opts.steering, &listeners, &cpus);
         Ok(Server {
             metrics: Metrics::new(cpus.len()),
             shutdown: ShutdownHandle::new(),
-            cpus: if opts.pin {
-                cpus.into_iter().map(Some).collect()
-            } else {
-                vec![None; cpus.len()]
-            },
+            cpus,
             listeners,
             local_addr,
             opts: Arc::new(opts),

@@ -49,7 +49,7 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
 ///
 /// Returns the error of `sched_setaffinity(2)`, e.g. `EINVAL` for a CPU the
 /// process may not use.
-pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -66,9 +66,71 @@ pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// A classic BPF program for `SO_ATTACH_REUSEPORT_CBPF` that returns, for
+/// the CPU handling the SYN, the index of the worker pinned to it
+/// (`cpus[i]` is worker `i`'s CPU), or the CPU modulo the group size for
+/// CPUs no worker is pinned to.
+pub(crate) fn cpu_steering_program(cpus: &[Option<usize>]) -> Vec<libc::sock_filter> {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut prog = Vec::with_capacity(3 + 2 * cpus.len());
+    // A = the CPU this packet is processed on.
+    prog.push(op(
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        0,
+        0,
+        (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+    ));
+    for (worker, cpu) in cpus.iter().enumerate() {
+        let Some(cpu) = cpu else { continue };
+        // if A == cpu: return worker
+        prog.push(op(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            0,
+            1,
+            *cpu as u32,
+        ));
+        prog.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, worker as u32));
+    }
+    prog.push(op(
+        libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+        0,
+        0,
+        cpus.len().max(1) as u32,
+    ));
+    prog.push(op(libc::BPF_RET | libc::BPF_A, 0, 0, 0));
+    prog
+}
+
+/// Attaches a classic BPF steering program to a reuseport group through one
+/// of its sockets (`SO_ATTACH_REUSEPORT_CBPF`; needs no privilege).
+///
+/// # Errors
+///
+/// Returns the error of `setsockopt(2)`.
+pub(crate) fn attach_reuseport_cbpf(fd: RawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel
+    // copies the program and does not keep the pointer.
+    syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        (&raw const fprog).cast::<libc::c_void>(),
+        std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+    ))?;
+    Ok(())
+}
+
 /// The CPU the calling thread is running on right now.
-#[cfg(test)]
-pub(crate) fn current_cpu() -> Option<usize> {
+pub fn current_cpu() -> Option<usize> {
     // SAFETY: sched_getcpu takes no arguments and only returns a number.
     let cpu = unsafe { libc::sched_getcpu() };
     usize::try_from(cpu).ok()

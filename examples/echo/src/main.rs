@@ -29,7 +29,10 @@ struct Args {
     /// Close connections idle this long (e.g. `30s`, `500ms`; `0` disables).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// How new connections are spread over workers.
+    /// How new connections are spread over workers: `kernel` (the kernel's
+    /// flow hash) or `classic-cpu` (classic BPF: the worker pinned to the CPU
+    /// that processed the SYN; falls back to `kernel`, with a log line, if it
+    /// cannot be attached).
     #[arg(long, default_value = "kernel")]
     steering: Steering,
 }

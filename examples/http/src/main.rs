@@ -29,7 +29,10 @@ struct Args {
     /// Number of workers (default: one per CPU this process may use).
     #[arg(long)]
     workers: Option<usize>,
-    /// How new connections are spread over workers.
+    /// How new connections are spread over workers: `kernel` (the kernel's
+    /// flow hash) or `classic-cpu` (classic BPF: the worker pinned to the CPU
+    /// that processed the SYN; falls back to `kernel`, with a log line, if it
+    /// cannot be attached).
     #[arg(long, default_value = "kernel")]
     steering: Steering,
     /// Close keep-alive connections idle this long (`0` disables).
