@@ -93,7 +93,10 @@ pub enum Parse<'a> {
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    // Only the first `max_head` bytes can hold the head: judging no further
+    // makes the answer the same however the bytes were split across reads.
+    let head_window = &buf[..buf.len().min(limits.max_head)];
+    let head_len = match req.parse(head_window) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limits.max_head {
@@ -121,9 +124,6 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
         }
         Err(_) => return Parse::Error(Status::BadRequest),
     };
-    if head_len > limits.max_head {
-        return Parse::Error(Status::HeaderFieldsTooLarge);
-    }
     let minor = req.version.unwrap_or(1);
     let method = match req.method.unwrap_or("") {
         "GET" => Method::Get,
