@@ -91,6 +91,8 @@ mod conn;
 mod error;
 mod handler;
 mod listener;
+#[cfg(feature = "logging")]
+pub mod logging;
 mod metrics;
 mod options;
 mod probes;

@@ -28,6 +28,23 @@ usdt:*:corelane:close { @close[arg0] = count(); }
 usdt:*:corelane:gc_done /str(arg1) == "idle_sweep"/ { @idle_sweep[arg0] = count(); @swept[arg0] = sum(arg2); }
 "#;
 
+/// A 2-worker echo server with the given idle timeout, for a test that traces
+/// this process; `None` (test skipped) without root or bpftrace. The guard
+/// keeps the tracing tests from overlapping.
+fn traced_echo_server(idle_ms: u64) -> Option<(std::sync::MutexGuard<'static, ()>, TestServer)> {
+    if !needs(is_root() && has_tool("bpftrace"), "root and bpftrace") {
+        return None;
+    }
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = TestServer::start(
+        Server::builder()
+            .workers(2)
+            .idle_timeout(Some(Duration::from_millis(idle_ms))),
+        |_| Echo::default(),
+    );
+    Some((serial, server))
+}
+
 /// Parses bpftrace's map dump (`@name[0]: 12`) into name -> worker -> value.
 fn parse_maps(out: &str) -> HashMap<String, HashMap<usize, u64>> {
     let mut maps: HashMap<String, HashMap<usize, u64>> = HashMap::new();
@@ -51,16 +68,9 @@ fn parse_maps(out: &str) -> HashMap<String, HashMap<usize, u64>> {
 
 #[test]
 fn bpftrace_counts_equal_the_traffic_and_the_metrics_per_worker() {
-    if !needs(is_root() && has_tool("bpftrace"), "root and bpftrace") {
+    let Some((_serial, server)) = traced_echo_server(300) else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = TestServer::start(
-        Server::builder()
-            .workers(2)
-            .idle_timeout(Some(Duration::from_millis(300))),
-        |_| Echo::default(),
-    );
+    };
     let mut tracer = Command::new("bpftrace")
         .args(["-p", &std::process::id().to_string(), "-e", SCRIPT])
         .env("BPFTRACE_STRLEN", "32")
@@ -205,16 +215,9 @@ fn run_tool(name: &str, server: &TestServer) -> String {
 
 #[test]
 fn the_shipped_bpftrace_tools_run_and_show_their_maps() {
-    if !needs(is_root() && has_tool("bpftrace"), "root and bpftrace") {
+    let Some((_serial, server)) = traced_echo_server(200) else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = TestServer::start(
-        Server::builder()
-            .workers(2)
-            .idle_timeout(Some(Duration::from_millis(200))),
-        |_| Echo::default(),
-    );
+    };
     for (tool, expect) in [
         ("top.bt", &["@calls[0, accept]", "@bytes[1, read]"][..]),
         ("io-sizes.bt", &["@read_bytes[", "@write_bytes["]),

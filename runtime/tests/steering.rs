@@ -20,18 +20,23 @@ fn connect_from_cpu(server: &TestServer, cpu: usize, n: usize) -> Vec<TcpStream>
     .unwrap()
 }
 
-#[test]
-fn classic_cpu_steering_keeps_connections_on_the_clients_cpu() {
+/// A 2-worker echo server pinned to CPUs 0 and 1; `None` on a 1-CPU host.
+fn two_cpu_server(steering: Steering) -> Option<TestServer> {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     if !util::needs(available >= 2, "2 CPUs") {
-        return;
+        return None;
     }
-    let server = TestServer::start(
-        Server::builder()
-            .cpus(vec![0, 1])
-            .steering(Steering::ClassicCpu),
+    Some(TestServer::start(
+        Server::builder().cpus(vec![0, 1]).steering(steering),
         |_| Echo::default(),
-    );
+    ))
+}
+
+#[test]
+fn classic_cpu_steering_keeps_connections_on_the_clients_cpu() {
+    let Some(server) = two_cpu_server(Steering::ClassicCpu) else {
+        return;
+    };
     let mut on0 = connect_from_cpu(&server, 0, 100);
     let mut on1 = connect_from_cpu(&server, 1, 60);
     for c in on0.iter_mut().chain(on1.iter_mut()) {
@@ -45,16 +50,9 @@ fn classic_cpu_steering_keeps_connections_on_the_clients_cpu() {
 
 #[test]
 fn the_kernel_hash_ignores_the_clients_cpu() {
-    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if !util::needs(available >= 2, "2 CPUs") {
+    let Some(server) = two_cpu_server(Steering::Kernel) else {
         return;
-    }
-    let server = TestServer::start(
-        Server::builder()
-            .cpus(vec![0, 1])
-            .steering(Steering::Kernel),
-        |_| Echo::default(),
-    );
+    };
     let mut on0 = connect_from_cpu(&server, 0, 200);
     for c in &mut on0 {
         roundtrip(c, b"x");

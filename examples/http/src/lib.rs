@@ -302,24 +302,23 @@ impl Http {
                     }
                 }
             }
-            b"/plaintext" | b"/json" | b"/" | b"/metrics" => self.simple(
-                out,
-                Status::MethodNotAllowed,
-                b"text/plain",
-                Status::MethodNotAllowed.reason_body(),
-                conn,
-                head_only,
-                b"Allow: GET, HEAD\r\n",
-            ),
-            b"/echo" => self.simple(
-                out,
-                Status::MethodNotAllowed,
-                b"text/plain",
-                Status::MethodNotAllowed.reason_body(),
-                conn,
-                head_only,
-                b"Allow: POST\r\n",
-            ),
+            path @ (b"/plaintext" | b"/json" | b"/" | b"/metrics" | b"/echo") => {
+                let allow: &[u8] = if path == b"/echo" {
+                    b"Allow: POST\r\n"
+                } else {
+                    b"Allow: GET, HEAD\r\n"
+                };
+                let status = Status::MethodNotAllowed;
+                self.simple(
+                    out,
+                    status,
+                    b"text/plain",
+                    status.reason_body(),
+                    conn,
+                    head_only,
+                    allow,
+                );
+            }
             _ => self.simple(
                 out,
                 Status::NotFound,

@@ -5,7 +5,6 @@
 //! curl http://127.0.0.1:8080/plaintext
 //! ```
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,15 +53,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
+    corelane::logging::init();
+    corelane::logging::exit_code(serve(Args::parse()))
+}
+
+fn serve(args: Args) -> corelane::Result<()> {
     let mut opts = HttpOptions::default();
     opts.limits.max_body = args.max_body;
     opts.limits.max_head = args.max_head;
@@ -77,18 +72,5 @@ fn main() -> ExitCode {
     if let Some(n) = args.workers {
         builder = builder.workers(n);
     }
-    let server = match builder.build(Http::factory(opts)) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    builder.build(Http::factory(opts))?.run()
 }
