@@ -20,7 +20,7 @@ out=target/http-vs-yardstick; mkdir -p "$out"; results=$out/results.txt; : > "$r
 H=(-H 'Host: localhost' -H 'Accept: text/plain,text/html;q=0.9,application/xhtml+xml;q=0.9,application/xml;q=0.8,*/*;q=0.7' -H 'Connection: keep-alive')
 port=8200
 for r in $(seq 1 "$rounds"); do
-  for mode in plain pipelined; do
+  for mode in ${MODES:-plain pipelined}; do
     for server in yardstick corelane-http; do
       port=$((port + 1))
       if [ $server = yardstick ]; then
@@ -51,7 +51,7 @@ for row in rows:
     by.setdefault((mode, server), []).append((float(rps), float(cpu)))
 print(f"| mode | server | req/s | server CPU µs/request | CPU vs yardstick |")
 print(f"|---|---|---|---|---|")
-for mode in ("plain", "pipelined"):
+for mode in [m for m in ("plain", "pipelined") if (m, "yardstick") in by]:
     base = statistics.median(c for _, c in by[(mode, "yardstick")])
     for server in ("yardstick", "corelane-http"):
         xs = by[(mode, server)]
