@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# corelane-http vs. the raw-mio yardstick, measured in one run.
+# corelane-http vs. the raw-mio yardstick, measured in one run. Two
+# yardsticks: `yardstick` finds request ends with SIMD memmem (the strictest
+# floor), `yardstick-bytes` with a byte-at-a-time scan (as DESIGN.md
+# describes it); ratios are to the SIMD one.
 #
 #   tools/measure/http_vs_yardstick.sh [rounds] [seconds]
 #
@@ -21,10 +24,12 @@ H=(-H 'Host: localhost' -H 'Accept: text/plain,text/html;q=0.9,application/xhtml
 port=8200
 for r in $(seq 1 "$rounds"); do
   for mode in ${MODES:-plain pipelined}; do
-    for server in yardstick corelane-http; do
+    for server in yardstick yardstick-bytes corelane-http; do
       port=$((port + 1))
       if [ $server = yardstick ]; then
         taskset -c 0 target/release/yardstick --addr 127.0.0.1:$port 2>/dev/null & pid=$!
+      elif [ $server = yardstick-bytes ]; then
+        taskset -c 0 target/release/yardstick --scan bytes --addr 127.0.0.1:$port 2>/dev/null & pid=$!
       else
         taskset -c 0 target/release/corelane-http --addr 127.0.0.1:$port --workers 1 2>/dev/null & pid=$!
       fi
@@ -53,7 +58,7 @@ print(f"| mode | server | req/s | server CPU µs/request | CPU vs yardstick |")
 print(f"|---|---|---|---|---|")
 for mode in [m for m in ("plain", "pipelined") if (m, "yardstick") in by]:
     base = statistics.median(c for _, c in by[(mode, "yardstick")])
-    for server in ("yardstick", "corelane-http"):
+    for server in ("yardstick", "yardstick-bytes", "corelane-http"):
         xs = by[(mode, server)]
         rps = statistics.median(x[0] for x in xs)
         cpu = statistics.median(x[1] for x in xs)

@@ -25,6 +25,17 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8081")]
     addr: SocketAddr,
+    /// How request ends are found: `simd` (memchr's `memmem`, the strictest
+    /// floor) or `bytes` (a byte-at-a-time state machine, the yardstick as
+    /// DESIGN.md describes it).
+    #[arg(long, default_value = "simd")]
+    scan: Scan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scan {
+    Simd,
+    Bytes,
 }
 
 const LISTENER: Token = Token(usize::MAX);
@@ -88,6 +99,23 @@ fn count_ends(buf: &[u8], matched: &mut usize) -> usize {
     n
 }
 
+/// The same count, one byte at a time.
+fn count_ends_bytewise(buf: &[u8], matched: &mut usize) -> usize {
+    let mut n = 0;
+    for &b in buf {
+        *matched = if b == END[*matched] {
+            *matched + 1
+        } else {
+            usize::from(b == b'\r')
+        };
+        if *matched == END.len() {
+            n += 1;
+            *matched = 0;
+        }
+    }
+    n
+}
+
 /// The canned response. A fixed Date is fine for a floor: formatting it once
 /// a second would only add work to this side.
 fn response() -> Vec<u8> {
@@ -148,7 +176,10 @@ fn main() -> io::Result<()> {
                             break;
                         }
                         Ok(n) => {
-                            requests += count_ends(&buf[..n], &mut c.matched);
+                            requests += match args.scan {
+                                Scan::Simd => count_ends(&buf[..n], &mut c.matched),
+                                Scan::Bytes => count_ends_bytewise(&buf[..n], &mut c.matched),
+                            };
                             if n < buf.len() {
                                 break; // short read: drained
                             }
