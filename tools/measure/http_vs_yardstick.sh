@@ -50,17 +50,20 @@ done
 python3 - "$results" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1])]
-by = {}
+by, per_round = {}, {}
 for row in rows:
     r, mode, server, rps, cpu = row[:5]
     by.setdefault((mode, server), []).append((float(rps), float(cpu)))
-print(f"| mode | server | req/s | server CPU µs/request | CPU vs yardstick |")
-print(f"|---|---|---|---|---|")
+    per_round.setdefault((mode, r), {})[server] = float(cpu)
+print("| mode | server | req/s | server CPU µs/request | CPU vs SIMD yardstick | CPU vs byte-scan yardstick |")
+print("|---|---|---|---|---|---|")
 for mode in [m for m in ("plain", "pipelined") if (m, "yardstick") in by]:
-    base = statistics.median(c for _, c in by[(mode, "yardstick")])
     for server in ("yardstick", "yardstick-bytes", "corelane-http"):
         xs = by[(mode, server)]
         rps = statistics.median(x[0] for x in xs)
         cpu = statistics.median(x[1] for x in xs)
-        print(f"| {mode} | {server} | {rps:,.0f} | {cpu:.3f} | {cpu/base:.3f} |")
+        # Ratios are taken within each round, then the median over rounds.
+        simd = [v[server] / v["yardstick"] for (m, _), v in per_round.items() if m == mode]
+        byte = [v[server] / v["yardstick-bytes"] for (m, _), v in per_round.items() if m == mode]
+        print(f"| {mode} | {server} | {rps:,.0f} | {cpu:.3f} | {statistics.median(simd):.3f} | {statistics.median(byte):.3f} |")
 PY
