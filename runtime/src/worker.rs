@@ -777,7 +777,12 @@ impl<H: Handler> Worker<H> {
             .map(|(k, _)| k)
             .collect();
         for key in idle {
-            self.close(key, CloseReason::Shutdown, now);
+            // A request may be in the socket already (the keep-alive race):
+            // read once more so it is answered, with the handler told we are
+            // draining, instead of being lost. `drive` closes the connection
+            // if nothing was there.
+            self.conns[key].want_read = true;
+            self.drive(key, now);
         }
         tracing::debug!(
             worker = self.info.index,

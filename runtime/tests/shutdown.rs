@@ -107,3 +107,28 @@ fn quit_closes_after_the_reply_without_a_reset() {
     });
     server.stop().unwrap();
 }
+
+#[test]
+fn a_request_already_in_the_socket_when_draining_starts_is_answered() {
+    let server = TestServer::start(Server::builder().workers(1), |_| Lines::default());
+    let mut idle = server.connect();
+    idle.write_all(b"first\n").unwrap();
+    assert_eq!(read_line(&mut idle), "first\n");
+    // Keep the worker busy in a handler call; meanwhile a request reaches the
+    // idle keep-alive connection's socket and the shutdown starts. When the
+    // worker gets to the shutdown, that connection looks idle, but a request
+    // is waiting in its socket: it must be answered, not dropped.
+    let mut staller = server.connect();
+    staller.write_all(b"stall\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    idle.write_all(b"second\n").unwrap();
+    server.shutdown.shutdown();
+    let mut reply = String::new();
+    idle.read_to_string(&mut reply).unwrap();
+    assert_eq!(
+        reply, "second\n(draining)\n",
+        "the waiting request was dropped"
+    );
+    assert_eq!(read_line(&mut staller), "stall\n");
+    server.stop().unwrap();
+}

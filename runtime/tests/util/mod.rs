@@ -117,8 +117,10 @@ impl Handler for Echo {
 }
 
 /// A line protocol: each complete `\n`-terminated line is a message and is
-/// echoed back; `quit\n` is answered with `bye\n` and closes. An incomplete
-/// line stays unconsumed. When the server drains, replies end with `(draining)`.
+/// echoed back; `quit\n` is answered with `bye\n` and closes; `stall\n`
+/// blocks the worker for 300 ms before answering (to open race windows in
+/// tests). An incomplete line stays unconsumed. When the server drains,
+/// replies end with `(draining)`.
 #[derive(Default, Clone)]
 pub struct Lines {
     pub closed: Arc<std::sync::Mutex<Vec<CloseReason>>>,
@@ -132,6 +134,9 @@ impl Handler for Lines {
     fn on_data(&mut self, _conn: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
         while let Some(end) = input.bytes().iter().position(|&b| b == b'\n') {
             let line = &input.bytes()[..=end];
+            if line == b"stall\n" {
+                std::thread::sleep(Duration::from_millis(300));
+            }
             if line == b"quit\n" {
                 output.extend_from_slice(b"bye\n");
                 input.consume(end + 1);
