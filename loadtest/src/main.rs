@@ -1,0 +1,150 @@
+//! `corelane-loadtest`: load-test an HTTP/1.1 server.
+//!
+//! ```text
+//! corelane-loadtest run http://127.0.0.1:8080/plaintext --connections 64 --duration 10s
+//! corelane-loadtest run http://127.0.0.1:8080/plaintext --pipeline 16
+//! corelane-loadtest run http://127.0.0.1:8080/plaintext --close
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use corelane_loadtest::{run, scrape, Report, RunOptions, Target};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "corelane-loadtest",
+    version,
+    about = "Load-test an HTTP/1.1 server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive URL with the built-in closed-loop generator and report req/s,
+    /// latency percentiles, errors by kind, and (for corelane servers) the
+    /// per-worker distribution from /metrics.
+    Run {
+        /// Target, `http://host[:port]/path`.
+        url: String,
+        /// Event-loop threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// How long to run.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Requests in flight per connection, written in one batch.
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
+        /// A new connection for every request (measures accept throughput).
+        #[arg(long)]
+        close: bool,
+        /// A response slower than this counts as a timeout.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let Command::Run {
+        url,
+        threads,
+        connections,
+        duration,
+        pipeline,
+        close,
+        timeout,
+        json,
+    } = Cli::parse().command;
+    let target = match Target::parse(&url) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("corelane-loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = RunOptions {
+        threads,
+        connections,
+        duration,
+        pipeline,
+        close,
+        timeout,
+        progress: !json,
+    };
+    let before = scrape::fetch(target.addr, &target.host);
+    let report = match run(&target, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corelane-loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = before.and_then(|b| scrape::fetch(target.addr, &target.host).map(|a| a.since(&b)));
+    if json {
+        let out = serde_json::json!({ "target": url, "report": report, "server": server });
+        println!("{out}");
+    } else {
+        print_report(&url, &opts, &report, server.as_ref());
+    }
+    if report.requests == 0 {
+        eprintln!("corelane-loadtest: no request was answered");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_report(url: &str, o: &RunOptions, r: &Report, server: Option<&scrape::ServerMetrics>) {
+    println!(
+        "{url}: {} connections, {} threads, pipeline {}{}, {:.1}s",
+        o.connections,
+        o.threads,
+        o.pipeline,
+        if o.close {
+            ", connection per request"
+        } else {
+            ""
+        },
+        r.seconds
+    );
+    println!(
+        "  {} requests ({} 2xx), {:.0} req/s, {:.2} MB/s, {} connections opened",
+        r.requests,
+        r.ok,
+        r.requests_per_sec,
+        r.bytes_per_sec / 1e6,
+        r.connections_opened
+    );
+    let l = &r.latency_us;
+    println!(
+        "  latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    let e = &r.errors;
+    println!(
+        "  errors: connect {} read {} write {} timeout {} status {} parse {}",
+        e.connect, e.read, e.write, e.timeout, e.status, e.parse
+    );
+    if let Some(s) = server {
+        println!(
+            "  server (steering {}):",
+            s.steering.as_deref().unwrap_or("?")
+        );
+        for (w, acc) in &s.accepted {
+            println!(
+                "    worker {w}: {acc} connections accepted, {} requests",
+                s.requests.get(w).copied().unwrap_or(0)
+            );
+        }
+    }
+}
