@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
 pub mod scrape;
+pub mod wrk;
 
 /// A parsed `http://host[:port]/path` target.
 #[derive(Debug, Clone)]

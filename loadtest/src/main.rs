@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use corelane_loadtest::{run, scrape, Report, RunOptions, Target};
+use corelane_loadtest::{run, scrape, wrk, Report, RunOptions, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,37 +53,97 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the system's wrk with TechEmpower's headers (and the bundled
+    /// pipeline.lua) and report its results the same way.
+    Wrk {
+        /// Target, `http://host[:port]/path`.
+        url: String,
+        /// wrk threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// How long to run (whole seconds).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Requests per write (TechEmpower uses 16).
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    let Command::Run {
-        url,
-        threads,
-        connections,
-        duration,
-        pipeline,
-        close,
-        timeout,
-        json,
-    } = Cli::parse().command;
-    let target = match Target::parse(&url) {
+    match Cli::parse().command {
+        Command::Run {
+            url,
+            threads,
+            connections,
+            duration,
+            pipeline,
+            close,
+            timeout,
+            json,
+        } => {
+            let opts = RunOptions {
+                threads,
+                connections,
+                duration,
+                pipeline,
+                close,
+                timeout,
+                progress: !json,
+            };
+            load(&url, &opts, json, run)
+        }
+        Command::Wrk {
+            url,
+            threads,
+            connections,
+            duration,
+            pipeline,
+            json,
+        } => {
+            let opts = RunOptions {
+                threads,
+                connections,
+                duration,
+                pipeline,
+                close: false,
+                timeout: Duration::from_secs(2),
+                progress: false,
+            };
+            load(&url, &opts, json, |_, o| {
+                wrk::run(&url, o.threads, o.connections, o.duration, o.pipeline)
+            })
+        }
+    }
+}
+
+/// Resolves the target, scrapes /metrics, runs the load, scrapes again and
+/// prints the report. Exits non-zero when the target does not answer.
+fn load(
+    url: &str,
+    opts: &RunOptions,
+    json: bool,
+    drive: impl FnOnce(&Target, &RunOptions) -> Result<Report, String>,
+) -> ExitCode {
+    let target = match Target::parse(url) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("corelane-loadtest: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let opts = RunOptions {
-        threads,
-        connections,
-        duration,
-        pipeline,
-        close,
-        timeout,
-        progress: !json,
-    };
+    if let Err(e) = std::net::TcpStream::connect_timeout(&target.addr, Duration::from_secs(3)) {
+        eprintln!("corelane-loadtest: {}: cannot connect: {e}", target.addr);
+        return ExitCode::FAILURE;
+    }
     let before = scrape::fetch(target.addr, &target.host);
-    let report = match run(&target, &opts) {
+    let report = match drive(&target, opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("corelane-loadtest: {e}");
@@ -95,7 +155,7 @@ fn main() -> ExitCode {
         let out = serde_json::json!({ "target": url, "report": report, "server": server });
         println!("{out}");
     } else {
-        print_report(&url, &opts, &report, server.as_ref());
+        print_report(url, opts, &report, server.as_ref());
     }
     if report.requests == 0 {
         eprintln!("corelane-loadtest: no request was answered");
@@ -126,9 +186,21 @@ fn print_report(url: &str, o: &RunOptions, r: &Report, server: Option<&scrape::S
         r.connections_opened
     );
     let l = &r.latency_us;
+    // wrk's histogram reports 0 for high percentiles when pipelining.
+    let show = |v: u64| {
+        if v == 0 && l.max > 0 {
+            "n/a".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
     println!(
         "  latency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        l.p50, l.p90, l.p99, l.p999, l.max
+        show(l.p50),
+        show(l.p90),
+        show(l.p99),
+        show(l.p999),
+        l.max
     );
     let e = &r.errors;
     println!(
