@@ -7,6 +7,7 @@
 //! connection (`Connection: close`), which measures accept throughput.
 //! Latencies (batch sent to response complete) go into an HdrHistogram.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -87,6 +88,11 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Print a progress line every second (to stderr).
     pub progress: bool,
+    /// Open loop: this many requests per second in total, on schedule
+    /// whatever the server does, with latency counted from the scheduled
+    /// time (coordinated omission corrected, as wrk2 does). `None`: closed
+    /// loop, `pipeline` requests in flight per connection.
+    pub rate: Option<f64>,
 }
 
 /// Errors by kind.
@@ -174,7 +180,7 @@ pub fn run(target: &Target, opts: &RunOptions) -> Result<Report, String> {
         .map(|t| {
             let conns = opts.connections / threads + usize::from(t < opts.connections % threads);
             let (target, opts, live) = (target.clone(), opts.clone(), Arc::clone(&live));
-            std::thread::spawn(move || Worker::new(&target, &opts, conns, live).run(start))
+            std::thread::spawn(move || Worker::new(&target, &opts, conns, live, start).run(start))
         })
         .collect();
     if opts.progress {
@@ -265,29 +271,43 @@ struct Conn {
     stream: Option<TcpStream>,
     /// Response bytes not yet parsed.
     buf: Vec<u8>,
-    /// Responses still expected for the current batch.
-    in_flight: usize,
-    /// Bytes of the current batch not yet written.
-    unsent: usize,
-    sent_at: Instant,
+    /// For each request sent and not yet answered, the instant its latency
+    /// counts from: when its batch was written (closed loop), or when it was
+    /// scheduled (`--rate`, so a stalled server is not let off the hook:
+    /// coordinated omission is corrected as wrk2 does).
+    expected: VecDeque<Instant>,
+    /// Request bytes to write, and how many are written.
+    out: Vec<u8>,
+    written: usize,
+    /// `--rate`: when this connection's next request is due.
+    next_send: Instant,
 }
 
 struct Worker {
     poll: Poll,
     conns: Vec<Conn>,
     request: Vec<u8>,
-    batch: Vec<u8>,
+    /// Requests per batch (closed loop).
+    depth: usize,
+    /// `--rate`: time between two requests of one connection.
+    interval: Option<Duration>,
     opts: RunOptions,
     addr: SocketAddr,
     live: Arc<Live>,
     out: ThreadResult,
-    /// Past the deadline: no new batches or connections; in-flight requests
+    /// Past the deadline: no new requests or connections; in-flight requests
     /// are still awaited, so the counts match the server's.
     stopping: bool,
 }
 
 impl Worker {
-    fn new(target: &Target, opts: &RunOptions, conns: usize, live: Arc<Live>) -> Worker {
+    fn new(
+        target: &Target,
+        opts: &RunOptions,
+        conns: usize,
+        live: Arc<Live>,
+        start: Instant,
+    ) -> Worker {
         let close = if opts.close {
             "Connection: close\r\n"
         } else {
@@ -298,19 +318,28 @@ impl Worker {
             target.path, target.host
         )
         .into_bytes();
-        let depth = if opts.close { 1 } else { opts.pipeline.max(1) };
+        let interval = opts
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|rate| Duration::from_secs_f64(opts.connections.max(1) as f64 / rate));
         Worker {
             poll: Poll::new().expect("epoll instance"),
             conns: (0..conns)
-                .map(|_| Conn {
+                .map(|i| Conn {
                     stream: None,
                     buf: Vec::with_capacity(4096),
-                    in_flight: 0,
-                    unsent: 0,
-                    sent_at: Instant::now(),
+                    expected: VecDeque::new(),
+                    out: Vec::new(),
+                    written: 0,
+                    // Stagger the connections over one interval.
+                    next_send: start
+                        + interval.map_or(Duration::ZERO, |iv| {
+                            iv.mul_f64(i as f64 / conns.max(1) as f64)
+                        }),
                 })
                 .collect(),
-            batch: request.repeat(depth),
+            depth: if opts.close { 1 } else { opts.pipeline.max(1) },
+            interval,
             request,
             opts: opts.clone(),
             addr: target.addr,
@@ -329,22 +358,35 @@ impl Worker {
         let mut scratch = vec![0u8; 64 * 1024];
         loop {
             let now = Instant::now();
-            if now >= end && !self.stopping {
+            if now >= end {
                 self.stopping = true;
             }
             if self.stopping
                 && (self
                     .conns
                     .iter()
-                    .all(|c| c.in_flight == 0 || c.stream.is_none())
+                    .all(|c| c.expected.is_empty() || c.stream.is_none())
                     || now >= end + self.opts.timeout)
             {
                 break;
             }
-            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(20)));
+            if self.interval.is_some() && !self.stopping {
+                self.send_due(now);
+            }
+            let wait = match self.interval {
+                Some(_) => self
+                    .conns
+                    .iter()
+                    .map(|c| c.next_send.saturating_duration_since(now))
+                    .min()
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_millis(20)),
+                None => Duration::from_millis(20),
+            };
+            let _ = self.poll.poll(&mut events, Some(wait));
             for ev in events.iter() {
                 let i = ev.token().0;
-                if ev.is_writable() && self.conns[i].unsent > 0 {
+                if ev.is_writable() {
                     self.send(i);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -353,8 +395,11 @@ impl Worker {
             }
             let now = Instant::now();
             for i in 0..self.conns.len() {
-                let c = &self.conns[i];
-                if c.in_flight > 0 && now.duration_since(c.sent_at) > self.opts.timeout {
+                let late = self.conns[i]
+                    .expected
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.opts.timeout);
+                if late {
                     self.fail(i, Kind::Timeout);
                 }
             }
@@ -362,7 +407,30 @@ impl Worker {
         self.out
     }
 
-    /// Connects conn `i` and sends its first batch.
+    /// `--rate`: queues every request whose time has come, on its connection.
+    fn send_due(&mut self, now: Instant) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        for i in 0..self.conns.len() {
+            let c = &mut self.conns[i];
+            if c.stream.is_none() {
+                continue;
+            }
+            let mut queued = false;
+            while c.next_send <= now {
+                c.expected.push_back(c.next_send);
+                c.out.extend_from_slice(&self.request);
+                c.next_send += interval;
+                queued = true;
+            }
+            if queued {
+                self.send(i);
+            }
+        }
+    }
+
+    /// Connects conn `i` and, in closed loop, sends its first batch.
     fn open(&mut self, i: usize) {
         if self.stopping {
             return;
@@ -371,9 +439,8 @@ impl Worker {
             Ok(s) => s,
             Err(_) => {
                 self.error(Kind::Connect);
-                // Retry on the next timeout pass rather than spinning.
-                self.conns[i].in_flight = 1;
-                self.conns[i].sent_at = Instant::now();
+                // Retry when this "request" times out rather than spinning.
+                self.conns[i].expected.push_back(Instant::now());
                 return;
             }
         };
@@ -397,15 +464,19 @@ impl Worker {
         let c = &mut self.conns[i];
         c.stream = Some(stream);
         c.buf.clear();
-        self.start_batch(i);
+        if self.interval.is_none() {
+            self.start_batch(i);
+        }
     }
 
+    /// Closed loop: writes `depth` requests at once.
     fn start_batch(&mut self, i: usize) {
-        let depth = self.batch.len() / self.request.len();
+        let now = Instant::now();
         let c = &mut self.conns[i];
-        c.in_flight = depth;
-        c.unsent = self.batch.len();
-        c.sent_at = Instant::now();
+        for _ in 0..self.depth {
+            c.expected.push_back(now);
+            c.out.extend_from_slice(&self.request);
+        }
         self.send(i);
     }
 
@@ -414,10 +485,9 @@ impl Worker {
         let Some(stream) = c.stream.as_mut() else {
             return;
         };
-        while c.unsent > 0 {
-            let from = self.batch.len() - c.unsent;
-            match stream.write(&self.batch[from..]) {
-                Ok(n) => c.unsent -= n,
+        while c.written < c.out.len() {
+            match stream.write(&c.out[c.written..]) {
+                Ok(n) => c.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -426,6 +496,8 @@ impl Worker {
                 }
             }
         }
+        c.out.clear();
+        c.written = 0;
     }
 
     fn receive(&mut self, i: usize, scratch: &mut [u8]) {
@@ -438,11 +510,10 @@ impl Worker {
                 Ok(0) => {
                     // Closed: fine after a `Connection: close` response.
                     self.parse_responses(i);
-                    let c = &self.conns[i];
-                    if c.in_flight > 0 {
-                        self.fail(i, Kind::Read);
-                    } else {
+                    if self.conns[i].expected.is_empty() {
                         self.reopen(i);
+                    } else {
+                        self.fail(i, Kind::Read);
                     }
                     return;
                 }
@@ -463,19 +534,19 @@ impl Worker {
         }
     }
 
-    /// Consumes complete responses; starts the next batch when all arrived.
-    /// Returns false when the connection was replaced.
+    /// Consumes complete responses; in closed loop, starts the next batch
+    /// when all arrived. Returns false when the connection was replaced.
     fn parse_responses(&mut self, i: usize) -> bool {
         loop {
             let c = &mut self.conns[i];
-            if c.in_flight == 0 {
+            let Some(&since) = c.expected.front() else {
                 break;
-            }
+            };
             match parse_response(&c.buf) {
                 Ok(Some((status, len))) => {
                     c.buf.drain(..len);
-                    c.in_flight -= 1;
-                    let latency = c.sent_at.elapsed().as_micros().max(1) as u64;
+                    c.expected.pop_front();
+                    let latency = since.elapsed().as_micros().max(1) as u64;
                     self.out.requests += 1;
                     self.live.requests.fetch_add(1, Relaxed);
                     let _ = self.out.hist.record(latency.min(60_000_000));
@@ -492,9 +563,10 @@ impl Worker {
                 }
             }
         }
-        if self.opts.close || self.stopping {
+        if self.opts.close || self.stopping || self.interval.is_some() {
             // Close mode waits for the server's EOF before the next
-            // connection; past the deadline nothing new is sent.
+            // connection; past the deadline nothing new is sent; with a
+            // rate, the schedule sends.
             return true;
         }
         self.start_batch(i);
@@ -523,11 +595,13 @@ impl Worker {
     }
 
     fn reopen(&mut self, i: usize) {
-        if let Some(mut s) = self.conns[i].stream.take() {
+        let c = &mut self.conns[i];
+        if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
-        self.conns[i].in_flight = 0;
-        self.conns[i].unsent = 0;
+        c.expected.clear();
+        c.out.clear();
+        c.written = 0;
         self.open(i);
     }
 }

@@ -49,6 +49,11 @@ enum Command {
         /// A response slower than this counts as a timeout.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Open loop: send this many requests per second in total, on
+        /// schedule, and count latency from the scheduled time (corrects
+        /// coordinated omission, as wrk2 does). Ignores --pipeline.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
             pipeline,
             close,
             timeout,
+            rate,
             json,
         } => {
             let opts = RunOptions {
@@ -96,6 +102,7 @@ fn main() -> ExitCode {
                 close,
                 timeout,
                 progress: !json,
+                rate,
             };
             load(&url, &opts, json, run)
         }
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
                 close: false,
                 timeout: Duration::from_secs(2),
                 progress: false,
+                rate: None,
             };
             load(&url, &opts, json, |_, o| {
                 wrk::run(&url, o.threads, o.connections, o.duration, o.pipeline)
@@ -165,17 +173,14 @@ fn load(
 }
 
 fn print_report(url: &str, o: &RunOptions, r: &Report, server: Option<&scrape::ServerMetrics>) {
+    let mode = match (o.rate, o.close) {
+        (Some(r), _) => format!("open loop at {r} req/s"),
+        (None, true) => "connection per request".to_owned(),
+        (None, false) => format!("pipeline {}", o.pipeline),
+    };
     println!(
-        "{url}: {} connections, {} threads, pipeline {}{}, {:.1}s",
-        o.connections,
-        o.threads,
-        o.pipeline,
-        if o.close {
-            ", connection per request"
-        } else {
-            ""
-        },
-        r.seconds
+        "{url}: {} connections, {} threads, {mode}, {:.1}s",
+        o.connections, o.threads, r.seconds
     );
     println!(
         "  {} requests ({} 2xx), {:.0} req/s, {:.2} MB/s, {} connections opened",

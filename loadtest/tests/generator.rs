@@ -35,6 +35,7 @@ fn opts(pipeline: usize, close: bool) -> RunOptions {
         close,
         timeout: Duration::from_secs(5),
         progress: false,
+        rate: None,
     }
 }
 
@@ -79,4 +80,30 @@ fn a_target_that_does_not_answer_is_a_clear_error() {
     let target = Target::parse(&format!("http://{addr}/")).unwrap();
     let err = run(&target, &opts(1, false)).unwrap_err();
     assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn rate_holds_within_a_few_percent_and_counts_still_match() {
+    let (addr, shutdown, t) = server();
+    let target = Target::parse(&format!("http://{addr}/plaintext")).unwrap();
+    let rate = 4000.0;
+    let o = RunOptions {
+        rate: Some(rate),
+        duration: Duration::from_millis(1500),
+        ..opts(1, false)
+    };
+    let before = scrape::fetch(addr, &target.host).expect("/metrics");
+    let report = run(&target, &o).unwrap();
+    let after = scrape::fetch(addr, &target.host).expect("/metrics");
+    let expected = rate * 1.5;
+    let got = report.requests as f64;
+    assert!(
+        (got - expected).abs() / expected < 0.03,
+        "{got} requests, expected {expected}"
+    );
+    assert_eq!(report.errors.total(), 0);
+    let served: u64 = after.since(&before).requests.values().sum();
+    assert_eq!(served, report.requests + 1);
+    shutdown.shutdown();
+    t.join().unwrap().unwrap();
 }
