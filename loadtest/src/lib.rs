@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
 pub mod scrape;
+pub mod suite;
 pub mod wrk;
 
 /// A parsed `http://host[:port]/path` target.
@@ -563,10 +564,15 @@ impl Worker {
                 }
             }
         }
-        if self.opts.close || self.stopping || self.interval.is_some() {
-            // Close mode waits for the server's EOF before the next
-            // connection; past the deadline nothing new is sent; with a
-            // rate, the schedule sends.
+        if self.opts.close {
+            // One request per connection: close it ourselves (servers that
+            // ignore `Connection: close` are measured alike) and open the next.
+            self.reopen(i);
+            return false;
+        }
+        if self.stopping || self.interval.is_some() {
+            // Past the deadline nothing new is sent; with a rate, the
+            // schedule sends.
             return true;
         }
         self.start_batch(i);

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use corelane_loadtest::{run, scrape, wrk, Report, RunOptions, Target};
+use corelane_loadtest::{run, scrape, suite, wrk, Report, RunOptions, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +58,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start the servers, pin them and the generator to separate CPUs, run
+    /// plaintext, pipelined-16, connection-per-request and idle-memory tests
+    /// in alternating rounds, and write report.md, results.json and SVG
+    /// charts.
+    Suite {
+        /// Output folder.
+        #[arg(long, default_value = "loadtest-report")]
+        out: std::path::PathBuf,
+        /// A short run for CI: 1 round of 1 s, 1,000 idle connections.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per test (median reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Length of each load run.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Idle keep-alive connections for the memory test.
+        #[arg(long, default_value_t = 10_000)]
+        idle_connections: usize,
+        /// Another server to compare: `NAME=COMMAND`, `{port}` in COMMAND is
+        /// replaced by the port (e.g. `nginx='nginx -c /tmp/nginx.conf'`).
+        #[arg(long = "server", value_name = "NAME=COMMAND")]
+        servers: Vec<String>,
+        /// Where corelane-http and yardstick are (default: next to this program).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
     /// Run the system's wrk with TechEmpower's headers (and the bundled
     /// pipeline.lua) and report its results the same way.
     Wrk {
@@ -83,6 +111,62 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Suite {
+            out,
+            quick,
+            rounds,
+            duration,
+            idle_connections,
+            servers,
+            bin_dir,
+        } => {
+            let bin_dir = bin_dir
+                .or_else(|| {
+                    std::env::current_exe()
+                        .ok()?
+                        .parent()
+                        .map(|p| p.to_path_buf())
+                })
+                .unwrap_or_default();
+            let mut specs = suite::default_servers(&bin_dir);
+            for s in &servers {
+                let Some((name, command)) = s.split_once('=') else {
+                    eprintln!("corelane-loadtest: --server takes NAME=COMMAND, got `{s}`");
+                    return ExitCode::FAILURE;
+                };
+                specs.push(suite::ServerSpec {
+                    name: name.to_owned(),
+                    command: command.to_owned(),
+                });
+            }
+            let o = suite::SuiteOptions {
+                servers: specs,
+                rounds: if quick { 1 } else { rounds.max(1) },
+                duration: if quick {
+                    Duration::from_secs(1)
+                } else {
+                    duration
+                },
+                idle_connections: if quick { 1000 } else { idle_connections },
+                server_cpu: 0,
+                client_cpu: 1,
+                out: out.clone(),
+            };
+            match suite::suite(&o) {
+                Ok(_) => {
+                    match std::fs::read_to_string(out.join("report.md")) {
+                        Ok(md) => println!("{md}"),
+                        Err(e) => eprintln!("corelane-loadtest: reading the report: {e}"),
+                    }
+                    println!("report written to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("corelane-loadtest: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             url,
             threads,
