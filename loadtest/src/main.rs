@@ -85,6 +85,9 @@ enum Command {
         /// Where corelane-http and yardstick are (default: next to this program).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
+        /// Print the results as JSON instead of the Markdown report.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the system's wrk with TechEmpower's headers (and the bundled
     /// pipeline.lua) and report its results the same way.
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             idle_connections,
             servers,
             bin_dir,
+            json,
         } => {
             let bin_dir = bin_dir
                 .or_else(|| {
@@ -153,6 +157,10 @@ fn main() -> ExitCode {
                 out: out.clone(),
             };
             match suite::suite(&o) {
+                Ok(samples) if json => {
+                    println!("{}", serde_json::to_string(&samples).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
                 Ok(_) => {
                     match std::fs::read_to_string(out.join("report.md")) {
                         Ok(md) => println!("{md}"),
