@@ -141,6 +141,7 @@ fn main() -> ExitCode {
                 specs.push(suite::ServerSpec {
                     name: name.to_owned(),
                     command: command.to_owned(),
+                    multi_worker_command: None,
                 });
             }
             let o = suite::SuiteOptions {

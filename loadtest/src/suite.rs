@@ -20,6 +20,9 @@ pub struct ServerSpec {
     pub name: String,
     /// Shell command; `{port}` is replaced by the port to listen on.
     pub command: String,
+    /// For corelane servers: a command running one worker per CPU, used to
+    /// show how connections and requests spread over workers.
+    pub multi_worker_command: Option<String>,
 }
 
 /// Suite settings.
@@ -79,6 +82,12 @@ const TESTS: [&str; 4] = [
 /// A message when a server does not start or the output cannot be written.
 pub fn suite(o: &SuiteOptions) -> Result<Vec<Sample>, String> {
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    // Before pinning ourselves: children inherit our mask, and the
+    // multi-worker run must get every CPU back.
+    let all_cpus = format!(
+        "0-{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    );
     pin_self(o.client_cpu);
     raise_nofile();
     let mut samples = Vec::new();
@@ -104,8 +113,58 @@ pub fn suite(o: &SuiteOptions) -> Result<Vec<Sample>, String> {
             }
         }
     }
-    write_outputs(o, &samples)?;
+    let mut spread = Vec::new();
+    for spec in &o.servers {
+        let Some(command) = &spec.multi_worker_command else {
+            continue;
+        };
+        port += 1;
+        let mut server = start_command(&spec.name, command, port, &all_cpus)?;
+        let result = distribution(&spec.name, port, o);
+        server.stop();
+        spread.push(result?);
+    }
+    write_outputs(o, &samples, &spread)?;
     Ok(samples)
+}
+
+/// How one multi-worker run spread over workers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    /// Server name.
+    pub server: String,
+    /// Steering mode the server reported.
+    pub steering: Option<String>,
+    /// Per worker: (connections accepted, requests answered).
+    pub workers: BTreeMap<usize, (u64, u64)>,
+}
+
+fn distribution(name: &str, port: u16, o: &SuiteOptions) -> Result<Spread, String> {
+    let target = Target::parse(&format!("http://127.0.0.1:{port}/plaintext"))?;
+    let before = crate::scrape::fetch(target.addr, &target.host).ok_or("no /metrics")?;
+    let opts = RunOptions {
+        threads: 1,
+        connections: 64,
+        duration: o.duration,
+        pipeline: 1,
+        close: false,
+        timeout: Duration::from_secs(5),
+        progress: false,
+        rate: None,
+    };
+    run(&target, &opts)?;
+    let after = crate::scrape::fetch(target.addr, &target.host).ok_or("no /metrics")?;
+    let d = after.since(&before);
+    let workers = d
+        .accepted
+        .iter()
+        .map(|(w, a)| (*w, (*a, d.requests.get(w).copied().unwrap_or(0))))
+        .collect();
+    Ok(Spread {
+        server: name.to_owned(),
+        steering: d.steering,
+        workers,
+    })
 }
 
 struct Running {
@@ -144,25 +203,21 @@ impl Drop for Running {
 }
 
 fn start(spec: &ServerSpec, port: u16, cpu: usize) -> Result<Running, String> {
-    let command = spec.command.replace("{port}", &port.to_string());
+    start_command(&spec.name, &spec.command, port, &cpu.to_string())
+}
+
+/// Starts `command` (with `{port}` filled in) on the CPUs `cpus` (a taskset
+/// list), and waits until it accepts connections.
+fn start_command(name: &str, command: &str, port: u16, cpus: &str) -> Result<Running, String> {
+    let command = command.replace("{port}", &port.to_string());
     // `exec` so the pid we hold is the server's own (for /proc and signals).
+    let shell = format!("exec {command}");
     let child = Command::new("taskset")
-        .args([
-            "-c",
-            &cpu.to_string(),
-            "sh",
-            "-c",
-            &format!("exec {command}"),
-        ])
+        .args(["-c", cpus, "sh", "-c", &shell])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| {
-            format!(
-                "starting {} (`{command}`): {e} (is taskset installed?)",
-                spec.name
-            )
-        })?;
+        .map_err(|e| format!("starting {name} (`{command}`): {e} (is taskset installed?)"))?;
     let pid = child.id();
     let mut running = Running { child, pid };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -170,8 +225,7 @@ fn start(spec: &ServerSpec, port: u16, cpu: usize) -> Result<Running, String> {
         if Instant::now() > deadline || matches!(running.child.try_wait(), Ok(Some(_))) {
             running.stop();
             return Err(format!(
-                "{} did not start listening on port {port} (`{command}`)",
-                spec.name
+                "{name} did not start listening on port {port} (`{command}`)"
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -339,14 +393,15 @@ fn medians(samples: &[Sample]) -> BTreeMap<(String, String), (f64, f64, f64, u64
         .collect()
 }
 
-fn write_outputs(o: &SuiteOptions, samples: &[Sample]) -> Result<(), String> {
+fn write_outputs(o: &SuiteOptions, samples: &[Sample], spread: &[Spread]) -> Result<(), String> {
     let write = |name: &str, text: &str| {
         let p = o.out.join(name);
         std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
     };
+    let json = serde_json::json!({ "samples": samples, "distribution": spread });
     write(
         "results.json",
-        &serde_json::to_string_pretty(samples).map_err(|e| e.to_string())?,
+        &serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
     )?;
     let m = medians(samples);
     let mut md = String::new();
@@ -374,9 +429,50 @@ fn write_outputs(o: &SuiteOptions, samples: &[Sample]) -> Result<(), String> {
             "| {test} | {server} | {rps:.0} | {cost:.3} {unit} | {p99:.0} | {errors} |"
         );
     }
+    // Latency percentiles per test (medians over rounds).
+    let mut lat: BTreeMap<(String, String), (f64, f64, f64, u64)> = BTreeMap::new();
+    for test in TESTS.iter().filter(|t| **t != "idle-memory") {
+        for spec in &o.servers {
+            let of = |f: fn(&Sample) -> u64| {
+                median(
+                    samples
+                        .iter()
+                        .filter(|s| s.test == *test && s.server == spec.name)
+                        .map(|s| f(s) as f64)
+                        .collect(),
+                )
+            };
+            for (pct, v) in [
+                ("p50", of(|s| s.p50)),
+                ("p99", of(|s| s.p99)),
+                ("p99.9", of(|s| s.p999)),
+            ] {
+                lat.insert(
+                    (format!("{test} {pct}"), spec.name.clone()),
+                    (v, 0.0, 0.0, 0),
+                );
+            }
+        }
+    }
+    if !spread.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Per-worker distribution (one worker per CPU, plaintext)\n"
+        );
+        let _ = writeln!(
+            md,
+            "| server | steering | worker | connections | requests |\n|---|---|---|---|---|"
+        );
+        for sp in spread {
+            for (w, (conns, reqs)) in &sp.workers {
+                let mode = sp.steering.as_deref().unwrap_or("?");
+                let _ = writeln!(md, "| {} | {mode} | {w} | {conns} | {reqs} |", sp.server);
+            }
+        }
+    }
     let _ = writeln!(
         md,
-        "\n![requests per second](rps.svg)\n\n![server cost](cost.svg)"
+        "\n![requests per second](rps.svg)\n\n![server cost](cost.svg)\n\n![latency](latency.svg)\n\n![distribution](distribution.svg)"
     );
     write("report.md", &md)?;
     write(
@@ -392,7 +488,63 @@ fn write_outputs(o: &SuiteOptions, samples: &[Sample]) -> Result<(), String> {
             o,
         ),
     )?;
+    write(
+        "latency.svg",
+        &bar_chart(
+            "Latency percentiles, µs (median over rounds)",
+            &lat,
+            |v| v.0,
+            o,
+        ),
+    )?;
+    write("distribution.svg", &distribution_chart(spread))?;
     Ok(())
+}
+
+/// Requests per worker, one group per server.
+fn distribution_chart(spread: &[Spread]) -> String {
+    let mut svg = String::new();
+    let rows: usize = spread.iter().map(|s| s.workers.len() + 1).sum();
+    let height = 40.0 + 20.0 * rows as f64;
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="900" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="20" font-size="14" font-weight="bold">Requests per worker (one worker per CPU)</text>"#
+    );
+    let max = spread
+        .iter()
+        .flat_map(|s| s.workers.values().map(|v| v.1))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let mut y = 40.0;
+    for sp in spread {
+        let mode = sp.steering.as_deref().unwrap_or("?");
+        let _ = writeln!(
+            svg,
+            r#"<text x="10" y="{y}">{} (steering {})</text>"#,
+            escape(&sp.server),
+            escape(mode)
+        );
+        y += 20.0;
+        for (w, (conns, reqs)) in &sp.workers {
+            let width = (*reqs as f64 / max * 600.0).max(1.0);
+            let _ = writeln!(
+                svg,
+                r##"<text x="20" y="{}">worker {w}</text><rect x="90" y="{}" width="{width:.1}" height="14" fill="#3b6ea8"/><text x="{:.1}" y="{}">{reqs} requests, {conns} connections</text>"##,
+                y - 4.0,
+                y - 15.0,
+                96.0 + width,
+                y - 4.0
+            );
+            y += 20.0;
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// A grouped horizontal bar chart: one group per test, one bar per server.
@@ -501,10 +653,15 @@ pub fn default_servers(bin_dir: &Path) -> Vec<ServerSpec> {
                 "{} --addr 127.0.0.1:{{port}} --workers 1",
                 bin("corelane-http")
             ),
+            multi_worker_command: Some(format!(
+                "{} --addr 127.0.0.1:{{port}}",
+                bin("corelane-http")
+            )),
         },
         ServerSpec {
             name: "yardstick".into(),
             command: format!("{} --addr 127.0.0.1:{{port}}", bin("yardstick")),
+            multi_worker_command: None,
         },
     ]
 }
