@@ -23,26 +23,52 @@ struct Cli {
     command: Command,
 }
 
+/// What `run` and `wrk` share.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Target, `http://host[:port]/path`.
+    url: String,
+    /// Load threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// How long to run (wrk: whole seconds).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Requests in flight per connection, written in one batch (TechEmpower
+    /// uses 16).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn options(&self, close: bool, timeout: Duration, rate: Option<f64>) -> RunOptions {
+        RunOptions {
+            threads: self.threads,
+            connections: self.connections,
+            duration: self.duration,
+            pipeline: self.pipeline,
+            close,
+            timeout,
+            progress: !self.json,
+            rate,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Drive URL with the built-in closed-loop generator and report req/s,
     /// latency percentiles, errors by kind, and (for corelane servers) the
     /// per-worker distribution from /metrics.
     Run {
-        /// Target, `http://host[:port]/path`.
-        url: String,
-        /// Event-loop threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// How long to run.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Requests in flight per connection, written in one batch.
-        #[arg(long, default_value_t = 1)]
-        pipeline: usize,
+        #[command(flatten)]
+        load: LoadArgs,
         /// A new connection for every request (measures accept throughput).
         #[arg(long)]
         close: bool,
@@ -54,9 +80,6 @@ enum Command {
         /// coordinated omission, as wrk2 does). Ignores --pipeline.
         #[arg(long)]
         rate: Option<f64>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Start the servers, pin them and the generator to separate CPUs, run
     /// plaintext, pipelined-16, connection-per-request and idle-memory tests
@@ -92,23 +115,8 @@ enum Command {
     /// Run the system's wrk with TechEmpower's headers (and the bundled
     /// pipeline.lua) and report its results the same way.
     Wrk {
-        /// Target, `http://host[:port]/path`.
-        url: String,
-        /// wrk threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// How long to run (whole seconds).
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Requests per write (TechEmpower uses 16).
-        #[arg(long, default_value_t = 1)]
-        pipeline: usize,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
 }
 
@@ -177,48 +185,20 @@ fn main() -> ExitCode {
             }
         }
         Command::Run {
-            url,
-            threads,
-            connections,
-            duration,
-            pipeline,
+            load,
             close,
             timeout,
             rate,
-            json,
-        } => {
-            let opts = RunOptions {
-                threads,
-                connections,
-                duration,
-                pipeline,
-                close,
-                timeout,
-                progress: !json,
-                rate,
-            };
-            load(&url, &opts, json, run)
-        }
-        Command::Wrk {
-            url,
-            threads,
-            connections,
-            duration,
-            pipeline,
-            json,
-        } => {
-            let opts = RunOptions {
-                threads,
-                connections,
-                duration,
-                pipeline,
-                close: false,
-                timeout: Duration::from_secs(2),
-                progress: false,
-                rate: None,
-            };
-            load(&url, &opts, json, |_, o| {
-                wrk::run(&url, o.threads, o.connections, o.duration, o.pipeline)
+        } => load_and_report(
+            &load.url,
+            &load.options(close, timeout, rate),
+            load.json,
+            run,
+        ),
+        Command::Wrk { load } => {
+            let opts = load.options(false, Duration::from_secs(2), None);
+            load_and_report(&load.url, &opts, load.json, |_, o| {
+                wrk::run(&load.url, o.threads, o.connections, o.duration, o.pipeline)
             })
         }
     }
@@ -226,7 +206,7 @@ fn main() -> ExitCode {
 
 /// Resolves the target, scrapes /metrics, runs the load, scrapes again and
 /// prints the report. Exits non-zero when the target does not answer.
-fn load(
+fn load_and_report(
     url: &str,
     opts: &RunOptions,
     json: bool,
