@@ -16,7 +16,7 @@ const MAX_IOVECS: usize = 64;
 
 /// A worker's free list of equally sized byte buffers.
 #[derive(Debug)]
-pub(crate) struct BufferPool {
+pub struct BufferPool {
     free: Vec<Vec<u8>>,
     buf_size: usize,
     max_idle: usize,
@@ -28,7 +28,9 @@ pub(crate) struct BufferPool {
 }
 
 impl BufferPool {
-    pub(crate) fn new(buf_size: usize, max_idle: usize, trim_after: Duration) -> Self {
+    /// A pool of `buf_size` buffers keeping at most `max_idle` idle ones
+    /// beyond `trim_after`.
+    pub fn new(buf_size: usize, max_idle: usize, trim_after: Duration) -> Self {
         BufferPool {
             free: Vec::new(),
             buf_size: buf_size.max(64),
@@ -40,7 +42,7 @@ impl BufferPool {
     }
 
     /// An empty buffer with at least the pool's buffer size of capacity.
-    pub(crate) fn take(&mut self) -> Vec<u8> {
+    pub fn take(&mut self) -> Vec<u8> {
         self.outstanding += 1;
         match self.free.pop() {
             Some(buf) => {
@@ -55,7 +57,7 @@ impl BufferPool {
 
     /// Returns a buffer taken with [`take`](Self::take). A buffer that grew past
     /// twice the pool size goes back to the allocator instead of being kept.
-    pub(crate) fn give(&mut self, mut buf: Vec<u8>, now: Instant) {
+    pub fn give(&mut self, mut buf: Vec<u8>, now: Instant) {
         self.outstanding = self.outstanding.saturating_sub(1);
         if buf.capacity() < self.buf_size || buf.capacity() > 2 * self.buf_size {
             return;
@@ -69,13 +71,13 @@ impl BufferPool {
 
     /// Whether a trim pass is due: the free list has held more than its bound
     /// for longer than the trim period.
-    pub(crate) fn trim_due(&self, now: Instant) -> bool {
+    pub fn trim_due(&self, now: Instant) -> bool {
         self.over_since
             .is_some_and(|t| now.saturating_duration_since(t) >= self.trim_after)
     }
 
     /// Frees idle buffers down to the bound. Returns how many were freed.
-    pub(crate) fn trim(&mut self) -> usize {
+    pub fn trim(&mut self) -> usize {
         let freed = self.free.len().saturating_sub(self.max_idle);
         self.free.truncate(self.max_idle);
         self.free.shrink_to_fit();
@@ -84,12 +86,12 @@ impl BufferPool {
     }
 
     /// Buffers on the free list.
-    pub(crate) fn idle(&self) -> usize {
+    pub fn idle(&self) -> usize {
         self.free.len()
     }
 
     /// Buffers currently lent to connections.
-    pub(crate) fn outstanding(&self) -> usize {
+    pub fn outstanding(&self) -> usize {
         self.outstanding
     }
 }

@@ -14,15 +14,17 @@ use crate::timer::Tick;
 /// generation in the high bits, so an event for a slot that was closed and
 /// reused in the meantime is recognised (the generations differ) and dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConnToken {
-    pub(crate) key: usize,
-    pub(crate) generation: u32,
+pub struct ConnToken {
+    /// Slab key.
+    pub key: usize,
+    /// Generation of the connection in that slot.
+    pub generation: u32,
 }
 
 impl ConnToken {
     /// Generations wrap below this, which keeps connection tokens clear of the
     /// listener and waker tokens at the top of the range.
-    pub(crate) const GENERATION_MASK: u32 = 0x7fff_ffff;
+    pub const GENERATION_MASK: u32 = 0x7fff_ffff;
 }
 
 impl From<ConnToken> for Token {

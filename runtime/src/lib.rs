@@ -113,6 +113,16 @@ pub use steering::Steering;
 /// Re-exported so handlers can queue shared chunks with [`Output::push_bytes`].
 pub use bytes::Bytes;
 
+/// Internals exposed for benchmarks only (feature `internals`): no
+/// stability promise.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::buffer::BufferPool;
+    pub use crate::conn::ConnToken;
+    pub use crate::timer::{Entry, Tick, TimerWheel};
+}
+
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -16,19 +16,22 @@
 use std::time::{Duration, Instant};
 
 /// A tick number: whole resolutions since the wheel's start.
-pub(crate) type Tick = u64;
+pub type Tick = u64;
 
 /// One scheduled entry: an owner key and generation, and its due tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Entry {
-    pub(crate) key: usize,
-    pub(crate) generation: u32,
-    pub(crate) tick: Tick,
+pub struct Entry {
+    /// Owner key (a connection's slab key).
+    pub key: usize,
+    /// Owner generation.
+    pub generation: u32,
+    /// The tick it is filed under.
+    pub tick: Tick,
 }
 
 /// A hashed timer wheel.
 #[derive(Debug)]
-pub(crate) struct TimerWheel {
+pub struct TimerWheel {
     start: Instant,
     resolution: Duration,
     /// The next tick to process: every entry due before it has been returned.
@@ -46,7 +49,7 @@ const LOOK_AHEAD: Tick = 64;
 
 impl TimerWheel {
     /// A wheel of `slots` slots (rounded up to a power of two) of `resolution` each.
-    pub(crate) fn new(start: Instant, resolution: Duration, slots: usize) -> Self {
+    pub fn new(start: Instant, resolution: Duration, slots: usize) -> Self {
         let slots = slots.max(1).next_power_of_two();
         let resolution = resolution.max(Duration::from_micros(100));
         TimerWheel {
@@ -61,7 +64,7 @@ impl TimerWheel {
 
     /// The tick on which a deadline at `at` fires: the first tick boundary at or
     /// after it, so a timer never fires early.
-    pub(crate) fn tick_for(&self, at: Instant) -> Tick {
+    pub fn tick_for(&self, at: Instant) -> Tick {
         let nanos = at.saturating_duration_since(self.start).as_nanos();
         let res = self.resolution.as_nanos();
         nanos.div_ceil(res) as Tick
@@ -69,7 +72,7 @@ impl TimerWheel {
 
     /// Schedules `key`/`generation` to fire at `at` and returns the tick it was
     /// filed under (the owner keeps it to recognise this entry later).
-    pub(crate) fn schedule(&mut self, key: usize, generation: u32, at: Instant) -> Tick {
+    pub fn schedule(&mut self, key: usize, generation: u32, at: Instant) -> Tick {
         // Never file behind the cursor: that slot's turn has passed.
         let tick = self.tick_for(at).max(self.cursor);
         let mask = self.slots.len() - 1;
@@ -86,7 +89,7 @@ impl TimerWheel {
     }
 
     /// Moves the wheel to `now` and appends every entry due by then to `due`.
-    pub(crate) fn expire(&mut self, now: Instant, due: &mut Vec<Entry>) {
+    pub fn expire(&mut self, now: Instant, due: &mut Vec<Entry>) {
         // Ticks whose boundary has fully passed (entries round their due
         // time up, `now` rounds down: nothing fires early).
         let now_tick = (now.saturating_duration_since(self.start).as_nanos()
@@ -125,7 +128,7 @@ impl TimerWheel {
     /// Cheap on every loop turn: the answer is cached as a lower bound and
     /// only recomputed, by looking at most [`LOOK_AHEAD`] slots ahead, after
     /// an expiry pass consumed it.
-    pub(crate) fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
+    pub fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
@@ -150,7 +153,7 @@ impl TimerWheel {
 
     /// Frees slot storage left over from a spike when the wheel holds few
     /// entries. Returns the number of entry slots released.
-    pub(crate) fn shrink(&mut self) -> usize {
+    pub fn shrink(&mut self) -> usize {
         let mut freed = 0;
         for slot in &mut self.slots {
             if slot.capacity() > 4 * slot.len().max(4) {
