@@ -110,11 +110,7 @@ impl<S> Conn<S> {
     /// The deadline in force and the reason to close at it, from the
     /// connection's state: lingering, stalled output, a message in progress,
     /// or idle between messages.
-    pub(crate) fn deadline(
-        &self,
-        opts: &ServerOptions,
-        _now: Instant,
-    ) -> Option<(Instant, CloseReason)> {
+    pub(crate) fn deadline(&self, opts: &ServerOptions) -> Option<(Instant, CloseReason)> {
         if self.lingering {
             return Some((
                 self.linger_since + opts.linger_timeout,

@@ -332,7 +332,7 @@ impl<H: Handler> Worker<H> {
         entry.insert(Conn::new(stream, state, generation, id, now));
         self.counters.accepted += 1;
         self.counters.active += 1;
-        self.update_timer(key, now);
+        self.update_timer(key);
     }
 
     // ----- serving a connection ---------------------------------------------
@@ -365,7 +365,7 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.release_buffers(key, now);
-        self.update_timer(key, now);
+        self.update_timer(key);
     }
 
     fn drive_io(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
@@ -548,7 +548,7 @@ impl<H: Handler> Worker<H> {
         conn.linger_since = now;
         conn.want_read = true;
         self.release_buffers(key, now);
-        self.update_timer(key, now);
+        self.update_timer(key);
         self.requeue.push(key);
     }
 
@@ -597,9 +597,9 @@ impl<H: Handler> Worker<H> {
     /// Makes sure the wheel holds an entry no later than the connection's
     /// current deadline. Deadlines that move later need no new entry: the old
     /// one fires, finds the deadline moved, and reschedules.
-    fn update_timer(&mut self, key: usize, now: Instant) {
+    fn update_timer(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let Some((at, _)) = conn.deadline(&self.opts, now) else {
+        let Some((at, _)) = conn.deadline(&self.opts) else {
             return;
         };
         let tick = self.wheel.tick_for(at);
@@ -626,12 +626,12 @@ impl<H: Handler> Worker<H> {
                 continue; // stale: superseded by an earlier entry, or a reused slot
             }
             conn.scheduled = None;
-            match conn.deadline(&self.opts, now) {
+            match conn.deadline(&self.opts) {
                 Some((at, reason)) if at <= now => {
                     self.close(entry.key, reason, now);
                     closed += 1;
                 }
-                _ => self.update_timer(entry.key, now),
+                _ => self.update_timer(entry.key),
             }
         }
         self.due = due;
@@ -681,11 +681,11 @@ impl<H: Handler> Worker<H> {
         }
         let since = *self.slab_low_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= self.opts.reclaim_after {
-            self.shrink_slab(now);
+            self.shrink_slab();
         }
     }
 
-    pub(crate) fn shrink_slab(&mut self, now: Instant) {
+    pub(crate) fn shrink_slab(&mut self) {
         let started = Instant::now();
         probes::gc_start(self.info.index, GcKind::SlabShrink);
         let before = self.conns.capacity();
@@ -710,7 +710,7 @@ impl<H: Handler> Worker<H> {
             true
         });
         for key in moved {
-            self.update_timer(key, now);
+            self.update_timer(key);
         }
         let freed_timer = self.wheel.shrink();
         self.requeue.shrink_to_fit();

@@ -227,34 +227,16 @@ impl Http {
         let head_only = req.method == Method::Head;
         let get = matches!(req.method, Method::Get | Method::Head);
         match req.path {
-            b"/plaintext" if get => {
-                if conn == ConnHeader::None && !head_only {
-                    out.extend_from_slice(&self.plaintext);
+            path @ (b"/plaintext" | b"/json") if get => {
+                let (cached, content_type, body): (&[u8], &[u8], &[u8]) = if path == b"/json" {
+                    (&self.json, b"application/json", JSON_BODY)
                 } else {
-                    self.simple(
-                        out,
-                        Status::Ok,
-                        b"text/plain",
-                        PLAINTEXT_BODY,
-                        conn,
-                        head_only,
-                        b"",
-                    );
-                }
-            }
-            b"/json" if get => {
+                    (&self.plaintext, b"text/plain", PLAINTEXT_BODY)
+                };
                 if conn == ConnHeader::None && !head_only {
-                    out.extend_from_slice(&self.json);
+                    out.extend_from_slice(cached);
                 } else {
-                    self.simple(
-                        out,
-                        Status::Ok,
-                        b"application/json",
-                        JSON_BODY,
-                        conn,
-                        head_only,
-                        b"",
-                    );
+                    self.simple(out, Status::Ok, content_type, body, conn, head_only, b"");
                 }
             }
             b"/" if get => self.simple(
