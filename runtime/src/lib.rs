@@ -108,7 +108,7 @@ pub use handler::{Accepted, Action, CloseReason, Handler};
 pub use metrics::{Metrics, WorkerMetrics};
 pub use options::{ServerOptions, Workers};
 pub use server::{Server, ServerBuilder, ShutdownHandle, WorkerInfo};
-pub use steering::Steering;
+pub use steering::{Policy, Steering, SteeringStats};
 
 /// Re-exported so handlers can queue shared chunks with [`Output::push_bytes`].
 pub use bytes::Bytes;

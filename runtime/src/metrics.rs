@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::handler::CloseReason;
+use crate::steering::{Ebpf, Steering, SteeringStats};
 
 const REASONS: usize = CloseReason::ALL.len();
 
@@ -124,6 +125,8 @@ impl SharedCounters {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     workers: Arc<[SharedCounters]>,
+    steering: Steering,
+    ebpf: Ebpf,
 }
 
 impl Metrics {
@@ -136,7 +139,32 @@ impl Metrics {
         for w in workers.iter() {
             w.set_cpu(None);
         }
-        Metrics { workers }
+        Metrics {
+            workers,
+            steering: Steering::Kernel,
+            ebpf: Ebpf::default(),
+        }
+    }
+
+    pub(crate) fn with_steering(mut self, mode: Steering, ebpf: Ebpf) -> Self {
+        self.steering = mode;
+        self.ebpf = ebpf;
+        self
+    }
+
+    /// The steering mode in force (for servers: after any fall-back).
+    #[must_use]
+    pub fn steering_mode(&self) -> Steering {
+        self.steering
+    }
+
+    /// The eBPF steering program's own counters (connections placed on each
+    /// worker, left to the kernel's hash, migrated off closing listeners),
+    /// or `None` when no eBPF program is in force. Reads the kernel's per-CPU
+    /// map (a few system calls): for scrapes, not hot paths.
+    #[must_use]
+    pub fn steering(&self) -> Option<SteeringStats> {
+        self.ebpf.stats(self.steering)
     }
 
     pub(crate) fn worker(&self, index: usize) -> &SharedCounters {

@@ -36,8 +36,14 @@ pub struct ServerOptions {
     /// Listen backlog of each listener. Default 4096 (the kernel caps it at
     /// `net.core.somaxconn`).
     pub backlog: i32,
-    /// How new connections are spread over workers. Default [`Steering::Kernel`].
+    /// How new connections are spread over workers. Default
+    /// [`Steering::Auto`]: eBPF `least-loaded` when permitted, else classic
+    /// BPF by CPU, else the kernel's hash.
     pub steering: Steering,
+    /// Under eBPF `least-loaded` steering, a worker whose loop has been in
+    /// one turn for longer than this is stalled and gets no new connections
+    /// while another worker is not. `None` disables the check. Default 10 ms.
+    pub stall_threshold: Option<Duration>,
     /// Set `TCP_NODELAY` on accepted connections. Default `true`.
     pub nodelay: bool,
     /// Most open connections per worker; a worker at its cap stops accepting
@@ -106,6 +112,7 @@ impl Default for ServerOptions {
             pin: true,
             backlog: 4096,
             steering: Steering::default(),
+            stall_threshold: Some(Duration::from_millis(10)),
             nodelay: true,
             max_connections_per_worker: 65_536,
             accept_budget: 64,
@@ -167,6 +174,7 @@ impl ServerOptions {
             ("header_timeout", self.header_timeout),
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
+            ("stall_threshold", self.stall_threshold),
         ] {
             if t.is_some_and(|t| t.is_zero()) {
                 return Err(Error::Config(format!(

@@ -1,7 +1,7 @@
 //! The server: builder, start-up, shutdown and `run`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -99,6 +99,8 @@ impl ServerBuilder {
         backlog: i32,
         /// Steering policy (see [`ServerOptions::steering`]).
         steering: Steering,
+        /// Stall time for least-loaded steering (see [`ServerOptions::stall_threshold`]).
+        stall_threshold: Option<Duration>,
         /// `TCP_NODELAY` on accepted connections (see [`ServerOptions::nodelay`]).
         nodelay: bool,
         /// Connection cap per worker (see [`ServerOptions::max_connections_per_worker`]).
@@ -186,10 +188,12 @@ impl ServerBuilder {
         };
         let mut opts = opts;
         // Every listener is listening: the group is complete, steer it.
-        opts.steering = steering::apply(opts.steering, &listeners, &cpus);
+        let (mode, ebpf) = steering::apply(opts.steering, &listeners, &cpus, opts.stall_threshold);
+        opts.steering = mode;
         Ok(Server {
-            metrics: Metrics::new(cpus.len()),
-            shutdown: ShutdownHandle::new(),
+            metrics: Metrics::new(cpus.len()).with_steering(mode, ebpf.clone()),
+            shutdown: ShutdownHandle::new(cpus.len(), ebpf.clone()),
+            ebpf,
             cpus,
             listeners,
             local_addr,
@@ -204,6 +208,7 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct Server<F> {
     opts: Arc<ServerOptions>,
+    ebpf: steering::Ebpf,
     listeners: Vec<mio::net::TcpListener>,
     local_addr: SocketAddr,
     cpus: Vec<Option<usize>>,
@@ -288,6 +293,7 @@ where
         let mut threads = Vec::with_capacity(self.listeners.len());
         let mut first_error = None;
         for (index, listener) in self.listeners.into_iter().enumerate() {
+            let steer = self.ebpf.worker(index);
             let info = WorkerInfo {
                 index,
                 workers: self.cpus.len(),
@@ -302,11 +308,16 @@ where
             let spawned = thread::Builder::new()
                 .name(format!("corelane-w{index}"))
                 .spawn(move || {
-                    let result =
-                        Worker::start(info, listener, opts, metrics, shutdown.clone(), |i| {
-                            factory(i)
-                        })
-                        .and_then(Worker::run);
+                    let result = Worker::start(
+                        info,
+                        listener,
+                        opts,
+                        metrics,
+                        shutdown.clone(),
+                        steer,
+                        |i| factory(i),
+                    )
+                    .and_then(Worker::run);
                     if result.is_err() {
                         // One worker down takes the server down, gracefully.
                         shutdown.shutdown();
@@ -399,7 +410,7 @@ const RUNNING: u8 = 0;
 const GRACEFUL: u8 = 1;
 const IMMEDIATE: u8 = 2;
 
-/// Stops a server from any thread. Cheap to clone.
+/// Stops a server, or one of its workers, from any thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
     state: Arc<ShutdownState>,
@@ -408,15 +419,20 @@ pub struct ShutdownHandle {
 #[derive(Debug)]
 struct ShutdownState {
     phase: AtomicU8,
-    wakers: Mutex<Vec<Arc<mio::Waker>>>,
+    /// Per worker: asked to stop on its own ([`ShutdownHandle::stop_worker`]).
+    stop: Vec<AtomicBool>,
+    wakers: Mutex<Vec<Option<Arc<mio::Waker>>>>,
+    ebpf: steering::Ebpf,
 }
 
 impl ShutdownHandle {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(workers: usize, ebpf: steering::Ebpf) -> Self {
         ShutdownHandle {
             state: Arc::new(ShutdownState {
                 phase: AtomicU8::new(RUNNING),
-                wakers: Mutex::new(Vec::new()),
+                stop: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+                wakers: Mutex::new(vec![None; workers]),
+                ebpf,
             }),
         }
     }
@@ -431,6 +447,37 @@ impl ShutdownHandle {
     /// Closes every connection at once and stops the workers.
     pub fn shutdown_now(&self) {
         self.advance(IMMEDIATE);
+    }
+
+    /// Stops one worker gracefully while the others keep serving, dropping
+    /// nothing: with eBPF steering the worker is excluded from new
+    /// connections at once, and when it closes its listener the connections
+    /// queued there (and those mid-handshake) migrate to the other workers;
+    /// otherwise it accepts what is queued before closing. It then finishes
+    /// its connections as in a graceful shutdown and its thread ends.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if there is no worker `index`.
+    pub fn stop_worker(&self, index: usize) -> Result<()> {
+        let Some(flag) = self.state.stop.get(index) else {
+            return Err(Error::Config(format!(
+                "no worker {index} (the server has {})",
+                self.state.stop.len()
+            )));
+        };
+        if self.state.ebpf.is_some() {
+            self.state.ebpf.worker(index).set_draining();
+        }
+        if !flag.swap(true, Ordering::SeqCst) {
+            let wakers = self.state.wakers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(Some(w)) = wakers.get(index) {
+                if let Err(e) = w.wake() {
+                    tracing::warn!(worker = index, error = %e, "waking a worker to stop failed");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether a shutdown has started.
@@ -448,7 +495,7 @@ impl ShutdownHandle {
 
     fn wake_all(&self) {
         let wakers = self.state.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        for w in wakers.iter() {
+        for w in wakers.iter().flatten() {
             if let Err(e) = w.wake() {
                 tracing::warn!(error = %e, "waking a worker for shutdown failed");
             }
@@ -463,13 +510,21 @@ impl ShutdownHandle {
         self.phase() == IMMEDIATE
     }
 
-    /// Registers a worker's waker. A shutdown that started before is not
-    /// missed: the worker checks the phase after registering.
-    pub(crate) fn register(&self, waker: Arc<mio::Waker>) {
+    /// Whether worker `index` was asked to stop on its own.
+    pub(crate) fn worker_stop_requested(&self, index: usize) -> bool {
         self.state
-            .wakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(waker);
+            .stop
+            .get(index)
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// Registers worker `index`'s waker. A shutdown that started before is
+    /// not missed: the worker checks the phase after registering.
+    pub(crate) fn register(&self, index: usize, waker: Arc<mio::Waker>) {
+        let mut wakers = self.state.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if index >= wakers.len() {
+            wakers.resize(index + 1, None);
+        }
+        wakers[index] = Some(waker);
     }
 }

@@ -26,6 +26,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::options::ServerOptions;
 use crate::probes::{self, GcKind};
 use crate::server::{ShutdownHandle, WorkerInfo};
+use crate::steering::WorkerSteer;
 use crate::sys;
 use crate::timer::{Entry, TimerWheel};
 
@@ -65,6 +66,8 @@ pub(crate) struct Worker<H: Handler> {
     counters: Counters,
     shared: Metrics,
     shutdown: ShutdownHandle,
+    /// This worker's handle on the eBPF steering program (a no-op without).
+    steer: WorkerSteer,
     /// Set when a graceful shutdown started: the deadline for connections.
     draining_until: Option<Instant>,
     next_tick: Instant,
@@ -91,6 +94,7 @@ impl<H: Handler> Worker<H> {
         opts: Arc<ServerOptions>,
         shared: Metrics,
         shutdown: ShutdownHandle,
+        steer: WorkerSteer,
         factory: impl FnOnce(&WorkerInfo) -> H,
     ) -> Result<Self> {
         let worker = info.index;
@@ -108,7 +112,7 @@ impl<H: Handler> Worker<H> {
             .map_err(|source| Error::Worker { worker, source })?;
         let waker = Waker::new(poll.registry(), WAKER)
             .map_err(|source| Error::Worker { worker, source })?;
-        shutdown.register(Arc::new(waker));
+        shutdown.register(worker, Arc::new(waker));
         let now = Instant::now();
         let mut handler = factory(&info);
         handler.on_tick(SystemTime::now());
@@ -129,6 +133,7 @@ impl<H: Handler> Worker<H> {
             accept_warned: false,
             counters: Counters::default(),
             shutdown,
+            steer,
             draining_until: None,
             next_tick: now + opts.tick_interval,
             due: Vec::new(),
@@ -143,7 +148,10 @@ impl<H: Handler> Worker<H> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let timeout = self.poll_timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            self.steer.turn_ended(self.conns.len());
+            let polled = self.poll.poll(&mut events, timeout);
+            self.steer.turn_started();
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(Error::Worker {
                         worker: self.info.index,
@@ -262,6 +270,7 @@ impl<H: Handler> Worker<H> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.recovered();
+                    self.steer.accept_queue_empty();
                     self.accept = AcceptState::Open { pending: false };
                     return;
                 }
@@ -737,11 +746,12 @@ impl<H: Handler> Worker<H> {
 
     fn check_shutdown(&mut self, now: Instant) {
         let phase = self.shutdown.phase();
-        if phase == 0 {
+        let alone = phase == 0 && self.shutdown.worker_stop_requested(self.info.index);
+        if phase == 0 && !alone {
             return;
         }
         if self.draining_until.is_none() {
-            self.begin_drain(now);
+            self.begin_drain(now, alone);
         }
         let deadline_passed = self.draining_until.is_some_and(|d| now >= d);
         if self.shutdown.is_immediate() || deadline_passed {
@@ -752,11 +762,18 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn begin_drain(&mut self, now: Instant) {
+    /// Closes the listener and starts finishing the connections; `alone`:
+    /// only this worker stops, the others keep serving.
+    fn begin_drain(&mut self, now: Instant, alone: bool) {
         self.draining_until = Some(now + self.opts.shutdown_timeout);
-        // Take what is already queued before closing the listener: with
-        // SO_REUSEPORT a closed listener resets the connections in its queue.
-        while self.conns.len() < self.opts.max_connections_per_worker {
+        // No new connections for this worker from here on (eBPF steering).
+        self.steer.set_draining();
+        // With SO_REUSEPORT a closed listener resets the connections in its
+        // queue, unless the eBPF program migrates them to a live listener:
+        // it does when this worker stops alone. Otherwise take what is
+        // queued before closing.
+        let migrate = alone && self.steer.migrates();
+        while !migrate && self.conns.len() < self.opts.max_connections_per_worker {
             let Some(listener) = self.listener.as_ref() else {
                 break;
             };
@@ -784,11 +801,24 @@ impl<H: Handler> Worker<H> {
             self.conns[key].want_read = true;
             self.drive(key, now);
         }
-        tracing::debug!(
-            worker = self.info.index,
-            remaining = self.conns.len(),
-            "draining: listener closed, idle connections closed"
-        );
+        if alone {
+            tracing::info!(
+                worker = self.info.index,
+                remaining = self.conns.len(),
+                queued = if migrate {
+                    "migrated to the other workers"
+                } else {
+                    "accepted"
+                },
+                "worker stopping: listener closed"
+            );
+        } else {
+            tracing::debug!(
+                worker = self.info.index,
+                remaining = self.conns.len(),
+                "draining: listener closed, idle connections closed"
+            );
+        }
     }
 
     fn publish(&mut self) {
@@ -861,7 +891,8 @@ mod tests {
             listener,
             opts,
             Metrics::new(1),
-            ShutdownHandle::new(),
+            ShutdownHandle::new(1, crate::steering::Ebpf::default()),
+            WorkerSteer::default(),
             |_| Nop,
         )
         .unwrap();

@@ -28,11 +28,14 @@ struct Args {
     /// Close connections idle this long (e.g. `30s`, `500ms`; `0` disables).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// How new connections are spread over workers: `kernel` (the kernel's
-    /// flow hash) or `classic-cpu` (classic BPF: the worker pinned to the CPU
-    /// that processed the SYN; falls back to `kernel`, with a log line, if it
-    /// cannot be attached).
-    #[arg(long, default_value = "kernel")]
+    /// How new connections are spread over workers: `auto` (eBPF
+    /// least-loaded when permitted, else classic-cpu, else kernel), an eBPF
+    /// policy (`least-loaded`, `round-robin`, `cpu`, `hash`; need CAP_BPF or
+    /// root), `classic-cpu` (classic BPF: the worker pinned to the CPU that
+    /// processed the SYN; no privilege) or `kernel` (the kernel's flow hash).
+    /// A mode that cannot be set up falls back down that list, with a log
+    /// line saying why.
+    #[arg(long, default_value = "auto")]
     steering: Steering,
 }
 

@@ -13,31 +13,43 @@ struct Running {
     child: Child,
     addr: SocketAddr,
     start_line: String,
+    /// What it logged before the start-up line.
+    early_log: String,
     log: BufReader<ChildStderr>,
 }
 
 impl Running {
     /// Starts the echo server on an ephemeral port; waits for its start-up line.
     fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(["--addr", "127.0.0.1:0"])
+        Running::start_as(args, None)
+    }
+
+    /// Starts it as user `uid` (and group `uid`) when given.
+    fn start_as(args: &[&str], uid: Option<u32>) -> Running {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start corelane-echo");
+            .stderr(Stdio::piped());
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let mut child = cmd.spawn().expect("start corelane-echo");
         let mut log = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
+        let mut early_log = String::new();
         loop {
             line.clear();
             if log.read_line(&mut line).unwrap() == 0 {
                 let _ = child.kill();
-                panic!("corelane-echo exited before logging its start-up line");
+                panic!("corelane-echo exited before logging its start-up line:\n{early_log}");
             }
             if line.contains("corelane listening") {
                 break;
             }
+            early_log.push_str(&line);
         }
         let addr = line
             .split("addr=")
@@ -50,6 +62,7 @@ impl Running {
             addr: addr.parse().unwrap(),
             child,
             start_line: line,
+            early_log,
             log,
         }
     }
@@ -97,7 +110,7 @@ fn echoes_and_exits_cleanly_on_sigterm() {
 
 #[test]
 fn the_start_up_line_names_address_workers_cpus_and_steering() {
-    let server = Running::start(&["--workers", "1"]);
+    let server = Running::start(&["--workers", "1", "--steering", "kernel"]);
     for field in ["addr=127.0.0.1:", "workers=1", "cpus=", "steering=kernel"] {
         assert!(
             server.start_line.contains(field),
@@ -132,4 +145,66 @@ fn help_explains_the_options() {
     for opt in ["--addr", "--workers", "--idle-timeout", "--steering"] {
         assert!(help.contains(opt), "{opt} missing from --help");
     }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// Opens `n` connections and checks each one echoes.
+fn serves_all(addr: SocketAddr, n: usize) {
+    let mut conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let msg = format!("connection {i}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0; msg.len()];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+}
+
+#[test]
+fn without_privilege_ebpf_steering_falls_back_to_classic_bpf_and_serves_everyone() {
+    // As root, run the server as `nobody`; otherwise this process is
+    // unprivileged already.
+    let uid = is_root().then_some(65534);
+    let server = Running::start_as(&["--workers", "2", "--steering", "least-loaded"], uid);
+    let log = &server.early_log;
+    assert!(
+        log.contains("eBPF steering `least-loaded` unavailable (")
+            && log.contains("needs CAP_BPF")
+            && log.contains("using classic BPF CPU steering"),
+        "the fallback and its reason are logged: {log}"
+    );
+    assert!(
+        server.start_line.contains("steering=classic-cpu"),
+        "{}",
+        server.start_line
+    );
+    serves_all(server.addr, 200);
+}
+
+#[test]
+fn as_root_the_default_is_ebpf_least_loaded() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must run this test"
+        );
+        eprintln!("skipping: needs root (CAP_BPF)");
+        return;
+    }
+    let server = Running::start(&["--workers", "2"]);
+    assert!(
+        server.start_line.contains("steering=least-loaded"),
+        "{}\n{}",
+        server.early_log,
+        server.start_line
+    );
+    serves_all(server.addr, 200);
 }

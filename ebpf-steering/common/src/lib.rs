@@ -1,0 +1,281 @@
+//! What corelane's `sk_reuseport` steering program and its loader share: map
+//! names and sizes, the layout of every map value, and the policy choice
+//! itself.
+//!
+//! The choice ([`pick`]) is plain `no_std` Rust compiled twice: into the
+//! kernel program (`corelane-steering-program`) and into userspace, where
+//! tests and the steering-model bench run exactly the code the kernel runs.
+#![no_std]
+
+/// Layout version of the maps and the program. A loader refuses a pinned
+/// program whose config carries another version.
+pub const VERSION: u32 = 1;
+
+/// Largest number of workers (listeners) one group can steer between.
+pub const MAX_WORKERS: u32 = 64;
+
+/// Largest CPU number + 1 that the CPU → worker table covers. Connections
+/// whose SYN is handled on a higher CPU are steered by hash.
+pub const MAX_CPUS: u32 = 1024;
+
+/// "No worker": the value of an unmapped CPU in [`maps::CPU_WORKER`].
+pub const NO_WORKER: u32 = u32::MAX;
+
+/// Index in [`maps::STATS`] counting connections the program left to the
+/// kernel's hash because no eligible worker could be selected.
+pub const STAT_FALLBACK: u32 = MAX_WORKERS;
+/// Index in [`maps::STATS`] counting connections moved off a closing
+/// listener (`BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`).
+pub const STAT_MIGRATED: u32 = MAX_WORKERS + 1;
+/// `least-loaded` compares at most this many workers per connection (a
+/// bounded scan from a rotating start): the kernel's verifier walks every
+/// iteration of every loop, so loops must stay short.
+pub const SCAN_LIMIT: u32 = 16;
+
+/// [`pick`] tries at most this many workers, from the preferred one onwards,
+/// before leaving the connection to the kernel's hash.
+pub const PROBE_LIMIT: u32 = 8;
+
+/// Number of entries of [`maps::STATS`]: one selection counter per worker,
+/// then [`STAT_FALLBACK`] and [`STAT_MIGRATED`].
+pub const STAT_ENTRIES: u32 = MAX_WORKERS + 2;
+
+/// A worker whose loop has been inside one turn for longer than the
+/// configured stall time counts this much extra load under `least-loaded`:
+/// it is picked only when every eligible worker is stalled.
+pub const STALL_PENALTY: u32 = 1 << 24;
+
+/// Map and program names in the object file.
+pub mod maps {
+    /// `REUSEPORT_SOCKARRAY`: listener of worker `i` at index `i`.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// `ARRAY` of one [`Config`](crate::Config).
+    pub const CONFIG: &str = "CONFIG";
+    /// `ARRAY` (mmapable) of [`WorkerSlot`](crate::WorkerSlot), one per worker.
+    pub const WORKERS: &str = "WORKERS";
+    /// `ARRAY` of `u32`: CPU → worker index, or [`NO_WORKER`](crate::NO_WORKER).
+    pub const CPU_WORKER: &str = "CPU_WORKER";
+    /// `PERCPU_ARRAY` of `u64`, [`STAT_ENTRIES`](crate::STAT_ENTRIES) long.
+    pub const STATS: &str = "STATS";
+    /// `PERCPU_ARRAY` of one `u32`: the round-robin position of each CPU.
+    pub const RR: &str = "RR";
+    /// The program, attached with `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`.
+    pub const PROGRAM: &str = "corelane_steer";
+}
+
+/// How the program picks a worker for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Policy {
+    /// The connection's flow hash modulo the number of workers: stateless,
+    /// and the same 4-tuple always lands on the same worker.
+    Hash = 0,
+    /// The worker pinned to the CPU that handled the SYN (through a CPU →
+    /// worker table), for locality with the NIC's RSS; hash for unmapped CPUs.
+    Cpu = 1,
+    /// Each CPU deals connections to the workers in turn: exact to within
+    /// one connection per worker for connections arriving on one CPU.
+    RoundRobin = 2,
+    /// The worker with the fewest live plus just-steered connections, not
+    /// stalled; ties go round robin.
+    LeastLoaded = 3,
+}
+
+impl Policy {
+    /// Every policy, in declaration order.
+    pub const ALL: [Policy; 4] = [
+        Policy::Hash,
+        Policy::Cpu,
+        Policy::RoundRobin,
+        Policy::LeastLoaded,
+    ];
+
+    /// The policy stored as `value` in [`Config::policy`].
+    #[must_use]
+    pub const fn from_u32(value: u32) -> Option<Policy> {
+        match value {
+            0 => Some(Policy::Hash),
+            1 => Some(Policy::Cpu),
+            2 => Some(Policy::RoundRobin),
+            3 => Some(Policy::LeastLoaded),
+            _ => None,
+        }
+    }
+
+    /// The name used on command lines, in logs and in metrics.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Policy::Hash => "hash",
+            Policy::Cpu => "cpu",
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastLoaded => "least-loaded",
+        }
+    }
+
+    /// The policy called `name` (see [`as_str`](Policy::as_str)).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Policy> {
+        Policy::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+/// The program's configuration: entry 0 of [`maps::CONFIG`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Config {
+    /// [`VERSION`] of the loader that wrote it.
+    pub version: u32,
+    /// A [`Policy`] as `u32`.
+    pub policy: u32,
+    /// Number of workers; listener `i` of `0..workers` is at index `i`.
+    pub workers: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// A worker inside one loop turn for longer than this (nanoseconds of
+    /// `CLOCK_MONOTONIC`) is stalled; 0 disables stall detection.
+    pub stall_ns: u64,
+}
+
+/// What one worker publishes for the program: an entry of the mmapable
+/// [`maps::WORKERS`] array, written by the worker with plain atomic stores to
+/// shared memory (no system call) and read by the program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct WorkerSlot {
+    /// Live connections of the worker.
+    pub conns: u32,
+    /// Non-zero: the worker is draining and must not be picked.
+    pub draining: u32,
+    /// Connections steered to the worker and not yet accepted: the program
+    /// adds one per selection (an atomic add: 64 bits, the only width the
+    /// bpf target has atomics for); the worker resets it to 0 when its
+    /// accept queue is empty.
+    pub pending: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at which the worker's current loop turn
+    /// began; 0 while it waits for events.
+    pub busy_since_ns: u64,
+}
+
+impl WorkerSlot {
+    /// The worker's load as `least-loaded` sees it at `now_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub fn load(&self, now_ns: u64, stall_ns: u64) -> u32 {
+        let pending = if self.pending > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            self.pending as u32
+        };
+        let mut load = self.conns.saturating_add(pending);
+        let busy = self.busy_since_ns;
+        if stall_ns != 0 && busy != 0 && now_ns > busy && now_ns - busy > stall_ns {
+            load = load.saturating_add(STALL_PENALTY);
+        }
+        load
+    }
+}
+
+/// Everything [`pick`] decides from, for one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Input {
+    /// The policy in force.
+    pub policy: Policy,
+    /// Number of workers (at most [`MAX_WORKERS`]).
+    pub workers: u32,
+    /// The connection's flow hash (`sk_reuseport_md.hash`).
+    pub hash: u32,
+    /// The worker mapped to the CPU handling the SYN, or [`NO_WORKER`].
+    pub cpu_worker: u32,
+    /// This CPU's round-robin position (incremented once per connection).
+    pub turn: u32,
+}
+
+/// What [`pick`] may ask about worker `i`.
+pub trait Workers {
+    /// Whether worker `i` may receive new connections (not draining).
+    fn eligible(&self, i: u32) -> bool;
+    /// Worker `i`'s load for `least-loaded` (see [`WorkerSlot::load`]).
+    fn load(&self, i: u32) -> u32;
+}
+
+/// The worker the policy prefers, before eligibility is considered:
+/// [`pick`] starts there and probes onwards.
+#[inline(always)]
+#[must_use]
+pub fn preferred(input: &Input, workers: &impl Workers) -> u32 {
+    let n = input.workers;
+    if n == 0 {
+        return 0;
+    }
+    match input.policy {
+        Policy::Hash => input.hash % n,
+        Policy::Cpu if input.cpu_worker < n => input.cpu_worker,
+        Policy::Cpu => input.hash % n,
+        Policy::RoundRobin => input.turn % n,
+        Policy::LeastLoaded => {
+            // Scan every worker from a rotating start, so that ties (the
+            // common case when idle) are broken round robin.
+            let start = input.turn % n;
+            let mut best = start;
+            let mut best_load = u32::MAX;
+            let mut i = 0;
+            while i < SCAN_LIMIT && i < n {
+                let mut k = start + i;
+                if k >= n {
+                    k -= n;
+                }
+                if workers.eligible(k) {
+                    let load = workers.load(k);
+                    if load < best_load {
+                        best_load = load;
+                        best = k;
+                    }
+                }
+                i += 1;
+            }
+            best
+        }
+    }
+}
+
+/// Picks the worker for one connection: the policy's [preferred] worker if
+/// it is eligible and `select` accepts it, else the next eligible one (in
+/// index order, wrapping, at most [`PROBE_LIMIT`] tried) that `select`
+/// accepts. `select` is the kernel's
+/// `bpf_sk_select_reuseport` in the program (it fails for an index whose
+/// listener is gone); `None` leaves the connection to the kernel's hash.
+#[inline(always)]
+pub fn pick(
+    input: &Input,
+    workers: &impl Workers,
+    mut select: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    let n = input.workers;
+    if n == 0 || n > MAX_WORKERS {
+        return None;
+    }
+    let first = preferred(input, workers);
+    let mut i = 0;
+    while i < PROBE_LIMIT && i < n {
+        let mut k = first + i;
+        if k >= n {
+            k -= n;
+        }
+        if workers.eligible(k) && select(k) {
+            return Some(k);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `Config` is `repr(C)`, has no padding (4 × u32 then a u64 at
+    // offset 16) and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: `WorkerSlot` is `repr(C)`, has no padding (2 × u32 then two
+    // u64 at offsets 8 and 16) and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::WorkerSlot {}
+}

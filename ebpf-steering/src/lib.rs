@@ -1,0 +1,547 @@
+//! Loads corelane's `sk_reuseport` steering program into the kernel, fills its
+//! maps, attaches it to a reuseport group, and gives the workers and the
+//! operator their handles on it.
+//!
+//! The program object is compiled from `ebpf-steering/program` by
+//! `ebpf-steering/build-program.sh` and committed next to this file, so
+//! building this crate needs neither nightly Rust nor bpf-linker nor clang.
+//!
+//! ```no_run
+//! # fn listeners() -> Vec<std::net::TcpListener> { Vec::new() }
+//! use std::os::fd::AsFd;
+//! use corelane_steering::{EbpfSteering, Policy, Settings};
+//!
+//! // Every listener of the group bound (SO_REUSEPORT) and listening:
+//! let listeners = listeners();
+//! let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
+//! let cpus = vec![Some(0), Some(1)];
+//! match EbpfSteering::attach(&fds, &cpus, &Settings::new(Policy::LeastLoaded)) {
+//!     Ok(steering) => println!("steering by {}", steering.policy().as_str()),
+//!     // e.g. "creating map SOCKETS: Operation not permitted (os error 1); needs CAP_BPF (or root)"
+//!     Err(e) => eprintln!("eBPF steering unavailable ({e})"),
+//! }
+//! ```
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aya::maps::{Array, MapData, PerCpuArray, ReusePortSockArray};
+use aya::programs::SkReuseport;
+use aya::Ebpf;
+
+pub use corelane_steering_common::{
+    self as common, Config, Policy, WorkerSlot, MAX_CPUS, MAX_WORKERS, VERSION,
+};
+
+/// The compiled program (`bpfel`), as committed by `build-program.sh`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../corelane-steering.bpf.o");
+
+/// The compiled program object this crate loads: for tests and tools that
+/// inspect it.
+#[must_use]
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
+/// What [`EbpfSteering::attach`] sets up besides the listeners.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The policy for new connections.
+    pub policy: Policy,
+    /// Under `least-loaded`, a worker inside one loop turn for longer than
+    /// this counts as stalled and is avoided. `None` disables the check.
+    pub stall: Option<Duration>,
+}
+
+impl Settings {
+    /// `policy` with the default stall time (10 ms).
+    #[must_use]
+    pub fn new(policy: Policy) -> Self {
+        Settings {
+            policy,
+            stall: Some(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Why eBPF steering could not be set up: the step that failed, the kernel's
+/// reason and, for permission errors, what is missing.
+#[derive(Debug)]
+pub struct Error {
+    step: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Error {
+    fn new(
+        step: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error {
+            step: step.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Whether the kernel refused for lack of privilege (`EPERM`/`EACCES`).
+    #[must_use]
+    pub fn is_permission(&self) -> bool {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&*self.source);
+        while let Some(err) = e {
+            if let Some(io) = err.downcast_ref::<io::Error>() {
+                if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                    return true;
+                }
+            }
+            e = err.source();
+        }
+        false
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.step)?;
+        // The innermost cause carries the kernel's reason; the outer ones
+        // repeat the step in aya's words.
+        let mut e: &(dyn std::error::Error + 'static) = &*self.source;
+        while let Some(inner) = e.source() {
+            e = inner;
+        }
+        write!(f, ": {e}")?;
+        if self.is_permission() {
+            write!(f, "; needs CAP_BPF (or root)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+#[derive(Debug)]
+struct Plain(String);
+
+impl fmt::Display for Plain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Plain {}
+
+/// Selection counters read from the program's per-CPU `STATS` map, summed
+/// over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections the program placed on each worker (including migrated).
+    pub selected: Vec<u64>,
+    /// Connections left to the kernel's hash: no eligible worker could be
+    /// selected.
+    pub fallbacks: u64,
+    /// Connections moved off a closing listener.
+    pub migrated: u64,
+}
+
+/// The steering program attached to one reuseport group.
+///
+/// Dropping it does not detach the program: the kernel keeps it as long as
+/// the group's sockets exist, so steering outlives this handle.
+pub struct EbpfSteering {
+    policy: Policy,
+    workers: u32,
+    table: WorkerTable,
+    stats: Mutex<PerCpuArray<MapData, u64>>,
+    _ebpf: Mutex<Ebpf>,
+}
+
+impl fmt::Debug for EbpfSteering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EbpfSteering")
+            .field("policy", &self.policy)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EbpfSteering {
+    /// Loads the program, fills its maps and attaches it to the reuseport
+    /// group of `listeners`: listener `i` (bound and listening, all in one
+    /// group) is worker `i`, pinned to `cpus[i]` if pinned.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] naming the step that failed and the kernel's reason,
+    /// e.g. `creating map SOCKETS: Operation not permitted (os error 1);
+    /// needs CAP_BPF (or root)`. Nothing is attached when it fails.
+    pub fn attach(
+        listeners: &[BorrowedFd<'_>],
+        cpus: &[Option<usize>],
+        settings: &Settings,
+    ) -> Result<EbpfSteering, Error> {
+        let n = listeners.len();
+        if n == 0 || n > MAX_WORKERS as usize {
+            return Err(Error::new(
+                "checking the group",
+                Plain(format!(
+                    "{n} listeners; eBPF steering handles 1 to {MAX_WORKERS}"
+                )),
+            ));
+        }
+        let workers = n as u32;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| Error::new(load_step(&e), e))?;
+
+        let config = Config {
+            version: VERSION,
+            policy: settings.policy as u32,
+            workers,
+            reserved: 0,
+            stall_ns: settings.stall.map_or(0, |d| {
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+            }),
+        };
+        let mut config_map: Array<_, Config> = typed_map(&mut ebpf, common::maps::CONFIG)?;
+        config_map
+            .set(0, config, 0)
+            .map_err(|e| Error::new("writing CONFIG", e))?;
+
+        let mut cpu_map: Array<_, u32> = typed_map(&mut ebpf, common::maps::CPU_WORKER)?;
+        for cpu in 0..MAX_CPUS {
+            let worker = cpus
+                .iter()
+                .position(|c| *c == Some(cpu as usize))
+                .map_or(common::NO_WORKER, |w| w as u32);
+            cpu_map
+                .set(cpu, worker, 0)
+                .map_err(|e| Error::new("writing CPU_WORKER", e))?;
+        }
+
+        let mut sockets: ReusePortSockArray<_> = typed_map(&mut ebpf, common::maps::SOCKETS)?;
+        for (i, fd) in listeners.iter().enumerate() {
+            sockets
+                .set(i as u32, &fd.as_raw_fd(), 0)
+                .map_err(|e| Error::new(format!("inserting listener {i} into SOCKETS"), e))?;
+        }
+
+        let table = {
+            let map = ebpf
+                .map(common::maps::WORKERS)
+                .ok_or_else(|| missing(common::maps::WORKERS))?;
+            let aya::maps::Map::Array(data) = map else {
+                return Err(missing(common::maps::WORKERS));
+            };
+            WorkerTable::map(data.fd().as_fd(), workers)
+                .map_err(|e| Error::new("mapping WORKERS into memory", e))?
+        };
+
+        let stats = ebpf
+            .take_map(common::maps::STATS)
+            .ok_or_else(|| missing(common::maps::STATS))?;
+        let stats: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(stats).map_err(|e| Error::new("opening STATS", e))?;
+
+        let program: &mut SkReuseport = ebpf
+            .program_mut(common::maps::PROGRAM)
+            .ok_or_else(|| missing(common::maps::PROGRAM))?
+            .try_into()
+            .map_err(|e| Error::new("opening the program", e))?;
+        program.load().map_err(|e| {
+            let step = match &e {
+                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                    let log = verifier_log.to_string();
+                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!(
+                        "loading the program (BPF_PROG_LOAD; verifier says: {})",
+                        tail.join(" | ")
+                    )
+                }
+                _ => "loading the program (BPF_PROG_LOAD)".to_owned(),
+            };
+            Error::new(step, e)
+        })?;
+        program
+            .attach(listeners[0])
+            .map_err(|e| Error::new("attaching to the group (SO_ATTACH_REUSEPORT_EBPF)", e))?;
+
+        Ok(EbpfSteering {
+            policy: settings.policy,
+            workers,
+            table,
+            stats: Mutex::new(stats),
+            _ebpf: Mutex::new(ebpf),
+        })
+    }
+
+    /// The policy in force.
+    #[must_use]
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Number of workers steered between.
+    #[must_use]
+    pub fn workers(&self) -> usize {
+        self.workers as usize
+    }
+
+    /// Worker `index`'s slot, through which it publishes its load. Cheap to
+    /// clone and `Send`: give it to the worker's thread.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not below [`workers`](EbpfSteering::workers).
+    #[must_use]
+    pub fn worker(&self, index: usize) -> WorkerHandle {
+        assert!(index < self.workers as usize, "no worker {index}");
+        WorkerHandle {
+            table: self.table.clone(),
+            index,
+        }
+    }
+
+    /// The selection counters, summed over CPUs (one system call per
+    /// counter: for scrapes and tests, not for the hot path).
+    ///
+    /// # Errors
+    ///
+    /// When the kernel refuses the map lookup.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let map = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let read = |i: u32| -> Result<u64, Error> {
+            let v = map.get(&i, 0).map_err(|e| Error::new("reading STATS", e))?;
+            Ok(v.iter().sum())
+        };
+        let mut selected = Vec::with_capacity(self.workers as usize);
+        for i in 0..self.workers {
+            selected.push(read(i)?);
+        }
+        Ok(Stats {
+            selected,
+            fallbacks: read(common::STAT_FALLBACK)?,
+            migrated: read(common::STAT_MIGRATED)?,
+        })
+    }
+}
+
+fn missing(name: &str) -> Error {
+    Error::new(
+        format!("finding {name} in the program object"),
+        Plain("not found: the object does not match this crate".into()),
+    )
+}
+
+fn load_step(e: &aya::EbpfError) -> String {
+    match e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, .. }) => {
+            format!("creating map {name}")
+        }
+        _ => "loading the steering object".into(),
+    }
+}
+
+fn typed_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, Error>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| missing(name))?;
+    T::try_from(map).map_err(|e| Error::new(format!("opening {name}"), e))
+}
+
+/// The `WORKERS` array mapped into this process: workers publish their load
+/// with plain atomic stores, no system call.
+#[derive(Clone)]
+struct WorkerTable {
+    mapping: Arc<Mapping>,
+}
+
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+    workers: usize,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through atomics;
+// the pointer is valid until `Drop` unmaps it, which needs the last `Arc`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; every access is an atomic load or store.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly what `mmap` returned; no
+        // reference into the mapping outlives the last `Arc<Mapping>`.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+impl WorkerTable {
+    fn map(fd: BorrowedFd<'_>, workers: u32) -> io::Result<WorkerTable> {
+        let page = 4096usize;
+        let bytes = std::mem::size_of::<WorkerSlot>() * MAX_WORKERS as usize;
+        let len = bytes.div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of a BPF array map created with
+        // BPF_F_MMAPABLE; the kernel checks the length against the map.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(WorkerTable {
+            mapping: Arc::new(Mapping {
+                base,
+                len,
+                workers: workers as usize,
+            }),
+        })
+    }
+
+    fn slot(&self, index: usize) -> *mut WorkerSlot {
+        assert!(index < self.mapping.workers);
+        // SAFETY: `index < workers <= MAX_WORKERS`, so the slot lies inside
+        // the mapping; array values are laid out back to back (24 bytes,
+        // already a multiple of 8).
+        unsafe { self.mapping.base.as_ptr().cast::<WorkerSlot>().add(index) }
+    }
+}
+
+/// One worker's slot in the shared `WORKERS` array.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    table: WorkerTable,
+    index: usize,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("index", &self.index)
+            .field("slot", &self.snapshot())
+            .finish()
+    }
+}
+
+impl WorkerHandle {
+    fn u32_field(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: `offset` is a u32 field's offset inside a valid slot; the
+        // mapping lives as long as `self.table`; the kernel program and other
+        // threads access the field only atomically or with single loads.
+        let field = self
+            .table
+            .slot(self.index)
+            .wrapping_byte_add(offset)
+            .cast::<u32>();
+        // SAFETY: see above.
+        unsafe { AtomicU32::from_ptr(field) }
+    }
+
+    fn u64_field(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: as in `u32_field`, for an 8-aligned u64 field.
+        let field = self
+            .table
+            .slot(self.index)
+            .wrapping_byte_add(offset)
+            .cast::<u64>();
+        // SAFETY: see above.
+        unsafe { AtomicU64::from_ptr(field) }
+    }
+
+    /// The worker index.
+    #[must_use]
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Publishes the worker's live connection count.
+    #[inline]
+    pub fn set_connections(&self, conns: usize) {
+        let v = u32::try_from(conns).unwrap_or(u32::MAX);
+        self.u32_field(std::mem::offset_of!(WorkerSlot, conns))
+            .store(v, Ordering::Relaxed);
+    }
+
+    /// The worker's accept queue is empty: nothing steered to it is pending.
+    #[inline]
+    pub fn accept_queue_empty(&self) {
+        self.u64_field(std::mem::offset_of!(WorkerSlot, pending))
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// The worker's loop starts a turn (`now_ns` from [`monotonic_ns`]).
+    #[inline]
+    pub fn turn_started(&self, now_ns: u64) {
+        self.u64_field(std::mem::offset_of!(WorkerSlot, busy_since_ns))
+            .store(now_ns.max(1), Ordering::Relaxed);
+    }
+
+    /// The worker's loop waits for events again.
+    #[inline]
+    pub fn turn_ended(&self) {
+        self.u64_field(std::mem::offset_of!(WorkerSlot, busy_since_ns))
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Excludes the worker from new connections (or lets it have them
+    /// again). Takes effect for the next SYN.
+    pub fn set_draining(&self, draining: bool) {
+        self.u32_field(std::mem::offset_of!(WorkerSlot, draining))
+            .store(u32::from(draining), Ordering::SeqCst);
+    }
+
+    /// The slot as the program sees it now.
+    #[must_use]
+    pub fn snapshot(&self) -> WorkerSlot {
+        WorkerSlot {
+            conns: self
+                .u32_field(std::mem::offset_of!(WorkerSlot, conns))
+                .load(Ordering::Relaxed),
+            draining: self
+                .u32_field(std::mem::offset_of!(WorkerSlot, draining))
+                .load(Ordering::Relaxed),
+            pending: self
+                .u64_field(std::mem::offset_of!(WorkerSlot, pending))
+                .load(Ordering::Relaxed),
+            busy_since_ns: self
+                .u64_field(std::mem::offset_of!(WorkerSlot, busy_since_ns))
+                .load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, which
+/// the program compares [`WorkerHandle::turn_started`] against.
+#[must_use]
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
