@@ -19,7 +19,8 @@ pub use corelane_steering_common::Policy;
 #[non_exhaustive]
 pub enum Steering {
     /// eBPF `least-loaded` where permitted (CAP_BPF or root), else classic
-    /// BPF by CPU (workers pinned), else the kernel's hash.
+    /// BPF by CPU (workers pinned), else the kernel's hash. With a single
+    /// worker there is nothing to steer: the kernel's hash, no program.
     #[default]
     Auto,
     /// The `sk_reuseport` eBPF program with this policy: needs CAP_BPF (or
@@ -237,6 +238,8 @@ pub(crate) fn apply(
     stall: Option<Duration>,
 ) -> (Steering, Ebpf) {
     let policy = match requested {
+        // One listener: there is nothing to choose between.
+        Steering::Auto if listeners.len() == 1 => return (Steering::Kernel, Ebpf::default()),
         Steering::Auto => Some(Policy::LeastLoaded),
         Steering::Ebpf(p) => Some(p),
         Steering::ClassicCpu | Steering::Kernel => None,

@@ -452,6 +452,27 @@ impl Http {
              # TYPE corelane_steering_info gauge\ncorelane_steering_info{{mode=\"{}\"}} 1",
             self.steering
         );
+        if let Some(st) = self.metrics.steering() {
+            let _ = writeln!(
+                page,
+                "# HELP corelane_steering_selected_total Connections the eBPF program put on each worker (a migrated connection counts on both).\n\
+                 # TYPE corelane_steering_selected_total counter"
+            );
+            for (w, n) in st.selected.iter().enumerate() {
+                let _ = writeln!(
+                    page,
+                    "corelane_steering_selected_total{{worker=\"{w}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                page,
+                "# HELP corelane_steering_fallbacks_total Connections the eBPF program left to the kernel's hash.\n\
+                 # TYPE corelane_steering_fallbacks_total counter\ncorelane_steering_fallbacks_total {}\n\
+                 # HELP corelane_steering_migrated_total Connections moved off a closing listener.\n\
+                 # TYPE corelane_steering_migrated_total counter\ncorelane_steering_migrated_total {}",
+                st.fallbacks, st.migrated
+            );
+        }
     }
 
     fn rebuild_cached(&mut self) {

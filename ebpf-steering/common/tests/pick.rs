@@ -1,0 +1,179 @@
+//! The policy choice as the kernel program runs it, on a model of the
+//! workers.
+
+use corelane_steering_common::{
+    pick, preferred, Input, Policy, WorkerSlot, Workers, MAX_WORKERS, NO_WORKER, PROBE_LIMIT,
+    STALL_PENALTY,
+};
+
+#[derive(Default)]
+struct Model {
+    draining: Vec<bool>,
+    load: Vec<u32>,
+}
+
+impl Model {
+    fn idle(n: usize) -> Model {
+        Model {
+            draining: vec![false; n],
+            load: vec![0; n],
+        }
+    }
+}
+
+impl Workers for Model {
+    fn eligible(&self, i: u32) -> bool {
+        !self.draining[i as usize]
+    }
+    fn load(&self, i: u32) -> u32 {
+        self.load[i as usize]
+    }
+}
+
+fn input(policy: Policy, workers: u32) -> Input {
+    Input {
+        policy,
+        workers,
+        hash: 0,
+        cpu_worker: NO_WORKER,
+        turn: 0,
+    }
+}
+
+fn pick_any(i: &Input, m: &Model) -> Option<u32> {
+    pick(i, m, |_| true)
+}
+
+#[test]
+fn round_robin_deals_in_turn_and_skips_draining_workers() {
+    let mut m = Model::idle(4);
+    let mut counts = [0; 4];
+    for turn in 0..1001 {
+        let i = Input {
+            turn,
+            ..input(Policy::RoundRobin, 4)
+        };
+        counts[pick_any(&i, &m).unwrap() as usize] += 1;
+    }
+    assert_eq!(counts, [251, 250, 250, 250]);
+    m.draining[2] = true;
+    let i = Input {
+        turn: 2,
+        ..input(Policy::RoundRobin, 4)
+    };
+    assert_eq!(
+        pick_any(&i, &m),
+        Some(3),
+        "a draining worker's turn goes to the next"
+    );
+}
+
+#[test]
+fn hash_is_the_flow_hash_modulo_the_workers() {
+    let m = Model::idle(4);
+    for hash in [0u32, 1, 7, 0xdead_beef, u32::MAX] {
+        let i = Input {
+            hash,
+            ..input(Policy::Hash, 4)
+        };
+        assert_eq!(pick_any(&i, &m), Some(hash % 4));
+    }
+}
+
+#[test]
+fn cpu_uses_the_table_and_hashes_unmapped_cpus() {
+    let m = Model::idle(3);
+    let mapped = Input {
+        cpu_worker: 2,
+        hash: 4,
+        ..input(Policy::Cpu, 3)
+    };
+    assert_eq!(pick_any(&mapped, &m), Some(2));
+    let unmapped = Input {
+        cpu_worker: NO_WORKER,
+        hash: 4,
+        ..input(Policy::Cpu, 3)
+    };
+    assert_eq!(pick_any(&unmapped, &m), Some(1));
+}
+
+#[test]
+fn least_loaded_picks_the_lightest_and_rotates_ties() {
+    let mut m = Model::idle(4);
+    m.load = vec![5, 3, 9, 3];
+    let i = input(Policy::LeastLoaded, 4);
+    assert_eq!(pick_any(&i, &m), Some(1));
+    // Ties are broken by the rotating start.
+    let i = Input {
+        turn: 2,
+        ..input(Policy::LeastLoaded, 4)
+    };
+    assert_eq!(pick_any(&i, &m), Some(3));
+    // A draining worker is never the lightest.
+    m.draining[1] = true;
+    m.draining[3] = true;
+    assert_eq!(pick_any(&i, &m), Some(0));
+}
+
+#[test]
+fn a_stalled_worker_is_avoided_unless_all_are() {
+    let now = 1_000_000_000;
+    let stall = 10_000_000;
+    let busy = WorkerSlot {
+        conns: 1,
+        busy_since_ns: now - 50_000_000,
+        ..WorkerSlot::default()
+    };
+    assert_eq!(busy.load(now, stall), 1 + STALL_PENALTY);
+    assert_eq!(busy.load(now, 0), 1, "0 disables the check");
+    let short = WorkerSlot {
+        busy_since_ns: now - 1_000_000,
+        ..busy
+    };
+    assert_eq!(short.load(now, stall), 1, "a short turn is not a stall");
+    let waiting = WorkerSlot {
+        pending: 3,
+        busy_since_ns: 0,
+        ..busy
+    };
+    assert_eq!(waiting.load(now, stall), 4, "pending connections count");
+
+    let m = Model {
+        draining: vec![false; 2],
+        load: vec![1 + STALL_PENALTY, 100],
+    };
+    assert_eq!(pick_any(&input(Policy::LeastLoaded, 2), &m), Some(1));
+}
+
+#[test]
+fn a_failed_selection_moves_on_and_gives_up_after_the_probe_limit() {
+    let m = Model::idle(4);
+    let i = input(Policy::Hash, 4);
+    // Listener 0 is gone (closed): the next one takes the connection.
+    assert_eq!(pick(&i, &m, |k| k != 0), Some(1));
+    assert_eq!(pick(&i, &m, |_| false), None);
+    let big = Model::idle(MAX_WORKERS as usize);
+    let mut tried = 0;
+    let r = pick(&input(Policy::Hash, MAX_WORKERS), &big, |_| {
+        tried += 1;
+        false
+    });
+    assert_eq!((r, tried), (None, PROBE_LIMIT));
+}
+
+#[test]
+fn no_workers_or_too_many_select_nothing() {
+    let m = Model::idle(MAX_WORKERS as usize + 1);
+    assert_eq!(pick_any(&input(Policy::Hash, 0), &m), None);
+    assert_eq!(pick_any(&input(Policy::Hash, MAX_WORKERS + 1), &m), None);
+    assert_eq!(preferred(&input(Policy::RoundRobin, 0), &m), 0);
+}
+
+#[test]
+fn policy_names_round_trip() {
+    for p in Policy::ALL {
+        assert_eq!(Policy::from_name(p.as_str()), Some(p));
+        assert_eq!(Policy::from_u32(p as u32), Some(p));
+    }
+    assert_eq!(Policy::from_u32(9), None);
+}
