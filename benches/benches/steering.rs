@@ -71,7 +71,7 @@ fn policies(c: &mut Criterion) {
                         turn = turn.wrapping_add(1);
                         let k = pick(black_box(&input), &m, |_| true).unwrap();
                         m.load[k as usize] += 1;
-                        if hash % 10 == 0 {
+                        if hash.is_multiple_of(10) {
                             let j = (hash >> 8) % workers;
                             m.load[j as usize] = m.load[j as usize].saturating_sub(1);
                         }

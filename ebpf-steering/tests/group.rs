@@ -2,7 +2,6 @@
 //! loads, attaches, steers by each policy, drains, migrates. Needs CAP_BPF:
 //! skipped with a printed reason otherwise, and required under `CI=true`.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -39,6 +38,23 @@ fn attach(ls: &[TcpListener], policy: Policy) -> Option<EbpfSteering> {
     }
 }
 
+/// Opens `n` connections from a thread pinned to CPU 0: round robin is exact
+/// per CPU, and on loopback the SYN is processed on the connecting CPU.
+fn connect_on_cpu0(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    std::thread::spawn(move || {
+        // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU 0 is inside the set.
+        unsafe { libc::CPU_SET(0, &mut set) };
+        // SAFETY: `set` is a valid cpu_set_t of the size given; pid 0 is
+        // this thread.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect()
+    })
+    .join()
+    .unwrap()
+}
+
 /// Accepts everything queued on each listener; returns counts per listener.
 fn drain_queues(ls: &[TcpListener]) -> Vec<usize> {
     ls.iter()
@@ -65,7 +81,51 @@ fn round_robin_deals_in_turn() {
     std::thread::sleep(Duration::from_millis(50));
     let counts = drain_queues(&ls);
     let stats = s.stats().unwrap();
-    eprintln!("{counts:?} {stats:?}");
     assert_eq!(counts.iter().sum::<usize>(), 1000);
+    let selected: Vec<usize> = stats.selected.iter().map(|&n| n as usize).collect();
+    assert_eq!(
+        selected, counts,
+        "the program's counters are what was queued"
+    );
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(max - min <= 1, "{counts:?}");
     drop(clients);
+}
+
+#[test]
+fn workers_publish_through_shared_memory_and_draining_excludes() {
+    let ls = group(3);
+    let Some(s) = attach(&ls, Policy::RoundRobin) else {
+        return;
+    };
+    let w1 = s.worker(1);
+    w1.set_connections(42);
+    w1.turn_started(7);
+    assert_eq!(w1.snapshot().conns, 42);
+    assert_eq!(w1.snapshot().busy_since_ns, 7);
+    w1.turn_ended();
+    assert_eq!(w1.snapshot().busy_since_ns, 0);
+    w1.set_draining(true);
+    let addr = ls[0].local_addr().unwrap();
+    let clients = connect_on_cpu0(addr, 300);
+    std::thread::sleep(Duration::from_millis(50));
+    let counts = drain_queues(&ls);
+    assert_eq!(counts[1], 0, "{counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), 300);
+    // The program counted what it steered to each worker as pending.
+    assert_eq!(s.worker(0).snapshot().pending, counts[0] as u64);
+    s.worker(0).accept_queue_empty();
+    assert_eq!(s.worker(0).snapshot().pending, 0);
+    drop(clients);
+}
+
+#[test]
+fn a_group_it_cannot_steer_is_a_clear_error() {
+    let none: Vec<std::os::fd::BorrowedFd<'_>> = Vec::new();
+    let e = EbpfSteering::attach(&none, &[], &Settings::new(Policy::Hash)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "checking the group: 0 listeners; eBPF steering handles 1 to 64"
+    );
+    assert!(!e.is_permission());
 }

@@ -27,14 +27,31 @@ pub const STAT_FALLBACK: u32 = MAX_WORKERS;
 /// Index in [`maps::STATS`] counting connections moved off a closing
 /// listener (`BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`).
 pub const STAT_MIGRATED: u32 = MAX_WORKERS + 1;
-/// `least-loaded` compares at most this many workers per connection (a
-/// bounded scan from a rotating start): the kernel's verifier walks every
-/// iteration of every loop, so loops must stay short.
-pub const SCAN_LIMIT: u32 = 16;
-
 /// [`pick`] tries at most this many workers, from the preferred one onwards,
 /// before leaving the connection to the kernel's hash.
 pub const PROBE_LIMIT: u32 = 8;
+
+/// Repeats `$body` with `$i` bound to each listed constant: a loop unrolled
+/// in the source. The kernel's verifier must see no loops here: without
+/// CAP_PERFMON it also walks the mispredicted side of every branch (Spectre
+/// v1 hardening), and on a loop's exit test that side never ends, so a
+/// program with loops loads as root but is rejected with CAP_BPF alone.
+macro_rules! unrolled {
+    ($i:ident in [$($n:literal)*] $body:block) => {
+        $( { let $i: u32 = $n; $body } )*
+    };
+}
+
+/// `k + i` modulo `n`, for `k < n` and `i < n`.
+#[inline(always)]
+const fn wrap(k: u32, i: u32, n: u32) -> u32 {
+    let j = k + i;
+    if j >= n {
+        j - n
+    } else {
+        j
+    }
+}
 
 /// Number of entries of [`maps::STATS`]: one selection counter per worker,
 /// then [`STAT_FALLBACK`] and [`STAT_MIGRATED`].
@@ -51,7 +68,9 @@ pub mod maps {
     pub const SOCKETS: &str = "SOCKETS";
     /// `ARRAY` of one [`Config`](crate::Config).
     pub const CONFIG: &str = "CONFIG";
-    /// `ARRAY` (mmapable) of [`WorkerSlot`](crate::WorkerSlot), one per worker.
+    /// `ARRAY` (mmapable) of [`WorkerSlot`](crate::WorkerSlot), one per
+    /// worker, [`MAX_WORKERS`](crate::MAX_WORKERS) long: 24-byte values laid
+    /// out back to back in the mapping.
     pub const WORKERS: &str = "WORKERS";
     /// `ARRAY` of `u32`: CPU → worker index, or [`NO_WORKER`](crate::NO_WORKER).
     pub const CPU_WORKER: &str = "CPU_WORKER";
@@ -76,8 +95,10 @@ pub enum Policy {
     /// Each CPU deals connections to the workers in turn: exact to within
     /// one connection per worker for connections arriving on one CPU.
     RoundRobin = 2,
-    /// The worker with the fewest live plus just-steered connections, not
-    /// stalled; ties go round robin.
+    /// The lighter (fewest live plus just-steered connections, not stalled)
+    /// of two candidates: one rotating, one by flow hash (power of two
+    /// choices); ties go to the rotating one, so an idle group fills round
+    /// robin.
     LeastLoaded = 3,
 }
 
@@ -214,30 +235,29 @@ pub fn preferred(input: &Input, workers: &impl Workers) -> u32 {
         Policy::Cpu => input.hash % n,
         Policy::RoundRobin => input.turn % n,
         Policy::LeastLoaded => {
-            // Scan every worker from a rotating start, so that ties (the
-            // common case when idle) are broken round robin.
-            let start = input.turn % n;
-            let mut best = start;
-            let mut best_load = u32::MAX;
-            let mut i = 0;
-            while i < SCAN_LIMIT && i < n {
-                let mut k = start + i;
-                if k >= n {
-                    k -= n;
-                }
-                if workers.eligible(k) {
-                    let load = workers.load(k);
-                    if load < best_load {
-                        best_load = load;
-                        best = k;
-                    }
-                }
-                i += 1;
+            // Power of two choices: the lighter of a rotating candidate and
+            // a second one chosen by the flow hash among the others. Two
+            // looks per connection whatever the worker count, and the
+            // heaviest worker is never picked over a lighter one. Ties go to
+            // the rotating candidate, so an idle group fills round robin.
+            let a = input.turn % n;
+            if n == 1 {
+                return a;
             }
-            best
+            let b = wrap(a, 1 + input.hash % (n - 1), n);
+            if !workers.eligible(a) {
+                return b;
+            }
+            if workers.eligible(b) && workers.load(b) < workers.load(a) {
+                b
+            } else {
+                a
+            }
         }
     }
 }
+
+const _: () = assert!(PROBE_LIMIT == 8, "the unrolled list in `pick`");
 
 /// Picks the worker for one connection: the policy's [preferred] worker if
 /// it is eligible and `select` accepts it, else the next eligible one (in
@@ -256,17 +276,14 @@ pub fn pick(
         return None;
     }
     let first = preferred(input, workers);
-    let mut i = 0;
-    while i < PROBE_LIMIT && i < n {
-        let mut k = first + i;
-        if k >= n {
-            k -= n;
+    unrolled!(i in [0 1 2 3 4 5 6 7] {
+        if i < n {
+            let k = wrap(first, i, n);
+            if workers.eligible(k) && select(k) {
+                return Some(k);
+            }
         }
-        if workers.eligible(k) && select(k) {
-            return Some(k);
-        }
-        i += 1;
-    }
+    });
     None
 }
 

@@ -98,21 +98,41 @@ fn cpu_uses_the_table_and_hashes_unmapped_cpus() {
 }
 
 #[test]
-fn least_loaded_picks_the_lightest_and_rotates_ties() {
+fn least_loaded_takes_the_lighter_of_two_and_rotates_ties() {
     let mut m = Model::idle(4);
-    m.load = vec![5, 3, 9, 3];
-    let i = input(Policy::LeastLoaded, 4);
-    assert_eq!(pick_any(&i, &m), Some(1));
-    // Ties are broken by the rotating start.
-    let i = Input {
-        turn: 2,
+    let at = |turn, hash| Input {
+        turn,
+        hash,
         ..input(Policy::LeastLoaded, 4)
     };
-    assert_eq!(pick_any(&i, &m), Some(3));
-    // A draining worker is never the lightest.
-    m.draining[1] = true;
-    m.draining[3] = true;
-    assert_eq!(pick_any(&i, &m), Some(0));
+    // Idle: ties go to the rotating candidate, so the group fills in turn.
+    for turn in 0..8 {
+        assert_eq!(pick_any(&at(turn, turn * 7), &m), Some(turn % 4));
+    }
+    // The candidates are distinct, so the heaviest worker never wins
+    // against a lighter one, whatever the turn and the hash.
+    m.load = vec![100, 0, 0, 0];
+    for turn in 0..4 {
+        for hash in 0..12 {
+            assert_ne!(pick_any(&at(turn, hash), &m), Some(0));
+        }
+    }
+    // The second candidate is the hash's pick among the others.
+    m.load = vec![5, 3, 9, 3];
+    assert_eq!(pick_any(&at(2, 0), &m), Some(3), "9 vs 3");
+    assert_eq!(pick_any(&at(1, 0), &m), Some(1), "3 vs 9: the rotating one");
+    // A draining candidate gives way to the other.
+    m.draining[2] = true;
+    assert_eq!(
+        pick_any(&at(2, 1), &m),
+        Some(0),
+        "candidates 2 (draining) and 0"
+    );
+    // One worker: no second candidate.
+    assert_eq!(
+        pick_any(&input(Policy::LeastLoaded, 1), &Model::idle(1)),
+        Some(0)
+    );
 }
 
 #[test]

@@ -63,6 +63,11 @@ pub fn corelane_steer(ctx: SkReuseportContext) -> u32 {
 }
 
 /// The live view of the workers, read from the shared `WORKERS` slots.
+///
+/// Every slot is reached through a map lookup, never by pointer arithmetic
+/// on a looked-up value: without CAP_PERFMON the verifier rejects variable
+/// offsets into map values that differ between paths (Spectre v1), while a
+/// lookup does its own masking.
 struct Live {
     now_ns: u64,
     stall_ns: u64,
@@ -72,14 +77,13 @@ impl common::Workers for Live {
     #[inline(always)]
     fn eligible(&self, i: u32) -> bool {
         match WORKERS.get_ptr(i) {
-            // SAFETY: the pointer comes from a successful map lookup and
-            // stays valid for the program's run; the worker may write the
-            // slot concurrently, hence the volatile read.
             Some(slot) => {
                 let draining = slot
                     .wrapping_byte_add(core::mem::offset_of!(WorkerSlot, draining))
                     .cast::<u32>();
-                // SAFETY: as above, a field inside the looked-up slot.
+                // SAFETY: a field of a slot from a successful lookup, valid
+                // for the program's run; workers write it concurrently,
+                // hence the volatile read.
                 unsafe { read_volatile(draining) == 0 }
             }
             None => false,
@@ -89,11 +93,8 @@ impl common::Workers for Live {
     #[inline(always)]
     fn load(&self, i: u32) -> u32 {
         match WORKERS.get_ptr(i) {
-            Some(slot) => {
-                // SAFETY: as in `eligible`.
-                let slot = unsafe { read_volatile(slot) };
-                slot.load(self.now_ns, self.stall_ns)
-            }
+            // SAFETY: as in `eligible`, the whole slot.
+            Some(slot) => unsafe { read_volatile(slot) }.load(self.now_ns, self.stall_ns),
             None => u32::MAX,
         }
     }
@@ -136,13 +137,14 @@ fn steer(ctx: &SkReuseportContext) {
         None => 0,
     };
     let needs_clock = policy == Policy::LeastLoaded && config.stall_ns != 0;
-    let live = Live {
+    let now_ns = if needs_clock {
         // SAFETY: a helper without arguments.
-        now_ns: if needs_clock {
-            unsafe { bpf_ktime_get_ns() }
-        } else {
-            0
-        },
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    let live = Live {
+        now_ns,
         stall_ns: config.stall_ns,
     };
     let input = Input {
@@ -156,12 +158,11 @@ fn steer(ctx: &SkReuseportContext) {
     match picked {
         Some(k) => {
             if let Some(slot) = WORKERS.get_ptr_mut(k) {
-                // SAFETY: a pointer from a successful lookup, valid for the
-                // run and aligned (the field is at offset 8).
                 let pending = slot
                     .wrapping_byte_add(core::mem::offset_of!(WorkerSlot, pending))
                     .cast::<u64>();
-                // SAFETY: see above.
+                // SAFETY: a field of a slot from a successful lookup,
+                // 8-byte aligned.
                 unsafe { atomic_add(pending, 1) };
             }
             count(k);
