@@ -393,13 +393,15 @@ fn spawn_signal_thread(
     thread::Builder::new()
         .name("corelane-signals".into())
         .spawn(move || {
+            // Act first, then log: nothing a log line does may stop the
+            // signal from taking effect.
             for sig in signals.forever() {
                 if shutdown.is_shutting_down() {
-                    tracing::warn!(signal = sig, "second signal: closing all connections now");
                     shutdown.shutdown_now();
+                    tracing::warn!(signal = sig, "second signal: closing all connections now");
                 } else {
-                    tracing::info!(signal = sig, "shutting down gracefully");
                     shutdown.shutdown();
+                    tracing::info!(signal = sig, "shutting down gracefully");
                 }
             }
         })?;

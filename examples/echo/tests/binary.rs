@@ -208,3 +208,35 @@ fn as_root_the_default_is_ebpf_least_loaded() {
     );
     serves_all(server.addr, 200);
 }
+
+#[test]
+fn sigterm_still_stops_it_when_stderr_is_gone() {
+    let mut server = Running::start(&["--workers", "1"]);
+    // Close the reading end of its stderr: every later log line fails.
+    let log = std::mem::replace(
+        &mut server.log,
+        BufReader::new(
+            Command::new("true")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+                .stderr
+                .take()
+                .unwrap(),
+        ),
+    );
+    drop(log);
+    server.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM ignored after stderr closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
