@@ -309,13 +309,12 @@ impl Worker {
         live: Arc<Live>,
         start: Instant,
     ) -> Worker {
-        let close = if opts.close {
-            "Connection: close\r\n"
-        } else {
-            ""
-        };
+        // The request wrk sends with TechEmpower's headers, so that both
+        // tools put the same bytes on the wire and their figures compare.
+        let connection = if opts.close { "close" } else { "keep-alive" };
+        let accept = crate::wrk::TECHEMPOWER_HEADERS[1];
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\n{close}\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\n{accept}\r\nConnection: {connection}\r\n\r\n",
             target.path, target.host
         )
         .into_bytes();

@@ -124,8 +124,112 @@ pub fn suite(o: &SuiteOptions) -> Result<Vec<Sample>, String> {
         server.stop();
         spread.push(result?);
     }
-    write_outputs(o, &samples, &spread)?;
+    let check = match o.servers.first() {
+        Some(spec) => Some(wrk_check(spec, &mut port, o)?),
+        None => None,
+    };
+    write_outputs(o, &samples, &spread, check.as_ref())?;
     Ok(samples)
+}
+
+/// The built-in generator against wrk, on the same server and load.
+#[derive(Debug, Clone, Serialize)]
+pub struct WrkCheck {
+    /// Server name.
+    pub server: String,
+    /// Per round, the generator's run then wrk's.
+    pub rounds: Vec<[ToolRun; 2]>,
+    /// Medians over rounds of generator ÷ wrk: req/s, and server CPU per
+    /// request.
+    pub ratio_rps: Option<f64>,
+    /// See `ratio_rps`.
+    pub ratio_cost: Option<f64>,
+    /// Why there is no comparison, if there is none.
+    pub skipped: Option<String>,
+}
+
+/// One tool's run in the wrk check.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ToolRun {
+    /// Requests per second the tool counted.
+    pub requests_per_sec: f64,
+    /// Server CPU (user+sys) per request, µs.
+    pub cost: f64,
+}
+
+/// Plaintext, 64 connections, one thread each, alternating which tool goes
+/// first, each on a freshly started server: req/s (which on a small machine
+/// measures the client) and server CPU per request (which should agree).
+fn wrk_check(spec: &ServerSpec, port: &mut u16, o: &SuiteOptions) -> Result<WrkCheck, String> {
+    let mut check = WrkCheck {
+        server: spec.name.clone(),
+        rounds: Vec::new(),
+        ratio_rps: None,
+        ratio_cost: None,
+        skipped: None,
+    };
+    for round in 0..o.rounds {
+        let mut pair = [ToolRun::default(); 2];
+        for tool in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+            *port += 1;
+            let mut server = start(spec, *port, o.server_cpu)?;
+            let url = format!("http://127.0.0.1:{port}/plaintext");
+            let cpu0 = cpu_seconds(server.pid())?;
+            let report = if tool == 1 {
+                crate::wrk::run(&url, 1, 64, o.duration, 1)
+            } else {
+                let opts = RunOptions {
+                    threads: 1,
+                    connections: 64,
+                    duration: o.duration,
+                    pipeline: 1,
+                    close: false,
+                    timeout: Duration::from_secs(5),
+                    progress: false,
+                    rate: None,
+                };
+                Target::parse(&url).and_then(|t| run(&t, &opts))
+            };
+            let cpu = cpu_seconds(server.pid())? - cpu0;
+            server.stop();
+            match report {
+                Ok(r) => {
+                    pair[tool] = ToolRun {
+                        requests_per_sec: r.requests_per_sec,
+                        cost: cpu * 1e6 / r.requests.max(1) as f64,
+                    };
+                }
+                Err(e) if tool == 1 => {
+                    eprintln!("generator vs wrk: skipped ({e})");
+                    check.skipped = Some(e);
+                    return Ok(check);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        eprintln!(
+            "round {} generator vs wrk {:<16} {:>10.0} vs {:>10.0} req/s, {:.3} vs {:.3} µs CPU/request",
+            round + 1,
+            spec.name,
+            pair[0].requests_per_sec,
+            pair[1].requests_per_sec,
+            pair[0].cost,
+            pair[1].cost
+        );
+        check.rounds.push(pair);
+    }
+    let ratio = |f: fn(&ToolRun) -> f64| {
+        median(
+            check
+                .rounds
+                .iter()
+                .map(|[g, w]| f(g) / f(w).max(1e-9))
+                .collect(),
+        )
+    };
+    check.ratio_rps = Some(ratio(|r| r.requests_per_sec));
+    check.ratio_cost = Some(ratio(|r| r.cost));
+    Ok(check)
 }
 
 /// How one multi-worker run spread over workers.
@@ -393,12 +497,18 @@ fn medians(samples: &[Sample]) -> BTreeMap<(String, String), (f64, f64, f64, u64
         .collect()
 }
 
-fn write_outputs(o: &SuiteOptions, samples: &[Sample], spread: &[Spread]) -> Result<(), String> {
+fn write_outputs(
+    o: &SuiteOptions,
+    samples: &[Sample],
+    spread: &[Spread],
+    check: Option<&WrkCheck>,
+) -> Result<(), String> {
     let write = |name: &str, text: &str| {
         let p = o.out.join(name);
         std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let json = serde_json::json!({ "samples": samples, "distribution": spread });
+    let json =
+        serde_json::json!({ "samples": samples, "distribution": spread, "wrk_check": check });
     write(
         "results.json",
         &serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
@@ -468,6 +578,40 @@ fn write_outputs(o: &SuiteOptions, samples: &[Sample], spread: &[Spread]) -> Res
                 let mode = sp.steering.as_deref().unwrap_or("?");
                 let _ = writeln!(md, "| {} | {mode} | {w} | {conns} | {reqs} |", sp.server);
             }
+        }
+    }
+    if let Some(c) = check {
+        let _ = writeln!(
+            md,
+            "\n## Built-in generator vs wrk (plaintext, 64 connections, {}, one thread each)\n",
+            c.server
+        );
+        match (&c.skipped, c.ratio_rps, c.ratio_cost) {
+            (Some(why), _, _) => {
+                let _ = writeln!(md, "Skipped: {why}.");
+            }
+            (None, Some(rps), Some(cost)) => {
+                let _ = writeln!(
+                    md,
+                    "| round | generator req/s | wrk req/s | generator: server µs CPU/request | wrk: server µs CPU/request |\n|---|---|---|---|---|"
+                );
+                for (i, [g, w]) in c.rounds.iter().enumerate() {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {:.0} | {:.0} | {:.3} | {:.3} |",
+                        i + 1,
+                        g.requests_per_sec,
+                        w.requests_per_sec,
+                        g.cost,
+                        w.cost
+                    );
+                }
+                let _ = writeln!(
+                    md,
+                    "\nMedian ratio generator ÷ wrk: {rps:.3} in req/s (the client is the limit here, and the generator is the lighter client), {cost:.3} in server CPU per request (the figure the suite compares servers by)."
+                );
+            }
+            _ => {}
         }
     }
     let _ = writeln!(

@@ -31,8 +31,17 @@ pub fn run(
     pipeline: usize,
 ) -> Result<Report, String> {
     let script = std::env::temp_dir().join(format!("corelane-pipeline-{}.lua", std::process::id()));
-    std::fs::write(&script, PIPELINE_LUA)
-        .map_err(|e| format!("writing {}: {e}", script.display()))?;
+    // Without pipelining only the script's `done` (exact percentiles) is
+    // wanted: a Lua `request` function would run per request and make wrk,
+    // the bottleneck on a small machine, slower than it is.
+    let text = if pipeline > 1 {
+        PIPELINE_LUA
+    } else {
+        PIPELINE_LUA
+            .find("done = function")
+            .map_or(PIPELINE_LUA, |i| &PIPELINE_LUA[i..])
+    };
+    std::fs::write(&script, text).map_err(|e| format!("writing {}: {e}", script.display()))?;
     let mut cmd = Command::new("wrk");
     cmd.arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))

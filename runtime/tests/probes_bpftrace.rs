@@ -129,6 +129,10 @@ fn bpftrace_counts_equal_the_traffic_and_the_metrics_per_worker() {
     let mut dump = String::new();
     out.read_to_string(&mut dump).unwrap();
     tracer.wait().unwrap();
+    // Stale timer entries of closed connections may still expire after the
+    // snapshot, each an idle-sweep pass that closes nothing: sweeps are
+    // bounded by the snapshots either side of the trace's end.
+    let after = server.metrics.snapshot();
     let maps = parse_maps(&dump);
     let get = |map: &str, w: usize| maps.get(map).and_then(|m| m.get(&w)).copied().unwrap_or(0);
 
@@ -155,10 +159,12 @@ fn bpftrace_counts_equal_the_traffic_and_the_metrics_per_worker() {
             w.bytes_written,
             "worker {i} bytes written\n{dump}"
         );
-        assert_eq!(
+        assert!(
+            (w.idle_sweeps..=after[i].idle_sweeps).contains(&get("idle_sweep", i)),
+            "worker {i} idle sweeps: {} traced, {} then {} counted\n{dump}",
             get("idle_sweep", i),
             w.idle_sweeps,
-            "worker {i} idle sweeps\n{dump}"
+            after[i].idle_sweeps
         );
         assert_eq!(
             get("swept", i),
