@@ -68,7 +68,16 @@ fn curl_keep_alive_head_and_post() {
         "{metrics}"
     );
     assert!(metrics.contains("corelane_http_requests_total{worker=\"1\"}"));
-    assert!(metrics.contains("corelane_steering_info{mode=\"kernel\"} 1"));
+    // Two workers: eBPF least-loaded where permitted (root, as in CI), with
+    // the program's counters; classic BPF otherwise.
+    let ebpf = metrics.contains("corelane_steering_info{mode=\"least-loaded\"} 1");
+    let classic = metrics.contains("corelane_steering_info{mode=\"classic-cpu\"} 1");
+    assert!(ebpf || classic, "{metrics}");
+    assert_eq!(
+        metrics.contains("corelane_steering_selected_total{worker=\"1\"}"),
+        ebpf,
+        "{metrics}"
+    );
 }
 
 #[test]
