@@ -76,6 +76,16 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// [`ServerOptions::user`](crate::ServerOptions::user) could not be
+    /// switched to.
+    #[error("dropping privileges to user `{user}`: {source}")]
+    Privileges {
+        /// The user asked for.
+        user: String,
+        /// Why it failed (`EPERM` when not started as root).
+        #[source]
+        source: io::Error,
+    },
     /// SIGINT/SIGTERM handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] io::Error),

@@ -102,6 +102,11 @@ pub struct ServerOptions {
     /// nginx (`worker_rlimit_nofile`) do: the common soft default of 1024
     /// descriptors is far below what a server holds. Default `true`.
     pub raise_nofile_limit: bool,
+    /// Serve as this user: [`build`](crate::ServerBuilder::build) binds the
+    /// listeners, raises the descriptor limit and attaches steering first
+    /// (all of which may need root), then switches the process to the user
+    /// for good. Default `None` (stay who we are).
+    pub user: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -132,6 +137,7 @@ impl Default for ServerOptions {
             reclaim_after: Duration::from_secs(10),
             handle_signals: true,
             raise_nofile_limit: true,
+            user: None,
         }
     }
 }

@@ -139,6 +139,8 @@ impl ServerBuilder {
         handle_signals: bool,
         /// Raise the descriptor limit (see [`ServerOptions::raise_nofile_limit`]).
         raise_nofile_limit: bool,
+        /// Serve as this user after setting up (see [`ServerOptions::user`]).
+        user: Option<String>,
     }
 
     /// Validates the options, binds the listeners of the reuseport group and
@@ -190,6 +192,13 @@ impl ServerBuilder {
         // Every listener is listening: the group is complete, steer it.
         let (mode, ebpf) = steering::apply(opts.steering, &listeners, &cpus, opts.stall_threshold);
         opts.steering = mode;
+        if let Some(user) = &opts.user {
+            let (uid, gid) = sys::drop_privileges(user).map_err(|source| Error::Privileges {
+                user: user.clone(),
+                source,
+            })?;
+            tracing::info!(user = %user, uid, gid, steering = %mode, "dropped privileges");
+        }
         Ok(Server {
             metrics: Metrics::new(cpus.len()).with_steering(mode, ebpf.clone()),
             shutdown: ShutdownHandle::new(cpus.len(), ebpf.clone()),

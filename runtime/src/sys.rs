@@ -253,3 +253,62 @@ mod tests {
         assert!(!is_accept_resource_error(&aborted));
     }
 }
+
+/// Switches the whole process to `user` (its uid, primary gid and no
+/// supplementary groups), for good: a server that binds a port and attaches
+/// its steering program as root, then serves as `nobody`. Returns the uid
+/// and gid. Doing nothing is success when the process already runs as
+/// `user`.
+///
+/// # Errors
+///
+/// `NotFound` if there is no such user; the error of `setgroups(2)`,
+/// `setgid(2)` or `setuid(2)` (`EPERM` when not root); `PermissionDenied` if
+/// root could still be regained afterwards.
+pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
+    let name = std::ffi::CString::new(user)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
+    // SAFETY: an all-zero passwd is a valid out-parameter.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf`'s length is given.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    if found.is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no user `{user}`"),
+        ));
+    }
+    let (uid, gid) = (pwd.pw_uid, pwd.pw_gid);
+    // SAFETY: getuid/geteuid cannot fail.
+    let (ruid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+    if ruid == uid && euid == uid {
+        return Ok((uid, gid));
+    }
+    // SAFETY: one valid gid_t, count 1.
+    syscall!(setgroups(1, &gid))?;
+    // SAFETY: plain id arguments.
+    syscall!(setgid(gid))?;
+    // SAFETY: plain id argument; glibc applies it to every thread.
+    syscall!(setuid(uid))?;
+    // SAFETY: as above; this must now fail.
+    if uid != 0 && unsafe { libc::setuid(0) } == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "root could be regained after dropping privileges",
+        ));
+    }
+    Ok((uid, gid))
+}

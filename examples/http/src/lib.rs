@@ -48,6 +48,11 @@ GET  /metrics    per-worker runtime metrics (Prometheus text format)\n";
 pub struct HttpOptions {
     /// Request size limits. Defaults: 16 KiB head, 1 MiB body.
     pub limits: Limits,
+    /// Serve `GET /_test/stall/<ms>`, which blocks the worker's loop for
+    /// `<ms>` milliseconds (at most 10 s) and answers with the worker's
+    /// index: for fault-injection tests of steering. Never enable it in
+    /// production. Default `false`.
+    pub test_routes: bool,
 }
 
 impl Default for HttpOptions {
@@ -57,6 +62,7 @@ impl Default for HttpOptions {
                 max_head: 16 * 1024,
                 max_body: 1024 * 1024,
             },
+            test_routes: false,
         }
     }
 }
@@ -108,6 +114,7 @@ pub struct Http {
     requests: Arc<RequestCounters>,
     /// Requests answered by this worker (published to `requests`).
     answered: u64,
+    test_routes: bool,
     scratch: Vec<u8>,
 }
 
@@ -156,6 +163,7 @@ impl Http {
             steering: info.steering,
             requests,
             answered: 0,
+            test_routes: opts.test_routes,
             scratch: Vec::new(),
         };
         http.on_tick(SystemTime::now());
@@ -262,6 +270,21 @@ impl Http {
                     b"",
                 );
                 self.scratch = page;
+            }
+            path if self.test_routes && get && path.starts_with(b"/_test/stall/") => {
+                let ms = std::str::from_utf8(&path[b"/_test/stall/".len()..])
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                match ms {
+                    Some(ms) => {
+                        std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+                        let mut body = *b"worker 00\n";
+                        body[7] = b'0' + (self.worker / 10 % 10) as u8;
+                        body[8] = b'0' + (self.worker % 10) as u8;
+                        self.simple(out, Status::Ok, b"text/plain", &body, conn, head_only, b"");
+                    }
+                    None => self.error(out, Status::BadRequest),
+                }
             }
             b"/echo" if req.method == Method::Post => {
                 let body = &buf[req.head_len..req.total_len];

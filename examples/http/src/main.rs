@@ -50,6 +50,14 @@ struct Args {
     /// Largest request head (request line and headers), in bytes (431 above it).
     #[arg(long, default_value_t = 16 * 1024)]
     max_head: usize,
+    /// Serve `GET /_test/stall/<ms>`, which blocks a worker for `<ms>`
+    /// milliseconds (fault-injection tests only; never in production).
+    #[arg(long, hide = true)]
+    test_routes: bool,
+    /// Serve as this user (e.g. `nobody`): bind, raise limits and attach
+    /// steering as root first, then drop to it for good.
+    #[arg(long)]
+    user: Option<String>,
     /// Graceful shutdown deadline after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
@@ -64,6 +72,7 @@ fn serve(args: Args) -> corelane::Result<()> {
     let mut opts = HttpOptions::default();
     opts.limits.max_body = args.max_body;
     opts.limits.max_head = args.max_head;
+    opts.test_routes = args.test_routes;
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     let mut builder = Server::builder()
         .addr(args.addr)
@@ -71,6 +80,7 @@ fn serve(args: Args) -> corelane::Result<()> {
         .idle_timeout(nonzero(args.idle_timeout))
         .header_timeout(nonzero(args.header_timeout))
         .shutdown_timeout(args.shutdown_timeout)
+        .user(args.user)
         .max_input(opts.max_input());
     if let Some(n) = args.workers {
         builder = builder.workers(n);
