@@ -421,7 +421,7 @@ impl WorkerTable {
     fn slot(&self, index: usize) -> *mut WorkerSlot {
         assert!(index < self.mapping.workers);
         // SAFETY: `index < workers <= MAX_WORKERS`, so the slot lies inside
-        // the mapping; array values are laid out back to back (24 bytes,
+        // the mapping; array values are laid out back to back (32 bytes,
         // already a multiple of 8).
         unsafe { self.mapping.base.as_ptr().cast::<WorkerSlot>().add(index) }
     }
@@ -503,6 +503,14 @@ impl WorkerHandle {
             .store(0, Ordering::Relaxed);
     }
 
+    /// Publishes the longest loop turn of the worker's recent past (see
+    /// [`TurnLag`]).
+    #[inline]
+    pub fn set_recent_turn(&self, ns: u64) {
+        self.u64_field(std::mem::offset_of!(WorkerSlot, recent_turn_ns))
+            .store(ns, Ordering::Relaxed);
+    }
+
     /// Excludes the worker from new connections (or lets it have them
     /// again). Takes effect for the next SYN.
     pub fn set_draining(&self, draining: bool) {
@@ -526,7 +534,42 @@ impl WorkerHandle {
             busy_since_ns: self
                 .u64_field(std::mem::offset_of!(WorkerSlot, busy_since_ns))
                 .load(Ordering::Relaxed),
+            recent_turn_ns: self
+                .u64_field(std::mem::offset_of!(WorkerSlot, recent_turn_ns))
+                .load(Ordering::Relaxed),
         }
+    }
+}
+
+/// The longest loop turn of a worker's recent past: the maximum over the
+/// current window and the previous one (a quarter second each), so a stall
+/// is remembered for a quarter to half a second after it ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TurnLag {
+    window_start: u64,
+    current: u64,
+    previous: u64,
+}
+
+impl TurnLag {
+    const WINDOW_NS: u64 = 250_000_000;
+
+    /// Records a turn from `start` to `end` (nanoseconds of
+    /// [`monotonic_ns`]); returns the value to publish.
+    #[inline]
+    pub fn record(&mut self, start: u64, end: u64) -> u64 {
+        if end.saturating_sub(self.window_start) >= Self::WINDOW_NS {
+            // A whole quiet window in between forgets the old one too.
+            self.previous = if end - self.window_start >= 2 * Self::WINDOW_NS {
+                0
+            } else {
+                self.current
+            };
+            self.current = 0;
+            self.window_start = end;
+        }
+        self.current = self.current.max(end.saturating_sub(start));
+        self.current.max(self.previous)
     }
 }
 
@@ -544,4 +587,31 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TurnLag;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_long_turn_is_remembered_for_a_quarter_to_half_a_second() {
+        let mut lag = TurnLag::default();
+        let t0 = 1_000 * MS;
+        assert_eq!(lag.record(t0, t0 + MS), MS);
+        assert_eq!(lag.record(t0 + 10 * MS, t0 + 60 * MS), 50 * MS, "the stall");
+        assert_eq!(
+            lag.record(t0 + 100 * MS, t0 + 101 * MS),
+            50 * MS,
+            "same window"
+        );
+        // Next window: the previous one still counts.
+        assert_eq!(lag.record(t0 + 300 * MS, t0 + 301 * MS), 50 * MS);
+        // The one after: forgotten.
+        assert_eq!(lag.record(t0 + 560 * MS, t0 + 561 * MS), MS);
+        // A long quiet gap forgets everything at once.
+        assert_eq!(lag.record(t0 + 600 * MS, t0 + 650 * MS), 50 * MS);
+        assert_eq!(lag.record(t0 + 2_000 * MS, t0 + 2_001 * MS), MS);
+    }
 }

@@ -282,6 +282,10 @@ struct Conn {
     written: usize,
     /// `--rate`: when this connection's next request is due.
     next_send: Instant,
+    /// `--rate --close`: requests whose time came while this connection's
+    /// one request was in flight; each goes out on the next connection, its
+    /// latency still counted from its scheduled time.
+    backlog: VecDeque<Instant>,
 }
 
 struct Worker {
@@ -336,6 +340,7 @@ impl Worker {
                         + interval.map_or(Duration::ZERO, |iv| {
                             iv.mul_f64(i as f64 / conns.max(1) as f64)
                         }),
+                    backlog: VecDeque::new(),
                 })
                 .collect(),
             depth: if opts.close { 1 } else { opts.pipeline.max(1) },
@@ -419,10 +424,16 @@ impl Worker {
             }
             let mut queued = false;
             while c.next_send <= now {
-                c.expected.push_back(c.next_send);
-                c.out.extend_from_slice(&self.request);
+                if self.opts.close && !c.expected.is_empty() {
+                    // One request per connection: never a second one on it
+                    // (the server would close after the first).
+                    c.backlog.push_back(c.next_send);
+                } else {
+                    c.expected.push_back(c.next_send);
+                    c.out.extend_from_slice(&self.request);
+                    queued = true;
+                }
                 c.next_send += interval;
-                queued = true;
             }
             if queued {
                 self.send(i);
@@ -466,6 +477,10 @@ impl Worker {
         c.buf.clear();
         if self.interval.is_none() {
             self.start_batch(i);
+        } else if let Some(due) = c.backlog.pop_front() {
+            c.expected.push_back(due);
+            c.out.extend_from_slice(&self.request);
+            self.send(i);
         }
     }
 
@@ -537,13 +552,15 @@ impl Worker {
     /// Consumes complete responses; in closed loop, starts the next batch
     /// when all arrived. Returns false when the connection was replaced.
     fn parse_responses(&mut self, i: usize) -> bool {
+        let mut server_closes = false;
         loop {
             let c = &mut self.conns[i];
             let Some(&since) = c.expected.front() else {
                 break;
             };
             match parse_response(&c.buf) {
-                Ok(Some((status, len))) => {
+                Ok(Some(Parsed { status, len, close })) => {
+                    server_closes |= close;
                     c.buf.drain(..len);
                     c.expected.pop_front();
                     let latency = since.elapsed().as_micros().max(1) as u64;
@@ -562,6 +579,16 @@ impl Worker {
                     return false;
                 }
             }
+        }
+        if server_closes && !self.opts.close {
+            // The server said `Connection: close` (it is shutting down, or
+            // done with this connection): nothing more may be sent on it.
+            // Requests already pipelined behind that response go unanswered.
+            for _ in 0..self.conns[i].expected.len() {
+                self.error(Kind::Read);
+            }
+            self.reopen(i);
+            return false;
         }
         if self.opts.close {
             // One request per connection: close it ourselves (servers that
@@ -637,7 +664,7 @@ impl std::error::Error for BadResponse {}
 /// when complete, `Ok(None)` when more bytes are needed. Bodies must be
 /// framed by `Content-Length` (what corelane-http and most benchmark targets
 /// send); chunked responses are reported as parse errors.
-pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize)>, BadResponse> {
+pub fn parse_response(buf: &[u8]) -> Result<Option<Parsed>, BadResponse> {
     let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return if buf.len() > 64 * 1024 {
             Err(BadResponse)
@@ -658,9 +685,14 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize)>, BadResponse> {
         .parse()
         .map_err(|_| BadResponse)?;
     let mut length = None;
+    let mut close = false;
     for line in lines {
         let (name, value) = line.split_once(':').ok_or(BadResponse)?;
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("connection") {
+            close = value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        } else if name.eq_ignore_ascii_case("content-length") {
             length = Some(value.trim().parse::<usize>().map_err(|_| BadResponse)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(BadResponse);
@@ -673,7 +705,22 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize)>, BadResponse> {
         length.ok_or(BadResponse)?
     };
     let total = head_end + 4 + body;
-    Ok((buf.len() >= total).then_some((status, total)))
+    Ok((buf.len() >= total).then_some(Parsed {
+        status,
+        len: total,
+        close,
+    }))
+}
+
+/// One complete response at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// Status code.
+    pub status: u16,
+    /// Length of the whole response, head and body.
+    pub len: usize,
+    /// It carries `Connection: close`.
+    pub close: bool,
 }
 
 #[cfg(test)]
@@ -685,9 +732,19 @@ mod tests {
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(parse_response(&r[..10]), Ok(None));
         assert_eq!(parse_response(&r[..40]), Ok(None));
-        let (status, len) = parse_response(r).unwrap().unwrap();
-        assert_eq!((status, len), (200, 43));
-        assert_eq!(parse_response(&r[len..]), Ok(Some((404, r.len() - len))));
+        let p = parse_response(r).unwrap().unwrap();
+        assert_eq!((p.status, p.len, p.close), (200, 43, false));
+        let len = p.len;
+        assert_eq!(
+            parse_response(&r[len..]),
+            Ok(Some(Parsed {
+                status: 404,
+                len: r.len() - len,
+                close: false
+            }))
+        );
+        let closing = b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_response(closing).unwrap().unwrap().close);
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(BadResponse)

@@ -102,6 +102,12 @@ pub struct ServerOptions {
     /// nginx (`worker_rlimit_nofile`) do: the common soft default of 1024
     /// descriptors is far below what a server holds. Default `true`.
     pub raise_nofile_limit: bool,
+    /// During a graceful shutdown, idle keep-alive connections stay open this
+    /// long (at most the shutdown deadline) for a request the client may
+    /// already have sent: it is answered, with the handler told the server is
+    /// draining (HTTP answers `Connection: close`), instead of being lost in
+    /// the close. Default 200 ms.
+    pub drain_grace: Duration,
     /// Serve as this user: [`build`](crate::ServerBuilder::build) binds the
     /// listeners, raises the descriptor limit and attaches steering first
     /// (all of which may need root), then switches the process to the user
@@ -138,6 +144,7 @@ impl Default for ServerOptions {
             handle_signals: true,
             raise_nofile_limit: true,
             user: None,
+            drain_grace: Duration::from_millis(200),
         }
     }
 }

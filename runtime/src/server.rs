@@ -141,6 +141,8 @@ impl ServerBuilder {
         raise_nofile_limit: bool,
         /// Serve as this user after setting up (see [`ServerOptions::user`]).
         user: Option<String>,
+        /// Idle connections' grace in a drain (see [`ServerOptions::drain_grace`]).
+        drain_grace: Duration,
     }
 
     /// Validates the options, binds the listeners of the reuseport group and

@@ -132,6 +132,12 @@ pub(crate) struct WorkerSteer {
     handle: Option<corelane_steering::WorkerHandle>,
     /// Whether the loop must stamp its turns (stall detection is on).
     stamp_turns: bool,
+    /// When the current turn began (stamping only).
+    turn_start: u64,
+    #[cfg(feature = "ebpf")]
+    lag: corelane_steering::TurnLag,
+    /// The recent longest turn last published.
+    published_lag: u64,
 }
 
 impl Ebpf {
@@ -146,6 +152,7 @@ impl Ebpf {
             return WorkerSteer {
                 stamp_turns: s.policy() == Policy::LeastLoaded,
                 handle: Some(s.worker(index)),
+                ..WorkerSteer::default()
             };
         }
         let _ = index;
@@ -177,23 +184,30 @@ impl Ebpf {
 impl WorkerSteer {
     /// The loop woke up with work.
     #[inline]
-    pub(crate) fn turn_started(&self) {
+    pub(crate) fn turn_started(&mut self) {
         #[cfg(feature = "ebpf")]
         if self.stamp_turns {
             if let Some(h) = &self.handle {
-                h.turn_started(corelane_steering::monotonic_ns());
+                self.turn_start = corelane_steering::monotonic_ns();
+                h.turn_started(self.turn_start);
             }
         }
     }
 
     /// The loop goes back to waiting, serving `conns` connections.
     #[inline]
-    pub(crate) fn turn_ended(&self, conns: usize) {
+    pub(crate) fn turn_ended(&mut self, conns: usize) {
         #[cfg(feature = "ebpf")]
         if let Some(h) = &self.handle {
             h.set_connections(conns);
-            if self.stamp_turns {
+            if self.stamp_turns && self.turn_start != 0 {
                 h.turn_ended();
+                let end = corelane_steering::monotonic_ns();
+                let lag = self.lag.record(self.turn_start, end);
+                if lag != self.published_lag {
+                    self.published_lag = lag;
+                    h.set_recent_turn(lag);
+                }
             }
         }
         let _ = conns;

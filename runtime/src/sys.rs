@@ -223,37 +223,6 @@ pub(crate) fn is_accept_connection_error(err: &io::Error) -> bool {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allowed_cpus_are_not_empty_and_include_the_current_one() {
-        let cpus = allowed_cpus().unwrap();
-        assert!(!cpus.is_empty());
-        let cur = current_cpu().unwrap();
-        assert!(cpus.contains(&cur), "{cur} not in {cpus:?}");
-    }
-
-    #[test]
-    fn pinning_to_an_impossible_cpu_fails_cleanly() {
-        let err = std::thread::spawn(|| pin_current_thread(1 << 20).unwrap_err())
-            .join()
-            .unwrap();
-        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
-    }
-
-    #[test]
-    fn accept_errors_are_classified() {
-        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
-        assert!(is_accept_resource_error(&emfile));
-        assert!(!is_accept_connection_error(&emfile));
-        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
-        assert!(is_accept_connection_error(&aborted));
-        assert!(!is_accept_resource_error(&aborted));
-    }
-}
-
 /// Switches the whole process to `user` (its uid, primary gid and no
 /// supplementary groups), for good: a server that binds a port and attaches
 /// its steering program as root, then serves as `nobody`. Returns the uid
@@ -292,8 +261,10 @@ pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
         ));
     }
     let (uid, gid) = (pwd.pw_uid, pwd.pw_gid);
-    // SAFETY: getuid/geteuid cannot fail.
-    let (ruid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
+    // SAFETY: getuid cannot fail.
+    let ruid = unsafe { libc::getuid() };
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
     if ruid == uid && euid == uid {
         return Ok((uid, gid));
     }
@@ -311,4 +282,42 @@ pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
         ));
     }
     Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dropping_to_a_user_that_does_not_exist_is_a_clear_error() {
+        let e = super::drop_privileges("no-such-user-corelane").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(e.to_string(), "no user `no-such-user-corelane`");
+    }
+
+    use super::*;
+
+    #[test]
+    fn allowed_cpus_are_not_empty_and_include_the_current_one() {
+        let cpus = allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        let cur = current_cpu().unwrap();
+        assert!(cpus.contains(&cur), "{cur} not in {cpus:?}");
+    }
+
+    #[test]
+    fn pinning_to_an_impossible_cpu_fails_cleanly() {
+        let err = std::thread::spawn(|| pin_current_thread(1 << 20).unwrap_err())
+            .join()
+            .unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn accept_errors_are_classified() {
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_accept_resource_error(&emfile));
+        assert!(!is_accept_connection_error(&emfile));
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert!(is_accept_connection_error(&aborted));
+        assert!(!is_accept_resource_error(&aborted));
+    }
 }

@@ -70,6 +70,9 @@ pub(crate) struct Worker<H: Handler> {
     steer: WorkerSteer,
     /// Set when a graceful shutdown started: the deadline for connections.
     draining_until: Option<Instant>,
+    /// During a drain: until when idle keep-alive connections stay open for
+    /// a request already on its way.
+    drain_grace_until: Option<Instant>,
     next_tick: Instant,
     due: Vec<Entry>,
     /// Since when the connection table has been under a quarter full.
@@ -135,6 +138,7 @@ impl<H: Handler> Worker<H> {
             shutdown,
             steer,
             draining_until: None,
+            drain_grace_until: None,
             next_tick: now + opts.tick_interval,
             due: Vec::new(),
             slab_low_since: None,
@@ -368,7 +372,11 @@ impl<H: Handler> Worker<H> {
             } else if conn.read_closed {
                 self.close(key, CloseReason::PeerClosed, now);
                 return;
-            } else if self.draining_until.is_some() && conn.is_idle() && conn.served {
+            } else if self.draining_until.is_some()
+                && conn.is_idle()
+                && conn.served
+                && self.drain_grace_until.is_none_or(|g| now >= g)
+            {
                 self.close(key, CloseReason::Shutdown, now);
                 return;
             }
@@ -606,11 +614,16 @@ impl<H: Handler> Worker<H> {
     /// Makes sure the wheel holds an entry no later than the connection's
     /// current deadline. Deadlines that move later need no new entry: the old
     /// one fires, finds the deadline moved, and reschedules.
+    /// Connection `key`'s next deadline, with the drain grace applied.
+    fn deadline(&self, key: usize) -> Option<(Instant, CloseReason)> {
+        deadline_of(&self.conns[key], &self.opts, self.drain_grace_until)
+    }
+
     fn update_timer(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        let Some((at, _)) = conn.deadline(&self.opts) else {
+        let Some((at, _)) = self.deadline(key) else {
             return;
         };
+        let conn = &mut self.conns[key];
         let tick = self.wheel.tick_for(at);
         if conn.scheduled.is_none_or(|s| tick < s) {
             conn.scheduled = Some(self.wheel.schedule(key, conn.generation, at));
@@ -635,7 +648,7 @@ impl<H: Handler> Worker<H> {
                 continue; // stale: superseded by an earlier entry, or a reused slot
             }
             conn.scheduled = None;
-            match conn.deadline(&self.opts) {
+            match deadline_of(conn, &self.opts, self.drain_grace_until) {
                 Some((at, reason)) if at <= now => {
                     self.close(entry.key, reason, now);
                     closed += 1;
@@ -766,6 +779,7 @@ impl<H: Handler> Worker<H> {
     /// only this worker stops, the others keep serving.
     fn begin_drain(&mut self, now: Instant, alone: bool) {
         self.draining_until = Some(now + self.opts.shutdown_timeout);
+        self.drain_grace_until = Some(now + self.opts.drain_grace.min(self.opts.shutdown_timeout));
         // No new connections for this worker from here on (eBPF steering).
         self.steer.set_draining();
         // With SO_REUSEPORT a closed listener resets the connections in its
@@ -794,12 +808,15 @@ impl<H: Handler> Worker<H> {
             .map(|(k, _)| k)
             .collect();
         for key in idle {
-            // A request may be in the socket already (the keep-alive race):
-            // read once more so it is answered, with the handler told we are
-            // draining, instead of being lost. `drive` closes the connection
-            // if nothing was there.
+            // A request may be in the socket already, or on its way (the
+            // keep-alive race): read now, and keep the connection for the
+            // drain grace, so it is answered (the handler is told we are
+            // draining, so HTTP says `Connection: close`) instead of lost.
             self.conns[key].want_read = true;
             self.drive(key, now);
+            if self.conns.contains(key) {
+                self.update_timer(key);
+            }
         }
         if alone {
             tracing::info!(
@@ -826,6 +843,23 @@ impl<H: Handler> Worker<H> {
         self.counters.pool_outstanding = self.pool.outstanding() as u64;
         self.counters.slab_capacity = self.conns.capacity() as u64;
         self.shared.worker(self.info.index).publish(&self.counters);
+    }
+}
+
+/// A connection's next deadline; while draining, an idle keep-alive
+/// connection's is the end of the drain grace.
+fn deadline_of<C>(
+    conn: &Conn<C>,
+    opts: &ServerOptions,
+    grace: Option<Instant>,
+) -> Option<(Instant, CloseReason)> {
+    let own = conn.deadline(opts);
+    match grace {
+        Some(g) if conn.is_idle() && conn.served => match own {
+            Some((at, reason)) if at < g => Some((at, reason)),
+            _ => Some((g, CloseReason::Shutdown)),
+        },
+        _ => own,
     }
 }
 

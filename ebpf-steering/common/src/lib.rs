@@ -9,7 +9,7 @@
 
 /// Layout version of the maps and the program. A loader refuses a pinned
 /// program whose config carries another version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Largest number of workers (listeners) one group can steer between.
 pub const MAX_WORKERS: u32 = 64;
@@ -176,6 +176,10 @@ pub struct WorkerSlot {
     /// `CLOCK_MONOTONIC` nanoseconds at which the worker's current loop turn
     /// began; 0 while it waits for events.
     pub busy_since_ns: u64,
+    /// The longest loop turn of the worker's recent past (the current and
+    /// the previous quarter second), nanoseconds: a worker that stalls
+    /// repeatedly stays avoided between its stalls, not only during them.
+    pub recent_turn_ns: u64,
 }
 
 impl WorkerSlot {
@@ -190,7 +194,9 @@ impl WorkerSlot {
         };
         let mut load = self.conns.saturating_add(pending);
         let busy = self.busy_since_ns;
-        if stall_ns != 0 && busy != 0 && now_ns > busy && now_ns - busy > stall_ns {
+        let stuck_now = busy != 0 && now_ns > busy && now_ns - busy > stall_ns;
+        let stalled_lately = self.recent_turn_ns > stall_ns;
+        if stall_ns != 0 && (stuck_now || stalled_lately) {
             load = load.saturating_add(STALL_PENALTY);
         }
         load
@@ -292,7 +298,7 @@ mod user {
     // SAFETY: `Config` is `repr(C)`, has no padding (4 × u32 then a u64 at
     // offset 16) and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Config {}
-    // SAFETY: `WorkerSlot` is `repr(C)`, has no padding (2 × u32 then two
-    // u64 at offsets 8 and 16) and every bit pattern is a valid value.
+    // SAFETY: `WorkerSlot` is `repr(C)`, has no padding (2 × u32 then three
+    // u64 at offsets 8, 16 and 24) and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::WorkerSlot {}
 }

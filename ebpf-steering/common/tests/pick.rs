@@ -157,6 +157,15 @@ fn a_stalled_worker_is_avoided_unless_all_are() {
         ..busy
     };
     assert_eq!(waiting.load(now, stall), 4, "pending connections count");
+    let lately = WorkerSlot {
+        recent_turn_ns: 50_000_000,
+        ..waiting
+    };
+    assert_eq!(
+        lately.load(now, stall),
+        4 + STALL_PENALTY,
+        "a recent long turn counts while the worker is between stalls"
+    );
 
     let m = Model {
         draining: vec![false; 2],
