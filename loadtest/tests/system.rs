@@ -338,16 +338,237 @@ fn a_stalled_worker_is_avoided_by_least_loaded_but_not_by_the_kernel_hash() {
         figures.push((calm.latency_us.p999, stalled.latency_us.p999));
     }
     let (ll, kernel) = (figures[0], figures[1]);
+    // p99.9 of 3,000 connections is the third worst: below 2 ms it is the
+    // scheduler's noise on a 2-core machine, so 2 ms is the floor of "calm".
+    const FLOOR_US: u64 = 2_000;
     assert!(
-        ll.1 <= 2 * ll.0.max(500),
+        ll.1 <= 2 * ll.0.max(FLOOR_US),
         "least-loaded: p99.9 {} µs stalled vs {} µs calm",
         ll.1,
         ll.0
     );
     assert!(
-        kernel.1 > 2 * kernel.0.max(500) && kernel.1 > 20_000,
+        kernel.1 > 2 * kernel.0.max(FLOOR_US) && kernel.1 > 20_000,
         "the kernel's hash should show the stall: p99.9 {} µs stalled vs {} µs calm",
         kernel.1,
         kernel.0
     );
+}
+
+// ----- 7. descriptor exhaustion -----------------------------------------------
+
+#[test]
+fn at_the_descriptor_limit_it_does_not_spin_keeps_serving_and_recovers() {
+    let _g = serial();
+    harness::raise_nofile();
+    // The server may hold 256 descriptors, hard limit included.
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--nofile=256:256")
+        .arg(harness::http_binary())
+        .args(["--addr", "127.0.0.1:0", "--workers", "1"]);
+    let s = Http::spawn(cmd);
+    // A client that was there first.
+    let mut old = TcpStream::connect(s.addr).unwrap();
+    old.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ask = |c: &mut TcpStream| -> bool {
+        c.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+            .is_ok()
+            && {
+                let mut buf = [0u8; 512];
+                matches!(c.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+            }
+    };
+    assert!(ask(&mut old));
+    // The flood: 600 connections, far past what the server can hold.
+    let flood: Vec<TcpStream> = (0..600)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu0 = s.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = s.cpu_seconds() - cpu0;
+    let served_old = ask(&mut old);
+    let log = s.log();
+    eprintln!(
+        "descriptor exhaustion: {} descriptors held, server CPU {:.0} ms over 2 s at the limit, old client served: {served_old}",
+        s.fds(),
+        busy * 1000.0
+    );
+    assert!(log.contains("accept failed; pausing accepts"), "{log}");
+    assert!(busy < 0.2, "spinning at the limit: {busy} s CPU in 2 s");
+    assert!(served_old, "the connection it had stopped being served");
+    // Free descriptors: new connections are served again (the queued ones
+    // first, then this one).
+    drop(flood);
+    let mut fresh = TcpStream::connect(s.addr).unwrap();
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(ask(&mut fresh), "a new connection after descriptors freed");
+    assert!(s.log().contains("accepting again"), "{}", s.log());
+}
+
+// ----- 8. hostile bytes -------------------------------------------------------
+
+/// xorshift64*, seeded: the mutations are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// A request from the fuzz seed corpus, mutated: bytes flipped, inserted,
+/// deleted, or pure random bytes.
+fn hostile(seeds: &[Vec<u8>], rng: &mut Rng) -> Vec<u8> {
+    if rng.below(8) == 0 {
+        return (0..rng.below(600)).map(|_| rng.next() as u8).collect();
+    }
+    let mut m = seeds[rng.below(seeds.len())].clone();
+    for _ in 0..1 + rng.below(8) {
+        let at = rng.below(m.len() + 1);
+        match rng.below(3) {
+            0 if at < m.len() => m[at] = rng.next() as u8,
+            1 => m.insert(at, b"\r\n: \0%xG0123456789"[rng.below(17)]),
+            _ if at < m.len() => {
+                m.remove(at);
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+#[test]
+fn hostile_bytes_at_high_rate_crash_nothing_stick_nothing_and_others_are_served() {
+    let _g = serial();
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/http/fuzz/corpus/request"
+    );
+    let seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .expect("the fuzz seed corpus")
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(seeds.len() >= 10);
+    let s = Http::start(&[
+        "--workers",
+        "2",
+        "--header-timeout",
+        "2s",
+        "--idle-timeout",
+        "2s",
+    ]);
+    let url = s.url("/plaintext");
+    let normal =
+        std::thread::spawn(move || load(&url, 16, Duration::from_secs(6), false, Some(2000.0)));
+    let addr = s.addr;
+    let sent = on_cpu(0, move || {
+        let mut rng = Rng(0x5eed_cafe_f00d_0001);
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut held = Vec::new();
+        while start.elapsed() < Duration::from_secs(5) {
+            let Ok(mut c) = TcpStream::connect(addr) else {
+                continue;
+            };
+            let _ = c.write_all(&hostile(&seeds, &mut rng));
+            n += 1;
+            // Keep every 50th open without reading: the server must still
+            // time it out.
+            if n.is_multiple_of(50) {
+                held.push(c);
+            }
+        }
+        (n, held)
+    });
+    let (n, held) = sent;
+    let r = normal.join().unwrap();
+    // Nothing stuck: every hostile connection is answered and closed (400,
+    // then a lingering close of at most 5 s while the peer keeps it open),
+    // cut at the 2 s header timeout, or, when the mutation left a valid
+    // request, answered and closed at the 2 s idle timeout; after that only
+    // our own scrape is open.
+    let settled = eventually(Duration::from_secs(8), || {
+        s.metric("corelane_connections_active") <= 1
+    });
+    let active = s.metric("corelane_connections_active");
+    eprintln!(
+        "hostile bytes: {n} mutated requests in 5 s ({} held open unread); normal client {} requests, p99 {} µs, errors {:?}; connections open after: {active}",
+        held.len(),
+        r.requests,
+        r.latency_us.p99,
+        r.errors
+    );
+    assert!(n > 5_000, "too few hostile requests: {n}");
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert!(settled, "{active} connections stuck open");
+    // Still alive and well.
+    assert!(s.get("/plaintext").starts_with("HTTP/1.1 200 OK"));
+    drop(held);
+}
+
+// ----- 4. slow readers --------------------------------------------------------
+
+#[test]
+fn slow_readers_are_held_to_the_output_bound_and_others_are_served() {
+    let _g = serial();
+    harness::raise_nofile();
+    let s = Http::start(&["--workers", "2"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let base = s.rss();
+    const N: usize = 1000;
+    const HIGH_WATER: u64 = 256 * 1024;
+    const BUFFER: u64 = 16 * 1024;
+    // Each pipelines requests and never reads: writes until the socket
+    // pushes back (the server stopped reading it: backpressure).
+    let addr = s.addr;
+    let readers = on_cpu(0, move || {
+        let req = b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n".repeat(256);
+        let mut conns = Vec::with_capacity(N);
+        for _ in 0..N {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_nonblocking(true).unwrap();
+            let mut sent = 0usize;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(200) {
+                match c.write(&req) {
+                    Ok(k) => sent += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if sent > 2 << 20 {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("slow reader write: {e}"),
+                }
+            }
+            conns.push(c);
+        }
+        conns
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let url = s.url("/plaintext");
+    let r = load(&url, 16, Duration::from_secs(3), false, Some(2000.0));
+    let rss = s.rss();
+    let bound = base + N as u64 * (HIGH_WATER + 2 * BUFFER);
+    eprintln!(
+        "slow readers: {N} connections pipelining without reading; server RSS {} MiB (base {} MiB, bound {} MiB); other client p99 {} µs, errors {:?}",
+        rss >> 20,
+        base >> 20,
+        bound >> 20,
+        r.latency_us.p99,
+        r.errors
+    );
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert!(rss <= bound, "RSS {rss} above the bound {bound}");
+    drop(readers);
 }
