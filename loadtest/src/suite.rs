@@ -178,16 +178,7 @@ fn wrk_check(spec: &ServerSpec, port: &mut u16, o: &SuiteOptions) -> Result<WrkC
             let report = if tool == 1 {
                 crate::wrk::run(&url, 1, 64, o.duration, 1)
             } else {
-                let opts = RunOptions {
-                    threads: 1,
-                    connections: 64,
-                    duration: o.duration,
-                    pipeline: 1,
-                    close: false,
-                    timeout: Duration::from_secs(5),
-                    progress: false,
-                    rate: None,
-                };
+                let opts = closed_loop(64, o.duration, 1, false);
                 Target::parse(&url).and_then(|t| run(&t, &opts))
             };
             let cpu = cpu_seconds(server.pid())? - cpu0;
@@ -246,17 +237,7 @@ pub struct Spread {
 fn distribution(name: &str, port: u16, o: &SuiteOptions) -> Result<Spread, String> {
     let target = Target::parse(&format!("http://127.0.0.1:{port}/plaintext"))?;
     let before = crate::scrape::fetch(target.addr, &target.host).ok_or("no /metrics")?;
-    let opts = RunOptions {
-        threads: 1,
-        connections: 64,
-        duration: o.duration,
-        pipeline: 1,
-        close: false,
-        timeout: Duration::from_secs(5),
-        progress: false,
-        rate: None,
-    };
-    run(&target, &opts)?;
+    run(&target, &closed_loop(64, o.duration, 1, false))?;
     let after = crate::scrape::fetch(target.addr, &target.host).ok_or("no /metrics")?;
     let d = after.since(&before);
     let workers = d
@@ -366,16 +347,7 @@ fn measure(
         "connection-per-request" => (1, true, 16),
         _ => (1, false, 64),
     };
-    let opts = RunOptions {
-        threads: 1,
-        connections,
-        duration: o.duration,
-        pipeline,
-        close,
-        timeout: Duration::from_secs(5),
-        progress: false,
-        rate: None,
-    };
+    let opts = closed_loop(connections, o.duration, pipeline, close);
     let cpu0 = cpu_seconds(pid)?;
     let r = run(&target, &opts)?;
     let cpu = cpu_seconds(pid)? - cpu0;
@@ -392,6 +364,20 @@ fn measure(
     sample.p999 = r.latency_us.p999;
     sample.errors = r.errors.total();
     Ok(sample)
+}
+
+/// One generator thread, closed loop, the suite's 5 s response timeout.
+fn closed_loop(connections: usize, duration: Duration, pipeline: usize, close: bool) -> RunOptions {
+    RunOptions {
+        threads: 1,
+        connections,
+        duration,
+        pipeline,
+        close,
+        timeout: Duration::from_secs(5),
+        progress: false,
+        rate: None,
+    }
 }
 
 /// utime + stime of a process, seconds.
