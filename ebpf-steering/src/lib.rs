@@ -215,15 +215,25 @@ impl EbpfSteering {
             .set(0, config, 0)
             .map_err(|e| Error::new("writing CONFIG", e))?;
 
-        let mut cpu_map: Array<_, u32> = typed_map(&mut ebpf, common::maps::CPU_WORKER)?;
-        for cpu in 0..MAX_CPUS {
-            let worker = cpus
-                .iter()
-                .position(|c| *c == Some(cpu as usize))
-                .map_or(common::NO_WORKER, |w| w as u32);
-            cpu_map
-                .set(cpu, worker, 0)
-                .map_err(|e| Error::new("writing CPU_WORKER", e))?;
+        let mut cpu_map: Array<_, common::CpuWorkers> =
+            typed_map(&mut ebpf, common::maps::CPU_WORKER)?;
+        let mut table = vec![common::CpuWorkers::default(); MAX_CPUS as usize];
+        for (worker, cpu) in cpus.iter().enumerate() {
+            let Some(entry) = cpu.and_then(|c| table.get_mut(c)) else {
+                continue;
+            };
+            if (entry.count as usize) < common::CPU_WORKERS_MAX {
+                entry.workers[entry.count as usize] = worker as u32;
+                entry.count += 1;
+            }
+        }
+        for (cpu, entry) in table.iter().enumerate() {
+            // Zeroed entries (count 0) are what the map starts with.
+            if entry.count > 0 {
+                cpu_map
+                    .set(cpu as u32, entry, 0)
+                    .map_err(|e| Error::new("writing CPU_WORKER", e))?;
+            }
         }
 
         let mut sockets: ReusePortSockArray<_> = typed_map(&mut ebpf, common::maps::SOCKETS)?;

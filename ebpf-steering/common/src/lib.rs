@@ -72,7 +72,8 @@ pub mod maps {
     /// worker, [`MAX_WORKERS`](crate::MAX_WORKERS) long: 24-byte values laid
     /// out back to back in the mapping.
     pub const WORKERS: &str = "WORKERS";
-    /// `ARRAY` of `u32`: CPU → worker index, or [`NO_WORKER`](crate::NO_WORKER).
+    /// `ARRAY` of [`CpuWorkers`](crate::CpuWorkers), one per CPU: the
+    /// workers pinned to that CPU.
     pub const CPU_WORKER: &str = "CPU_WORKER";
     /// `PERCPU_ARRAY` of `u64`, [`STAT_ENTRIES`](crate::STAT_ENTRIES) long.
     pub const STATS: &str = "STATS";
@@ -203,6 +204,60 @@ impl WorkerSlot {
     }
 }
 
+/// The workers pinned to one CPU: an entry of [`maps::CPU_WORKER`]. The
+/// `cpu` policy spreads a CPU's connections over them by flow hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct CpuWorkers {
+    /// How many of `workers` are set (0: no worker on this CPU; the
+    /// connection is steered by hash over all workers).
+    pub count: u32,
+    /// Worker indices; at most [`CPU_WORKERS_MAX`] per CPU are used.
+    pub workers: [u32; CPU_WORKERS_MAX],
+}
+
+/// Workers per CPU the `cpu` policy spreads over.
+pub const CPU_WORKERS_MAX: usize = 4;
+
+impl CpuWorkers {
+    /// The worker for a connection with flow hash `hash`, or [`NO_WORKER`].
+    #[inline(always)]
+    #[must_use]
+    pub fn pick(&self, hash: u32) -> u32 {
+        pick_of(self.count, self.workers, hash)
+    }
+}
+
+/// [`CpuWorkers::pick`] on values already read: scalar selections only, no
+/// indexing, so the compiler cannot turn it into a variable offset into the
+/// map value (which the verifier refuses without CAP_PERFMON).
+#[inline(always)]
+#[must_use]
+pub fn pick_of(count: u32, workers: [u32; CPU_WORKERS_MAX], hash: u32) -> u32 {
+    let count = if count as usize > CPU_WORKERS_MAX {
+        CPU_WORKERS_MAX as u32
+    } else {
+        count
+    };
+    if count == 0 {
+        return NO_WORKER;
+    }
+    let i = hash % count;
+    let mut w = workers[0];
+    if i == 1 {
+        w = workers[1];
+    }
+    if i == 2 {
+        w = workers[2];
+    }
+    if i == 3 {
+        w = workers[3];
+    }
+    w
+}
+
+const _: () = assert!(CPU_WORKERS_MAX == 4, "the match in `CpuWorkers::pick`");
+
 /// Everything [`pick`] decides from, for one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Input {
@@ -212,7 +267,8 @@ pub struct Input {
     pub workers: u32,
     /// The connection's flow hash (`sk_reuseport_md.hash`).
     pub hash: u32,
-    /// The worker mapped to the CPU handling the SYN, or [`NO_WORKER`].
+    /// The worker pinned to the CPU handling the SYN (of several, the flow
+    /// hash's choice: [`CpuWorkers::pick`]), or [`NO_WORKER`].
     pub cpu_worker: u32,
     /// This CPU's round-robin position (incremented once per connection).
     pub turn: u32,
@@ -298,6 +354,9 @@ mod user {
     // SAFETY: `Config` is `repr(C)`, has no padding (4 × u32 then a u64 at
     // offset 16) and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: `CpuWorkers` is `repr(C)`, five u32 without padding; every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for super::CpuWorkers {}
     // SAFETY: `WorkerSlot` is `repr(C)`, has no padding (2 × u32 then three
     // u64 at offsets 8, 16 and 24) and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::WorkerSlot {}

@@ -199,6 +199,28 @@ fn no_workers_or_too_many_select_nothing() {
 }
 
 #[test]
+fn a_cpus_connections_spread_over_the_workers_pinned_to_it_by_hash() {
+    use corelane_steering_common::{pick_of, CpuWorkers};
+    let two = CpuWorkers {
+        count: 2,
+        workers: [1, 3, 0, 0],
+    };
+    assert_eq!((two.pick(10), two.pick(11)), (1, 3));
+    assert_eq!(
+        CpuWorkers::default().pick(5),
+        NO_WORKER,
+        "no worker on this CPU"
+    );
+    // More than four: the first four are used.
+    assert_eq!(pick_of(9, [4, 5, 6, 7], 7), 7);
+    let mut seen = [0; 4];
+    for h in 0..400 {
+        seen[pick_of(4, [0, 1, 2, 3], h) as usize] += 1;
+    }
+    assert_eq!(seen, [100; 4]);
+}
+
+#[test]
 fn policy_names_round_trip() {
     for p in Policy::ALL {
         assert_eq!(Policy::from_name(p.as_str()), Some(p));

@@ -24,8 +24,8 @@ use aya_ebpf::macros::{map, sk_reuseport};
 use aya_ebpf::maps::{Array, PerCpuArray, ReusePortSockArray};
 use aya_ebpf::programs::SkReuseportContext;
 use corelane_steering_common::{
-    self as common, Config, Input, Policy, WorkerSlot, MAX_CPUS, MAX_WORKERS, NO_WORKER,
-    STAT_ENTRIES, STAT_FALLBACK, STAT_MIGRATED,
+    self as common, Config, CpuWorkers, Input, Policy, WorkerSlot, MAX_CPUS, MAX_WORKERS,
+    NO_WORKER, STAT_ENTRIES, STAT_FALLBACK, STAT_MIGRATED,
 };
 
 /// `BPF_F_MMAPABLE`: workers write their slots through a shared mapping.
@@ -42,7 +42,7 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static WORKERS: Array<WorkerSlot> = Array::with_max_entries(MAX_WORKERS, BPF_F_MMAPABLE);
 
 #[map(name = "CPU_WORKER")]
-static CPU_WORKER: Array<u32> = Array::with_max_entries(MAX_CPUS, 0);
+static CPU_WORKER: Array<CpuWorkers> = Array::with_max_entries(MAX_CPUS, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_ENTRIES, 0);
@@ -121,8 +121,27 @@ fn steer(ctx: &SkReuseportContext) {
     };
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let cpu_worker = match CPU_WORKER.get(cpu) {
-        Some(w) => *w,
+    let cpu_worker = match CPU_WORKER.get_ptr(cpu) {
+        Some(entry) => {
+            // Each field by its own volatile load at a constant offset: the
+            // compiler may not merge them into one load at a computed
+            // offset, which the unprivileged verifier refuses.
+            let field = |offset: usize| {
+                // SAFETY: a u32 field of the entry from a successful lookup.
+                unsafe { read_volatile(entry.wrapping_byte_add(offset).cast::<u32>()) }
+            };
+            let base = core::mem::offset_of!(CpuWorkers, workers);
+            common::pick_of(
+                field(core::mem::offset_of!(CpuWorkers, count)),
+                [
+                    field(base),
+                    field(base + 4),
+                    field(base + 8),
+                    field(base + 12),
+                ],
+                ctx.hash(),
+            )
+        }
         None => NO_WORKER,
     };
     let turn = match RR.get_ptr_mut(0) {
