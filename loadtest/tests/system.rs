@@ -208,24 +208,31 @@ fn slowloris(
         .collect();
     let mut buf = [0u8; 64];
     while !stop.load(Ordering::Relaxed) {
+        // A steady trickle, as a real attacker sends: each connection gets
+        // its byte once per `every`, the connections spread evenly over it
+        // in slices of 50 (not one burst of 5,000 a second).
         let round = Instant::now();
-        for (s, opened, sent, closed) in &mut conns {
-            if closed.is_some() {
-                continue;
+        let slices = conns.len().div_ceil(50).max(1);
+        for (k, slice) in conns.chunks_mut(50).enumerate() {
+            for (s, opened, sent, closed) in slice {
+                if closed.is_some() {
+                    continue;
+                }
+                let gone = match s.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                let gone = gone || (*sent < HEAD.len() && s.write(&HEAD[*sent..=*sent]).is_err());
+                if gone {
+                    *closed = Some(opened.elapsed());
+                } else if *sent < HEAD.len() {
+                    *sent += 1;
+                }
             }
-            let gone = match s.read(&mut buf) {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            };
-            let gone = gone || (*sent < HEAD.len() && s.write(&HEAD[*sent..=*sent]).is_err());
-            if gone {
-                *closed = Some(opened.elapsed());
-            } else if *sent < HEAD.len() {
-                *sent += 1;
-            }
+            let due = every.mul_f64((k + 1) as f64 / slices as f64);
+            std::thread::sleep(due.saturating_sub(round.elapsed()));
         }
-        std::thread::sleep(every.saturating_sub(round.elapsed()));
     }
     conns.into_iter().map(|c| c.3).collect()
 }
