@@ -259,11 +259,16 @@ fn slowloris_is_cut_at_the_header_timeout_and_normal_clients_keep_their_latency(
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     let closed = attack.join().unwrap();
+    // The machine's own noise moves p99 between runs: the baseline is the
+    // worse of a quiet run before the attack and one after it.
+    let after = load(&url, 16, Duration::from_secs(3), false, rate);
+    let baseline = quiet.latency_us.p99.max(after.latency_us.p99);
     let cut: Vec<Duration> = closed.iter().flatten().copied().collect();
     let latest = cut.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "slowloris: normal client p99 {} µs quiet, {} µs under 5000 slow connections; {} of {} cut, the last after {latest:?}",
+        "slowloris: normal client p99 {} µs quiet before, {} µs after, {} µs under 5000 slow connections; {} of {} cut, the last after {latest:?}",
         quiet.latency_us.p99,
+        after.latency_us.p99,
         attacked.latency_us.p99,
         cut.len(),
         closed.len()
@@ -279,10 +284,10 @@ fn slowloris_is_cut_at_the_header_timeout_and_normal_clients_keep_their_latency(
         "all near the 3 s timeout: {latest:?}"
     );
     assert!(
-        attacked.latency_us.p99 <= 2 * quiet.latency_us.p99.max(100),
+        attacked.latency_us.p99 <= 2 * baseline.max(100),
         "p99 {} µs under attack vs {} µs quiet",
         attacked.latency_us.p99,
-        quiet.latency_us.p99
+        baseline
     );
 }
 

@@ -33,6 +33,9 @@ use crate::timer::{Entry, TimerWheel};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const EVENTS_CAPACITY: usize = 1024;
+/// Most connections one pass of timer expiry closes; the rest is closed on
+/// the following turns, between other connections' events.
+const EXPIRY_BUDGET: usize = 256;
 
 /// Why a worker is not accepting right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +217,10 @@ impl<H: Handler> Worker<H> {
     }
 
     fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
-        if !self.requeue.is_empty() || self.accept == (AcceptState::Open { pending: true }) {
+        if !self.requeue.is_empty()
+            || !self.due.is_empty()
+            || self.accept == (AcceptState::Open { pending: true })
+        {
             return Some(Duration::ZERO);
         }
         let mut t = self.next_tick.saturating_duration_since(now);
@@ -640,7 +646,15 @@ impl<H: Handler> Worker<H> {
         let started = Instant::now();
         probes::gc_start(self.info.index, GcKind::IdleSweep);
         let mut closed = 0usize;
-        for entry in due.drain(..) {
+        let mut done = 0;
+        for entry in due.iter().copied() {
+            if closed == EXPIRY_BUDGET {
+                // Closing thousands at once (a slowloris herd timing out
+                // together) would stall everyone else for milliseconds:
+                // the rest waits for the next turn, which comes at once.
+                break;
+            }
+            done += 1;
             let Some(conn) = self.conns.get_mut(entry.key) else {
                 continue;
             };
@@ -656,6 +670,7 @@ impl<H: Handler> Worker<H> {
                 _ => self.update_timer(entry.key),
             }
         }
+        due.drain(..done);
         self.due = due;
         self.counters.idle_sweeps += 1;
         probes::gc_done(
