@@ -58,8 +58,10 @@ const fn wrap(k: u32, i: u32, n: u32) -> u32 {
 pub const STAT_ENTRIES: u32 = MAX_WORKERS + 2;
 
 /// A worker whose loop has been inside one turn for longer than the
-/// configured stall time counts this much extra load under `least-loaded`:
-/// it is picked only when every eligible worker is stalled.
+/// configured stall time (now, or lately) counts this much extra load under
+/// `least-loaded`, plus 4,096 per ~millisecond of its longest turn: it is
+/// picked only when every eligible worker is stalled, and then the one
+/// stalled least.
 pub const STALL_PENALTY: u32 = 1 << 24;
 
 /// Map and program names in the object file.
@@ -195,10 +197,23 @@ impl WorkerSlot {
         };
         let mut load = self.conns.saturating_add(pending);
         let busy = self.busy_since_ns;
-        let stuck_now = busy != 0 && now_ns > busy && now_ns - busy > stall_ns;
-        let stalled_lately = self.recent_turn_ns > stall_ns;
-        if stall_ns != 0 && (stuck_now || stalled_lately) {
-            load = load.saturating_add(STALL_PENALTY);
+        let stuck_for = if busy != 0 && now_ns > busy {
+            now_ns - busy
+        } else {
+            0
+        };
+        let lag = if stuck_for > self.recent_turn_ns {
+            stuck_for
+        } else {
+            self.recent_turn_ns
+        };
+        if stall_ns != 0 && lag > stall_ns {
+            // Graded by how long (in ~ms, capped at ~1 s): when every
+            // candidate looks stalled (a busy machine also stretches healthy
+            // turns), the one stuck longest is the one avoided.
+            let ms = lag >> 20;
+            let ms = if ms > 1023 { 1023 } else { ms as u32 };
+            load = load.saturating_add(STALL_PENALTY + (ms << 12));
         }
         load
     }

@@ -144,7 +144,8 @@ fn a_stalled_worker_is_avoided_unless_all_are() {
         busy_since_ns: now - 50_000_000,
         ..WorkerSlot::default()
     };
-    assert_eq!(busy.load(now, stall), 1 + STALL_PENALTY);
+    // 50 ms stuck: 47 units of 2^20 ns.
+    assert_eq!(busy.load(now, stall), 1 + STALL_PENALTY + (47 << 12));
     assert_eq!(busy.load(now, 0), 1, "0 disables the check");
     let short = WorkerSlot {
         busy_since_ns: now - 1_000_000,
@@ -163,7 +164,7 @@ fn a_stalled_worker_is_avoided_unless_all_are() {
     };
     assert_eq!(
         lately.load(now, stall),
-        4 + STALL_PENALTY,
+        4 + STALL_PENALTY + (47 << 12),
         "a recent long turn counts while the worker is between stalls"
     );
 
@@ -172,6 +173,17 @@ fn a_stalled_worker_is_avoided_unless_all_are() {
         load: vec![1 + STALL_PENALTY, 100],
     };
     assert_eq!(pick_any(&input(Policy::LeastLoaded, 2), &m), Some(1));
+    // Both stalled: the one stalled longer loses, whatever its connections.
+    let long = WorkerSlot {
+        recent_turn_ns: 50_000_000,
+        ..WorkerSlot::default()
+    };
+    let brief = WorkerSlot {
+        conns: 30,
+        recent_turn_ns: 12_000_000,
+        ..WorkerSlot::default()
+    };
+    assert!(long.load(now, stall) > brief.load(now, stall));
 }
 
 #[test]
