@@ -209,6 +209,7 @@ fn slowloris(
     n: usize,
     every: Duration,
     stop: Arc<AtomicBool>,
+    connected: Arc<AtomicBool>,
 ) -> Vec<Option<Duration>> {
     const HEAD: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: slow\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let mut conns: Vec<(TcpStream, Instant, usize, Option<Duration>)> = (0..n)
@@ -218,6 +219,7 @@ fn slowloris(
             (s, Instant::now(), 0, None)
         })
         .collect();
+    connected.store(true, Ordering::Relaxed);
     let mut buf = [0u8; 64];
     while !stop.load(Ordering::Relaxed) {
         // A steady trickle, as a real attacker sends: each connection gets
@@ -258,15 +260,23 @@ fn slowloris_is_cut_at_the_header_timeout_and_normal_clients_keep_their_latency(
     let rate = Some(2000.0);
     let quiet = load(&url, 16, Duration::from_secs(3), false, rate);
     let stop = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicBool::new(false));
     let attack = {
-        let (addr, stop) = (s.addr, Arc::clone(&stop));
+        let (addr, stop, up) = (s.addr, Arc::clone(&stop), Arc::clone(&connected));
         std::thread::spawn(move || {
             on_cpu(0, move || {
-                slowloris(addr, 5000, Duration::from_millis(1000), stop)
+                slowloris(addr, 5000, Duration::from_millis(1000), stop, up)
             })
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Measure the attack, not its ramp: opening 5,000 connections takes a
+    // while when earlier tests left thousands of ports in TIME_WAIT.
+    assert!(
+        eventually(Duration::from_secs(20), || connected
+            .load(Ordering::Relaxed)),
+        "slowloris connections not established"
+    );
+    std::thread::sleep(Duration::from_millis(200));
     let attacked = load(&url, 16, Duration::from_secs(3), false, rate);
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
