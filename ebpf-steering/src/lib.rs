@@ -25,6 +25,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ use aya::programs::SkReuseport;
 use aya::Ebpf;
 
 pub use corelane_steering_common::{
-    self as common, Config, Policy, WorkerSlot, MAX_CPUS, MAX_WORKERS, VERSION,
+    self as common, Config, Policy, WorkerSlot, MAX_CPUS, MAX_WORKERS, SLOTS, VERSION,
 };
 
 /// The compiled program (`bpfel`), as committed by `build-program.sh`.
@@ -57,6 +58,10 @@ pub struct Settings {
     /// Under `least-loaded`, a worker inside one loop turn for longer than
     /// this counts as stalled and is avoided. `None` disables the check.
     pub stall: Option<Duration>,
+    /// Pin the program and its maps in this directory of a BPF filesystem
+    /// (see [`pin_dir`]), so that a process taking over the address can
+    /// [`join`](EbpfSteering::join) them. Default `None`.
+    pub pin: Option<PathBuf>,
 }
 
 impl Settings {
@@ -66,6 +71,7 @@ impl Settings {
         Settings {
             policy,
             stall: Some(Duration::from_millis(10)),
+            pin: None,
         }
     }
 }
@@ -160,9 +166,15 @@ pub struct Stats {
 pub struct EbpfSteering {
     policy: Policy,
     workers: u32,
+    /// First index of this process's generation of workers.
+    base: u32,
+    generation: u32,
+    joined: bool,
+    pinned: Result<PathBuf, String>,
     table: WorkerTable,
+    config: Mutex<Array<MapData, Config>>,
     stats: Mutex<PerCpuArray<MapData, u64>>,
-    _ebpf: Mutex<Ebpf>,
+    _ebpf: Option<Mutex<Ebpf>>,
 }
 
 impl fmt::Debug for EbpfSteering {
@@ -170,14 +182,43 @@ impl fmt::Debug for EbpfSteering {
         f.debug_struct("EbpfSteering")
             .field("policy", &self.policy)
             .field("workers", &self.workers)
+            .field("base", &self.base)
+            .field("generation", &self.generation)
+            .field("joined", &self.joined)
             .finish_non_exhaustive()
     }
 }
 
+/// The maps userspace writes, opened from a fresh load (borrowed from the
+/// loaded object) or from pins (owned).
+struct Maps<T> {
+    sockets: ReusePortSockArray<T>,
+    config: Array<T, Config>,
+    cpu: Array<T, common::CpuWorkers>,
+    stats: PerCpuArray<T, u64>,
+    table: WorkerTable,
+}
+
+/// The maps [`Maps`] borrows in a fresh load, in [`Maps`]' order.
+const WRITTEN: [&str; 4] = [
+    common::maps::SOCKETS,
+    common::maps::CONFIG,
+    common::maps::CPU_WORKER,
+    common::maps::STATS,
+];
+
 impl EbpfSteering {
     /// Loads the program, fills its maps and attaches it to the reuseport
     /// group of `listeners`: listener `i` (bound and listening, all in one
-    /// group) is worker `i`, pinned to `cpus[i]` if pinned.
+    /// group) is worker `i`, pinned to `cpus[i]` if pinned. With
+    /// [`Settings::pin`], the program and its maps are also pinned there
+    /// (replacing what was pinned before), so that a process taking over
+    /// the address can [`join`](EbpfSteering::join) them; a pinning failure
+    /// does not fail the attach (see [`pinned`](EbpfSteering::pinned)).
+    ///
+    /// Attaching replaces any program the group had: listeners of the group
+    /// that are not in `listeners` get no new connections from then on,
+    /// and when they close, their queues migrate to `listeners`.
     ///
     /// # Errors
     ///
@@ -189,60 +230,12 @@ impl EbpfSteering {
         cpus: &[Option<usize>],
         settings: &Settings,
     ) -> Result<EbpfSteering, Error> {
-        let n = listeners.len();
-        if n == 0 || n > MAX_WORKERS as usize {
-            return Err(Error::new(
-                "checking the group",
-                Plain(format!(
-                    "{n} listeners; eBPF steering handles 1 to {MAX_WORKERS}"
-                )),
-            ));
-        }
-        let workers = n as u32;
+        let workers = check_group(listeners)?;
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| Error::new(load_step(&e), e))?;
-
-        let config = Config {
-            version: VERSION,
-            policy: settings.policy as u32,
-            workers,
-            reserved: 0,
-            stall_ns: settings.stall.map_or(0, |d| {
-                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
-            }),
-        };
-        let mut config_map: Array<_, Config> = typed_map(&mut ebpf, common::maps::CONFIG)?;
-        config_map
-            .set(0, config, 0)
-            .map_err(|e| Error::new("writing CONFIG", e))?;
-
-        let mut cpu_map: Array<_, common::CpuWorkers> =
-            typed_map(&mut ebpf, common::maps::CPU_WORKER)?;
-        let mut table = vec![common::CpuWorkers::default(); MAX_CPUS as usize];
-        for (worker, cpu) in cpus.iter().enumerate() {
-            let Some(entry) = cpu.and_then(|c| table.get_mut(c)) else {
-                continue;
-            };
-            if (entry.count as usize) < common::CPU_WORKERS_MAX {
-                entry.workers[entry.count as usize] = worker as u32;
-                entry.count += 1;
-            }
+        let mut taken = Vec::with_capacity(WRITTEN.len());
+        for name in WRITTEN {
+            taken.push(ebpf.take_map(name).ok_or_else(|| missing(name))?);
         }
-        for (cpu, entry) in table.iter().enumerate() {
-            // Zeroed entries (count 0) are what the map starts with.
-            if entry.count > 0 {
-                cpu_map
-                    .set(cpu as u32, entry, 0)
-                    .map_err(|e| Error::new("writing CPU_WORKER", e))?;
-            }
-        }
-
-        let mut sockets: ReusePortSockArray<_> = typed_map(&mut ebpf, common::maps::SOCKETS)?;
-        for (i, fd) in listeners.iter().enumerate() {
-            sockets
-                .set(i as u32, &fd.as_raw_fd(), 0)
-                .map_err(|e| Error::new(format!("inserting listener {i} into SOCKETS"), e))?;
-        }
-
         let table = {
             let map = ebpf
                 .map(common::maps::WORKERS)
@@ -250,15 +243,25 @@ impl EbpfSteering {
             let aya::maps::Map::Array(data) = map else {
                 return Err(missing(common::maps::WORKERS));
             };
-            WorkerTable::map(data.fd().as_fd(), workers)
+            WorkerTable::map(data.fd().as_fd())
                 .map_err(|e| Error::new("mapping WORKERS into memory", e))?
         };
-
-        let stats = ebpf
-            .take_map(common::maps::STATS)
-            .ok_or_else(|| missing(common::maps::STATS))?;
-        let stats: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(stats).map_err(|e| Error::new("opening STATS", e))?;
+        let generation = 1;
+        let table = {
+            let [sockets, config, cpu, stats] = &mut taken[..] else {
+                unreachable!("four maps taken");
+            };
+            let mut maps = Maps {
+                sockets: view(sockets, common::maps::SOCKETS)?,
+                config: view(config, common::maps::CONFIG)?,
+                cpu: view(cpu, common::maps::CPU_WORKER)?,
+                stats: view(stats, common::maps::STATS)?,
+                table,
+            };
+            maps.install(0, listeners, cpus, true)?;
+            maps.serve(0, workers, settings, generation)?;
+            maps.table
+        };
 
         let program: &mut SkReuseport = ebpf
             .program_mut(common::maps::PROGRAM)
@@ -284,12 +287,120 @@ impl EbpfSteering {
             .attach(listeners[0])
             .map_err(|e| Error::new("attaching to the group (SO_ATTACH_REUSEPORT_EBPF)", e))?;
 
+        // Pinned only once attached: a joiner must never find maps that no
+        // attached program reads.
+        let pinned = match &settings.pin {
+            Some(dir) => pin_all(&mut ebpf, &taken, dir)
+                .map(|()| dir.clone())
+                .map_err(|e| e.to_string()),
+            None => Err("not asked to pin".to_owned()),
+        };
+        let mut taken = taken.into_iter();
+        let _sockets = taken.next();
+        let config = Array::try_from(taken.next().ok_or_else(|| missing("CONFIG"))?)
+            .map_err(|e| Error::new("opening CONFIG", e))?;
+        let _cpu = taken.next();
+        let stats = PerCpuArray::try_from(taken.next().ok_or_else(|| missing("STATS"))?)
+            .map_err(|e| Error::new("opening STATS", e))?;
         Ok(EbpfSteering {
             policy: settings.policy,
             workers,
+            base: 0,
+            generation,
+            joined: false,
+            pinned,
             table,
+            config: Mutex::new(config),
             stats: Mutex::new(stats),
-            _ebpf: Mutex::new(ebpf),
+            _ebpf: Some(Mutex::new(ebpf)),
+        })
+    }
+
+    /// Takes over the steering program pinned in `dir` by process `owner`,
+    /// which serves the same address and whose group `listeners` have
+    /// joined: loads
+    /// nothing, puts `listeners` into the generation slot the program is not
+    /// steering to, and switches the program to them in one map update. The
+    /// other process's listeners get no new connections from then on, and
+    /// when they close, their queued connections migrate to `listeners`.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] when nothing usable is pinned in `dir` (missing, of
+    /// another layout [`VERSION`], or not `owner`'s: stale pins of an
+    /// earlier process) or the kernel refuses a map operation.
+    /// Nothing is switched when it fails.
+    pub fn join(
+        dir: &Path,
+        listeners: &[BorrowedFd<'_>],
+        cpus: &[Option<usize>],
+        settings: &Settings,
+        owner: u32,
+    ) -> Result<EbpfSteering, Error> {
+        let workers = check_group(listeners)?;
+        let open = |name: &str| -> Result<aya::maps::Map, Error> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .map_err(|e| Error::new(format!("opening {}", path.display()), e))?;
+            aya::maps::Map::from_map_data(data)
+                .map_err(|e| Error::new(format!("opening {}", path.display()), e))
+        };
+        let config: Array<MapData, Config> = Array::try_from(open(common::maps::CONFIG)?)
+            .map_err(|e| Error::new("opening the pinned CONFIG", e))?;
+        let current = config
+            .get(&0, 0)
+            .map_err(|e| Error::new("reading the pinned CONFIG", e))?;
+        if current.version != VERSION {
+            return Err(Error::new(
+                "checking the pinned program",
+                Plain(format!(
+                    "its maps have layout version {}, this build needs {VERSION}",
+                    current.version
+                )),
+            ));
+        }
+        if current.owner_pid != owner {
+            return Err(Error::new(
+                "checking the pinned program",
+                Plain(format!(
+                    "it steers for pid {}, not for pid {owner}, which serves the address (stale pins)",
+                    current.owner_pid
+                )),
+            ));
+        }
+        let table = {
+            let aya::maps::Map::Array(data) = open(common::maps::WORKERS)? else {
+                return Err(missing(common::maps::WORKERS));
+            };
+            WorkerTable::map(data.fd().as_fd())
+                .map_err(|e| Error::new("mapping the pinned WORKERS into memory", e))?
+        };
+        let mut maps = Maps {
+            sockets: ReusePortSockArray::try_from(open(common::maps::SOCKETS)?)
+                .map_err(|e| Error::new("opening the pinned SOCKETS", e))?,
+            config,
+            cpu: Array::try_from(open(common::maps::CPU_WORKER)?)
+                .map_err(|e| Error::new("opening the pinned CPU_WORKER", e))?,
+            stats: PerCpuArray::try_from(open(common::maps::STATS)?)
+                .map_err(|e| Error::new("opening the pinned STATS", e))?,
+            table,
+        };
+        // The generation slot not steered to now.
+        let base = if current.base() == 0 { MAX_WORKERS } else { 0 };
+        let generation = current.generation.wrapping_add(1);
+        maps.install(base, listeners, cpus, false)?;
+        maps.serve(base, workers, settings, generation)?;
+        Ok(EbpfSteering {
+            policy: settings.policy,
+            workers,
+            base,
+            generation,
+            joined: true,
+            pinned: Ok(dir.to_path_buf()),
+            table: maps.table,
+            config: Mutex::new(maps.config),
+            stats: Mutex::new(maps.stats),
+            _ebpf: None,
         })
     }
 
@@ -305,6 +416,69 @@ impl EbpfSteering {
         self.workers as usize
     }
 
+    /// The takeover count of this process's workers: 1 for the process that
+    /// loaded the program, one more per takeover since.
+    #[must_use]
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Whether this process took over a pinned program
+    /// ([`join`](EbpfSteering::join)) rather than loading one.
+    #[must_use]
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    /// Where the program and its maps are pinned, or why they are not.
+    ///
+    /// # Errors
+    ///
+    /// Why pinning failed or was not asked for.
+    pub fn pinned(&self) -> Result<&Path, &str> {
+        self.pinned.as_deref().map_err(String::as_str)
+    }
+
+    /// Whether the program steers to this process's workers: `false` once
+    /// another process has taken over (checked in the pinned `CONFIG` when
+    /// pinned, so a takeover that loaded a program of its own counts too).
+    #[must_use]
+    pub fn is_serving(&self) -> bool {
+        let read = |config: &Array<MapData, Config>| config.get(&0, 0).ok();
+        let current = match &self.pinned {
+            Ok(dir) => MapData::from_pin(dir.join(common::maps::CONFIG))
+                .ok()
+                .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+                .and_then(|m| Array::<MapData, Config>::try_from(m).ok())
+                .and_then(|c| read(&c)),
+            Err(_) => read(&self.config.lock().unwrap_or_else(|e| e.into_inner())),
+        };
+        current.is_some_and(|c| {
+            c.base() == self.base
+                && c.generation == self.generation
+                && c.owner_pid == std::process::id()
+        })
+    }
+
+    /// Removes the pins, if this process pinned or joined them and is still
+    /// the one served (see [`is_serving`](EbpfSteering::is_serving)): for
+    /// the last process of an address as it stops. The program stays
+    /// attached as long as the group's sockets exist.
+    ///
+    /// # Errors
+    ///
+    /// When a pin cannot be removed.
+    pub fn unpin(&self) -> io::Result<bool> {
+        let Ok(dir) = &self.pinned else {
+            return Ok(false);
+        };
+        if !self.is_serving() {
+            return Ok(false);
+        }
+        remove_pins(dir)?;
+        Ok(true)
+    }
+
     /// Worker `index`'s slot, through which it publishes its load. Cheap to
     /// clone and `Send`: give it to the worker's thread.
     ///
@@ -317,11 +491,14 @@ impl EbpfSteering {
         WorkerHandle {
             table: self.table.clone(),
             index,
+            slot: self.base as usize + index,
         }
     }
 
-    /// The selection counters, summed over CPUs (one system call per
-    /// counter: for scrapes and tests, not for the hot path).
+    /// The selection counters of this process's workers, and the group's
+    /// fallback and migration counters (since the program was loaded),
+    /// summed over CPUs (one system call per counter: for scrapes and
+    /// tests, not for the hot path).
     ///
     /// # Errors
     ///
@@ -334,13 +511,218 @@ impl EbpfSteering {
         };
         let mut selected = Vec::with_capacity(self.workers as usize);
         for i in 0..self.workers {
-            selected.push(read(i)?);
+            selected.push(read(self.base + i)?);
         }
         Ok(Stats {
             selected,
             fallbacks: read(common::STAT_FALLBACK)?,
             migrated: read(common::STAT_MIGRATED)?,
         })
+    }
+}
+
+impl<T: std::borrow::BorrowMut<MapData>> Maps<T> {
+    /// Fills the generation slot at `base` for `listeners` (everything but
+    /// CONFIG). `fresh`: the maps were just created, all zero.
+    fn install(
+        &mut self,
+        base: u32,
+        listeners: &[BorrowedFd<'_>],
+        cpus: &[Option<usize>],
+        fresh: bool,
+    ) -> Result<(), Error> {
+        if !fresh {
+            // A generation two takeovers back may have left its numbers here.
+            for i in base..base + MAX_WORKERS {
+                self.table.reset(i as usize);
+            }
+            let cpus_n =
+                aya::util::nr_cpus().map_err(|(_, e)| Error::new("counting possible CPUs", e))?;
+            for i in base..base + MAX_WORKERS {
+                let zero = aya::maps::PerCpuValues::try_from(vec![0u64; cpus_n])
+                    .map_err(|e| Error::new("zeroing STATS", e))?;
+                self.stats
+                    .set(i, zero, 0)
+                    .map_err(|e| Error::new("zeroing STATS", e))?;
+            }
+        }
+        let mut table = vec![common::CpuWorkers::default(); MAX_CPUS as usize];
+        for (worker, cpu) in cpus.iter().enumerate() {
+            let Some(entry) = cpu.and_then(|c| table.get_mut(c)) else {
+                continue;
+            };
+            if (entry.count as usize) < common::CPU_WORKERS_MAX {
+                entry.workers[entry.count as usize] = worker as u32;
+                entry.count += 1;
+            }
+        }
+        for (cpu, entry) in table.iter().enumerate() {
+            // Zeroed entries (count 0) are what a fresh map starts with.
+            if fresh && entry.count == 0 {
+                continue;
+            }
+            let Some(key) = common::cpu_key(base, cpu as u32) else {
+                continue;
+            };
+            self.cpu
+                .set(key, entry, 0)
+                .map_err(|e| Error::new("writing CPU_WORKER", e))?;
+        }
+        for i in 0..MAX_WORKERS {
+            let index = base + i;
+            match listeners.get(i as usize) {
+                Some(fd) => self
+                    .sockets
+                    .set(index, &fd.as_raw_fd(), 0)
+                    .map_err(|e| Error::new(format!("inserting listener {i} into SOCKETS"), e))?,
+                None if fresh => break,
+                // Leftovers of an older generation; absent entries are fine.
+                None => {
+                    let _ = self.sockets.clear_index(&index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches the program to the generation at `base`: one update.
+    fn serve(
+        &mut self,
+        base: u32,
+        workers: u32,
+        settings: &Settings,
+        generation: u32,
+    ) -> Result<(), Error> {
+        let config = Config {
+            version: VERSION,
+            policy: settings.policy as u32,
+            workers,
+            base,
+            stall_ns: settings.stall.map_or(0, |d| {
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+            }),
+            generation,
+            owner_pid: std::process::id(),
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(|e| Error::new("writing CONFIG", e))
+    }
+}
+
+fn check_group(listeners: &[BorrowedFd<'_>]) -> Result<u32, Error> {
+    let n = listeners.len();
+    if n == 0 || n > MAX_WORKERS as usize {
+        return Err(Error::new(
+            "checking the group",
+            Plain(format!(
+                "{n} listeners; eBPF steering handles 1 to {MAX_WORKERS}"
+            )),
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// Every map of the object and the program, by name.
+const PINNED: [&str; 7] = [
+    common::maps::SOCKETS,
+    common::maps::CONFIG,
+    common::maps::WORKERS,
+    common::maps::CPU_WORKER,
+    common::maps::STATS,
+    common::maps::RR,
+    common::maps::PROGRAM,
+];
+
+/// Pins the program and every map (`taken`: those taken out of `ebpf`, in
+/// [`WRITTEN`] order) in `dir` (created if missing; what was pinned there
+/// before is replaced).
+fn pin_all(ebpf: &mut Ebpf, taken: &[aya::maps::Map], dir: &Path) -> Result<(), Error> {
+    remove_pins(dir).map_err(|e| Error::new(format!("clearing {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::new(format!("creating {}", dir.display()), e))?;
+    let pin_err = |name: &str, e: aya::pin::PinError| {
+        Error::new(format!("pinning {}", dir.join(name).display()), e)
+    };
+    for (name, map) in WRITTEN.iter().zip(taken) {
+        map.pin(dir.join(name)).map_err(|e| pin_err(name, e))?;
+    }
+    for name in [common::maps::WORKERS, common::maps::RR] {
+        let map = ebpf.map(name).ok_or_else(|| missing(name))?;
+        map.pin(dir.join(name)).map_err(|e| pin_err(name, e))?;
+    }
+    let program: &mut SkReuseport = ebpf
+        .program_mut(common::maps::PROGRAM)
+        .ok_or_else(|| missing(common::maps::PROGRAM))?
+        .try_into()
+        .map_err(|e| Error::new("opening the program", e))?;
+    program
+        .pin(dir.join(common::maps::PROGRAM))
+        .map_err(|e| pin_err(common::maps::PROGRAM, e))?;
+    Ok(())
+}
+
+fn remove_pins(dir: &Path) -> io::Result<()> {
+    for name in PINNED {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Where the steering of the group serving `addr` is pinned:
+/// `/sys/fs/bpf/corelane/<ip>_<port>`, with the address's dots and colons
+/// written as dashes (a BPF filesystem refuses names with dots), e.g.
+/// `/sys/fs/bpf/corelane/127-0-0-1_8080`.
+#[must_use]
+pub fn pin_dir(addr: std::net::SocketAddr) -> PathBuf {
+    let ip = addr.ip().to_string().replace(['.', ':'], "-");
+    Path::new(BPFFS)
+        .join("corelane")
+        .join(format!("{ip}_{}", addr.port()))
+}
+
+/// The BPF filesystem's usual mount point.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Makes sure a BPF filesystem is mounted at [`BPFFS`], mounting one if
+/// not (needs CAP_SYS_ADMIN).
+///
+/// # Errors
+///
+/// When it is not mounted and mounting fails.
+pub fn ensure_bpffs() -> io::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = c"/sys/fs/bpf";
+    // SAFETY: an all-zero statfs is a valid out-buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    // SAFETY: NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(
+            e.kind(),
+            format!("no BPF filesystem at {BPFFS}, and mounting one failed: {e}"),
+        ))
     }
 }
 
@@ -360,11 +742,10 @@ fn load_step(e: &aya::EbpfError) -> String {
     }
 }
 
-fn typed_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, Error>
+fn view<'a, T>(map: &'a mut aya::maps::Map, name: &str) -> Result<T, Error>
 where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| missing(name))?;
     T::try_from(map).map_err(|e| Error::new(format!("opening {name}"), e))
 }
 
@@ -378,7 +759,6 @@ struct WorkerTable {
 struct Mapping {
     base: NonNull<u8>,
     len: usize,
-    workers: usize,
 }
 
 // SAFETY: the mapping is plain shared memory accessed only through atomics;
@@ -398,9 +778,10 @@ impl Drop for Mapping {
 }
 
 impl WorkerTable {
-    fn map(fd: BorrowedFd<'_>, workers: u32) -> io::Result<WorkerTable> {
+    /// Maps all [`SLOTS`] slots of every generation.
+    fn map(fd: BorrowedFd<'_>) -> io::Result<WorkerTable> {
         let page = 4096usize;
-        let bytes = std::mem::size_of::<WorkerSlot>() * MAX_WORKERS as usize;
+        let bytes = std::mem::size_of::<WorkerSlot>() * SLOTS as usize;
         let len = bytes.div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of a BPF array map created with
         // BPF_F_MMAPABLE; the kernel checks the length against the map.
@@ -420,20 +801,29 @@ impl WorkerTable {
         let base =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(WorkerTable {
-            mapping: Arc::new(Mapping {
-                base,
-                len,
-                workers: workers as usize,
-            }),
+            mapping: Arc::new(Mapping { base, len }),
         })
     }
 
     fn slot(&self, index: usize) -> *mut WorkerSlot {
-        assert!(index < self.mapping.workers);
-        // SAFETY: `index < workers <= MAX_WORKERS`, so the slot lies inside
-        // the mapping; array values are laid out back to back (32 bytes,
-        // already a multiple of 8).
+        assert!(index < SLOTS as usize, "no slot {index}");
+        // SAFETY: `index < SLOTS`, so the slot lies inside the mapping;
+        // array values are laid out back to back (32 bytes, already a
+        // multiple of 8).
         unsafe { self.mapping.base.as_ptr().cast::<WorkerSlot>().add(index) }
+    }
+
+    /// Zeroes slot `index`, field by field (atomically: a worker of an old
+    /// generation that has not noticed the takeover yet may still write).
+    fn reset(&self, index: usize) {
+        let slot = self.slot(index).cast::<u8>();
+        let size = std::mem::size_of::<WorkerSlot>();
+        for offset in (0..size).step_by(8) {
+            let field = slot.wrapping_add(offset).cast::<u64>();
+            // SAFETY: an 8-aligned offset inside a valid slot of the
+            // mapping, which `self` keeps alive; only atomics touch it.
+            unsafe { AtomicU64::from_ptr(field) }.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -441,7 +831,10 @@ impl WorkerTable {
 #[derive(Clone)]
 pub struct WorkerHandle {
     table: WorkerTable,
+    /// Worker index within its generation.
     index: usize,
+    /// Slot in `WORKERS`: the generation's base plus `index`.
+    slot: usize,
 }
 
 impl fmt::Debug for WorkerHandle {
@@ -460,7 +853,7 @@ impl WorkerHandle {
         // threads access the field only atomically or with single loads.
         let field = self
             .table
-            .slot(self.index)
+            .slot(self.slot)
             .wrapping_byte_add(offset)
             .cast::<u32>();
         // SAFETY: see above.
@@ -471,7 +864,7 @@ impl WorkerHandle {
         // SAFETY: as in `u32_field`, for an 8-aligned u64 field.
         let field = self
             .table
-            .slot(self.index)
+            .slot(self.slot)
             .wrapping_byte_add(offset)
             .cast::<u64>();
         // SAFETY: see above.

@@ -86,6 +86,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Another corelane process serves the address, and
+    /// [`takeover`](crate::ServerOptions::takeover) was not asked for.
+    #[error("{addr} is already served by corelane (pid {pid}); to replace it without dropping connections, start the new server with takeover (corelane-http --takeover)")]
+    Served {
+        /// The address.
+        addr: SocketAddr,
+        /// The serving process.
+        pid: u32,
+    },
+    /// The process serving the address could not be asked to hand it over.
+    #[error("taking over {addr}: {source}")]
+    Takeover {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong talking to the serving process.
+        source: io::Error,
+    },
     /// SIGINT/SIGTERM handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] io::Error),

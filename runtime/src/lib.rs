@@ -99,6 +99,7 @@ mod probes;
 mod server;
 mod steering;
 pub mod sys;
+mod takeover;
 mod timer;
 mod worker;
 

@@ -113,6 +113,22 @@ pub struct ServerOptions {
     /// (all of which may need root), then switches the process to the user
     /// for good. Default `None` (stay who we are).
     pub user: Option<String>,
+    /// Take the address over from the corelane process serving it (a
+    /// restart without dropping a connection): the new listeners join the
+    /// old process's reuseport group, steering switches to them, and the old
+    /// process is told to drain through its control socket. Its queued and
+    /// mid-handshake connections migrate here when its listeners close; its
+    /// established ones finish their requests (keep-alive clients are told
+    /// `Connection: close`) until its shutdown deadline. When nothing serves
+    /// the address, the server simply starts. Default `false`: starting on
+    /// an address another corelane process serves is an error.
+    pub takeover: bool,
+    /// Listen on the control socket (`@corelane/<addr>`, an abstract Unix
+    /// socket of the network namespace) through which a process started
+    /// with [`takeover`](ServerOptions::takeover) finds this one and tells
+    /// it to hand over. Only root and this process's own user may use it.
+    /// Default `true`.
+    pub control_socket: bool,
 }
 
 impl Default for ServerOptions {
@@ -145,6 +161,8 @@ impl Default for ServerOptions {
             raise_nofile_limit: true,
             user: None,
             drain_grace: Duration::from_millis(200),
+            takeover: false,
+            control_socket: true,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::handler::Handler;
@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::options::{ServerOptions, Workers};
 use crate::steering::{self, Steering};
 use crate::sys;
+use crate::takeover;
 use crate::worker::Worker;
 
 /// Where a worker runs, given to the handler factory on the worker's thread.
@@ -143,6 +144,10 @@ impl ServerBuilder {
         user: Option<String>,
         /// Idle connections' grace in a drain (see [`ServerOptions::drain_grace`]).
         drain_grace: Duration,
+        /// Take the address over from the process serving it (see [`ServerOptions::takeover`]).
+        takeover: bool,
+        /// Listen on the control socket (see [`ServerOptions::control_socket`]).
+        control_socket: bool,
     }
 
     /// Validates the options, binds the listeners of the reuseport group and
@@ -180,6 +185,36 @@ impl ServerBuilder {
         if opts.raise_nofile_limit {
             raise_nofile_limit();
         }
+        // Who serves the address now: asked before binding, because a
+        // listener that joined the group would receive connections.
+        let previous = if opts.control_socket && opts.addr.port() != 0 {
+            takeover::find(opts.addr).map_err(|source| Error::Takeover {
+                addr: opts.addr,
+                source,
+            })?
+        } else {
+            None
+        };
+        match (&previous, opts.takeover) {
+            (Some(p), false) => {
+                return Err(Error::Served {
+                    addr: opts.addr,
+                    pid: p.pid,
+                })
+            }
+            (Some(p), true) => tracing::info!(
+                addr = %opts.addr,
+                pid = p.pid,
+                steering = %p.steering,
+                workers = p.workers,
+                "taking over"
+            ),
+            (None, true) => tracing::info!(
+                addr = %opts.addr,
+                "takeover: no corelane process serves the address; starting afresh"
+            ),
+            (None, false) => {}
+        }
         let listeners = listener::bind_group(opts.addr, cpus.len(), opts.backlog, opts.nodelay)?;
         let local_addr = listeners[0].local_addr().map_err(|source| Error::Bind {
             addr: opts.addr,
@@ -192,7 +227,18 @@ impl ServerBuilder {
         };
         let mut opts = opts;
         // Every listener is listening: the group is complete, steer it.
-        let (mode, ebpf) = steering::apply(opts.steering, &listeners, &cpus, opts.stall_threshold);
+        let applied = steering::apply(
+            opts.steering,
+            &listeners,
+            &cpus,
+            opts.stall_threshold,
+            local_addr,
+            previous.as_ref().map(|p| steering::Previous {
+                pid: p.pid,
+                steering: &p.steering,
+            }),
+        );
+        let (mode, ebpf) = (applied.mode, applied.ebpf);
         opts.steering = mode;
         if let Some(user) = &opts.user {
             let (uid, gid) = sys::drop_privileges(user).map_err(|source| Error::Privileges {
@@ -208,6 +254,8 @@ impl ServerBuilder {
             cpus,
             listeners,
             local_addr,
+            previous,
+            migrates: applied.migrates,
             opts: Arc::new(opts),
             factory: Arc::new(factory),
         })
@@ -222,6 +270,10 @@ pub struct Server<F> {
     ebpf: steering::Ebpf,
     listeners: Vec<mio::net::TcpListener>,
     local_addr: SocketAddr,
+    /// The process being taken over, told to drain once the workers run.
+    previous: Option<takeover::Predecessor>,
+    /// Whether the group migrates closing listeners' queues.
+    migrates: bool,
     cpus: Vec<Option<usize>>,
     metrics: Metrics,
     shutdown: ShutdownHandle,
@@ -303,6 +355,7 @@ where
 
         let mut threads = Vec::with_capacity(self.listeners.len());
         let mut first_error = None;
+        let workers = self.listeners.len();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let steer = self.ebpf.worker(index);
             let info = WorkerInfo {
@@ -348,6 +401,15 @@ where
             }
         }
 
+        let control = hand_over_and_listen(
+            self.previous,
+            self.migrates,
+            &self.shutdown,
+            &self.opts,
+            self.local_addr,
+            workers,
+        );
+
         for (index, t) in threads {
             let result = match t.join() {
                 Ok(r) => r,
@@ -367,8 +429,80 @@ where
         if let Some(handle) = signals {
             handle.close();
         }
+        if let Some(c) = control {
+            c.close();
+        }
+        if self.shutdown.handed_over() {
+            tracing::info!(addr = %self.local_addr, "corelane stopped: handed over");
+            self.shutdown.release_successor();
+            return first_error.map_or(Ok(()), Err);
+        }
+        self.ebpf.unpin();
         tracing::info!(addr = %self.local_addr, "corelane stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// With the workers running: tells the process being taken over (if any) to
+/// drain, then answers on this address's control socket.
+fn hand_over_and_listen(
+    previous: Option<takeover::Predecessor>,
+    migrates: bool,
+    shutdown: &ShutdownHandle,
+    opts: &ServerOptions,
+    local_addr: SocketAddr,
+    workers: usize,
+) -> Option<takeover::Control> {
+    if let Some(mut previous) = previous {
+        let started = Instant::now();
+        if shutdown.is_shutting_down() {
+            tracing::warn!(
+                pid = previous.pid,
+                "not taking over: this server is stopping already"
+            );
+            return None;
+        }
+        match previous.drain(migrates) {
+            Ok(()) => {
+                tracing::info!(
+                    pid = previous.pid,
+                    queued = if migrates {
+                        "migrate here"
+                    } else {
+                        "accepted there first"
+                    },
+                    "took over: the previous process is draining"
+                );
+                previous.watch(started);
+            }
+            Err(e) => tracing::warn!(
+                pid = previous.pid,
+                error = %e,
+                "the previous process did not confirm the handover; both serve until it stops"
+            ),
+        }
+    }
+    if !opts.control_socket {
+        return None;
+    }
+    let describe = takeover::Describe {
+        steering: opts.steering.as_str().to_owned(),
+        workers,
+    };
+    match takeover::serve(
+        local_addr,
+        describe,
+        shutdown.clone(),
+        Duration::from_secs(10),
+    ) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "no control socket: a process started with takeover will not find this one"
+            );
+            None
+        }
     }
 }
 
@@ -436,7 +570,17 @@ struct ShutdownState {
     stop: Vec<AtomicBool>,
     wakers: Mutex<Vec<Option<Arc<mio::Waker>>>>,
     ebpf: steering::Ebpf,
+    /// Handed over to another process: [`NO_HANDOVER`], [`MIGRATE`] or
+    /// [`ACCEPT`] (how the listeners' queues are dealt with).
+    handover: AtomicU8,
+    /// The control connection of the process taken over by: held open until
+    /// this server has finished, so that process sees the end.
+    successor: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
+
+const NO_HANDOVER: u8 = 0;
+const MIGRATE: u8 = 1;
+const ACCEPT: u8 = 2;
 
 impl ShutdownHandle {
     pub(crate) fn new(workers: usize, ebpf: steering::Ebpf) -> Self {
@@ -446,6 +590,8 @@ impl ShutdownHandle {
                 stop: (0..workers).map(|_| AtomicBool::new(false)).collect(),
                 wakers: Mutex::new(vec![None; workers]),
                 ebpf,
+                handover: AtomicU8::new(NO_HANDOVER),
+                successor: Mutex::new(None),
             }),
         }
     }
@@ -497,6 +643,53 @@ impl ShutdownHandle {
     #[must_use]
     pub fn is_shutting_down(&self) -> bool {
         self.phase() != RUNNING
+    }
+
+    /// Whether another process has taken the address over (see
+    /// [`ServerOptions::takeover`]): this server is draining, and
+    /// [`run`](Server::run) returns once it has finished.
+    #[must_use]
+    pub fn handed_over(&self) -> bool {
+        self.state.handover.load(Ordering::SeqCst) != NO_HANDOVER
+    }
+
+    /// A process taking over the address asked this one to drain
+    /// (`migrate`: the group migrates closing listeners' queues). `peer` is
+    /// its control connection, kept open until this server has finished.
+    pub(crate) fn hand_over(&self, migrate: bool, peer: std::os::unix::net::UnixStream) {
+        *self
+            .state
+            .successor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(peer);
+        let how = if migrate { MIGRATE } else { ACCEPT };
+        let _ = self.state.handover.compare_exchange(
+            NO_HANDOVER,
+            how,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.advance(GRACEFUL);
+    }
+
+    /// `Some(migrate)` once handed over (see [`hand_over`]).
+    pub(crate) fn handover(&self) -> Option<bool> {
+        match self.state.handover.load(Ordering::SeqCst) {
+            MIGRATE => Some(true),
+            ACCEPT => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Lets the process that took over see that this one has finished.
+    pub(crate) fn release_successor(&self) {
+        drop(
+            self.state
+                .successor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 
     fn advance(&self, to: u8) {

@@ -160,6 +160,19 @@ impl Ebpf {
     }
 
     /// The program's counters, if a program is in force.
+    /// At the end of the last process serving the address: removes the
+    /// pins (not after a handover, nor when another process took over).
+    pub(crate) fn unpin(&self) {
+        #[cfg(feature = "ebpf")]
+        if let Some(s) = &self.inner {
+            match s.unpin() {
+                Ok(true) => tracing::debug!("unpinned the steering program"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "removing the steering pins failed"),
+            }
+        }
+    }
+
     pub(crate) fn stats(&self, mode: Steering) -> Option<SteeringStats> {
         #[cfg(feature = "ebpf")]
         if let Some(s) = &self.inner {
@@ -240,30 +253,66 @@ impl WorkerSteer {
     }
 }
 
-/// Puts `requested` in force on the reuseport group of `listeners` (all
-/// bound and listening; listener `i` is worker `i`, pinned to `cpus[i]`).
-/// Returns the mode actually in force: on failure it steps down the ladder
-/// (eBPF → classic BPF by CPU → the kernel's hash) and logs each step once,
-/// with its reason.
+/// What [`apply`] set up.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The mode in force.
+    pub(crate) mode: Steering,
+    pub(crate) ebpf: Ebpf,
+    /// Whether the group migrates a closing listener's queue (to tell a
+    /// process being taken over).
+    pub(crate) migrates: bool,
+}
+
+/// The process being taken over, as far as steering cares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Previous<'a> {
+    pub(crate) pid: u32,
+    /// Its steering mode's name.
+    pub(crate) steering: &'a str,
+}
+
+impl Previous<'_> {
+    fn is_ebpf(&self) -> bool {
+        self.steering
+            .parse::<Steering>()
+            .is_ok_and(Steering::is_ebpf)
+    }
+}
+
+/// Steers the group of `listeners` (all listening) as `requested`, down the
+/// fallback ladder, each step logged once with its reason. Taking over from
+/// `previous`, the new listeners become the ones steered to.
 pub(crate) fn apply(
     requested: Steering,
     listeners: &[mio::net::TcpListener],
     cpus: &[Option<usize>],
     stall: Option<Duration>,
-) -> (Steering, Ebpf) {
+    addr: std::net::SocketAddr,
+    previous: Option<Previous<'_>>,
+) -> Applied {
     let policy = match requested {
-        // One listener: there is nothing to choose between.
-        Steering::Auto if listeners.len() == 1 => return (Steering::Kernel, Ebpf::default()),
+        // One listener: there is nothing to choose between (but in a
+        // takeover the program moves connections off the old listeners).
+        Steering::Auto if listeners.len() == 1 && previous.is_none() => None,
         Steering::Auto => Some(Policy::LeastLoaded),
         Steering::Ebpf(p) => Some(p),
         Steering::ClassicCpu | Steering::Kernel => None,
     };
     if let Some(policy) = policy {
-        match attach_ebpf(policy, listeners, cpus, stall) {
-            Ok(ebpf) => return (Steering::Ebpf(policy), ebpf),
+        match attach_ebpf(policy, listeners, cpus, stall, addr, previous) {
+            Ok(ebpf) => {
+                return Applied {
+                    mode: Steering::Ebpf(policy),
+                    ebpf,
+                    migrates: true,
+                }
+            }
             Err(reason) => {
                 let pinned = cpus.iter().all(Option::is_some);
-                let next = if pinned {
+                let next = if previous.is_some() {
+                    "taking over with the kernel's hash"
+                } else if pinned {
                     "using classic BPF CPU steering"
                 } else {
                     "workers are not pinned, so using the kernel's hash"
@@ -276,16 +325,78 @@ pub(crate) fn apply(
                         policy.as_str()
                     );
                 }
+                if let Some(previous) = previous {
+                    return take_over_without_ebpf(listeners, previous, true);
+                }
                 if !pinned {
-                    return (Steering::Kernel, Ebpf::default());
+                    return kernel(false);
                 }
             }
         }
     }
-    if requested == Steering::Kernel {
-        return (Steering::Kernel, Ebpf::default());
+    if let Some(previous) = previous {
+        if requested == Steering::ClassicCpu {
+            tracing::warn!(
+                "classic-cpu steering picks listeners by their position in the group, which a takeover reorders; taking over with the kernel's hash (restart without takeover for classic-cpu)"
+            );
+        }
+        return take_over_without_ebpf(listeners, previous, false);
     }
-    (classic_cpu(listeners, cpus), Ebpf::default())
+    if requested == Steering::Kernel || policy.is_none() && requested == Steering::Auto {
+        return kernel(false);
+    }
+    Applied {
+        mode: classic_cpu(listeners, cpus),
+        ebpf: Ebpf::default(),
+        migrates: false,
+    }
+}
+
+fn kernel(migrates: bool) -> Applied {
+    Applied {
+        mode: Steering::Kernel,
+        ebpf: Ebpf::default(),
+        migrates,
+    }
+}
+
+/// A takeover by the kernel's hash. `fell_back`: eBPF was wanted and could
+/// not be had, so an eBPF program of the previous process is left to steer
+/// (to its own listeners until they close, then by hash to ours, migrating
+/// their queues); otherwise whatever program the group has is detached.
+fn take_over_without_ebpf(
+    listeners: &[mio::net::TcpListener],
+    previous: Previous<'_>,
+    fell_back: bool,
+) -> Applied {
+    use std::os::fd::AsRawFd;
+    if fell_back && previous.is_ebpf() {
+        tracing::info!(
+            pid = previous.pid,
+            "the previous process's eBPF program keeps steering to its listeners until they close; their queues then migrate here"
+        );
+        return kernel(true);
+    }
+    match crate::sys::detach_reuseport_program(listeners[0].as_raw_fd()) {
+        Ok(true) => tracing::info!(
+            pid = previous.pid,
+            steering = previous.steering,
+            "detached the previous process's steering program"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "detaching the previous steering program failed"),
+    }
+    if crate::sys::tcp_migrate_req() {
+        tracing::info!(
+            "no eBPF steering: the previous process's listeners close with migration (net.ipv4.tcp_migrate_req=1)"
+        );
+        kernel(true)
+    } else {
+        tracing::warn!(
+            "no eBPF steering: this takeover can reset connections that reach the previous process's listeners between its last accept and their close (net.ipv4.tcp_migrate_req=0); for lossless restarts run with CAP_BPF or set net.ipv4.tcp_migrate_req=1"
+        );
+        kernel(false)
+    }
 }
 
 fn classic_cpu(listeners: &[mio::net::TcpListener], cpus: &[Option<usize>]) -> Steering {
@@ -308,16 +419,46 @@ fn attach_ebpf(
     listeners: &[mio::net::TcpListener],
     cpus: &[Option<usize>],
     stall: Option<Duration>,
+    addr: std::net::SocketAddr,
+    previous: Option<Previous<'_>>,
 ) -> Result<Ebpf, String> {
+    use corelane_steering::EbpfSteering;
     use std::os::fd::AsFd;
     let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
     let mut settings = corelane_steering::Settings::new(policy);
     settings.stall = stall;
-    corelane_steering::EbpfSteering::attach(&fds, cpus, &settings)
-        .map(|s| Ebpf {
-            inner: Some(Arc::new(s)),
-        })
-        .map_err(|e| e.to_string())
+    let dir = corelane_steering::pin_dir(addr);
+    match corelane_steering::ensure_bpffs() {
+        Ok(()) => settings.pin = Some(dir.clone()),
+        Err(e) => tracing::debug!(error = %e, "not pinning the steering program"),
+    }
+    let wrap = |s: EbpfSteering| Ebpf {
+        inner: Some(Arc::new(s)),
+    };
+    if let Some(previous) = previous.filter(|p| p.is_ebpf() && settings.pin.is_some()) {
+        match EbpfSteering::join(&dir, &fds, cpus, &settings, previous.pid) {
+            Ok(s) => {
+                tracing::info!(
+                    pinned = %dir.display(),
+                    generation = s.generation(),
+                    "took over the pinned steering program: new connections come here"
+                );
+                return Ok(wrap(s));
+            }
+            Err(e) => tracing::info!(
+                "cannot take over the pinned steering program ({e}); loading a new one"
+            ),
+        }
+    }
+    let s = EbpfSteering::attach(&fds, cpus, &settings).map_err(|e| e.to_string())?;
+    if settings.pin.is_some() {
+        if let Err(e) = s.pinned() {
+            tracing::warn!(
+                "steering program not pinned ({e}): a process taking over {addr} will load its own"
+            );
+        }
+    }
+    Ok(wrap(s))
 }
 
 #[cfg(not(feature = "ebpf"))]
@@ -326,6 +467,8 @@ fn attach_ebpf(
     _: &[mio::net::TcpListener],
     _: &[Option<usize>],
     _: Option<Duration>,
+    _: std::net::SocketAddr,
+    _: Option<Previous<'_>>,
 ) -> Result<Ebpf, String> {
     Err("corelane was built without its `ebpf` feature".into())
 }

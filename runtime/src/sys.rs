@@ -129,6 +129,60 @@ pub(crate) fn attach_reuseport_cbpf(fd: RawFd, prog: &[libc::sock_filter]) -> io
     Ok(())
 }
 
+/// Detaches whatever steering program (classic or eBPF) the reuseport group
+/// of `fd` has; `Ok(false)` when it had none.
+pub(crate) fn detach_reuseport_program(fd: RawFd) -> io::Result<bool> {
+    let zero: libc::c_int = 0;
+    // SAFETY: a valid int option value of the size given.
+    let rc = syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_DETACH_REUSEPORT_BPF,
+        (&raw const zero).cast::<libc::c_void>(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+    ));
+    match rc {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the kernel migrates the queue of a closing reuseport listener
+/// even without an eBPF program (`net.ipv4.tcp_migrate_req`).
+pub(crate) fn tcp_migrate_req() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "1")
+}
+
+/// Who is at the other end of a Unix socket (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerCredentials {
+    pub(crate) pid: u32,
+    pub(crate) uid: u32,
+}
+
+/// The credentials of the process at the other end of Unix socket `fd`.
+pub(crate) fn peer_credentials(fd: RawFd) -> io::Result<PeerCredentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid out-pointers of the sizes given.
+    syscall!(getsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        (&raw mut cred).cast::<libc::c_void>(),
+        &mut len,
+    ))?;
+    Ok(PeerCredentials {
+        pid: cred.pid as u32,
+        uid: cred.uid,
+    })
+}
+
 /// The CPU the calling thread is running on right now.
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: sched_getcpu takes no arguments and only returns a number.

@@ -798,10 +798,12 @@ impl<H: Handler> Worker<H> {
         // No new connections for this worker from here on (eBPF steering).
         self.steer.set_draining();
         // With SO_REUSEPORT a closed listener resets the connections in its
-        // queue, unless the eBPF program migrates them to a live listener:
-        // it does when this worker stops alone. Otherwise take what is
-        // queued before closing.
-        let migrate = alone && self.steer.migrates();
+        // queue, unless the group migrates them to a live listener: the eBPF
+        // program does when this worker stops alone, and a process taking
+        // over says whether the group does. Otherwise take what is queued
+        // before closing.
+        let handover = self.shutdown.handover();
+        let migrate = handover.unwrap_or(alone && self.steer.migrates());
         while !migrate && self.conns.len() < self.opts.max_connections_per_worker {
             let Some(listener) = self.listener.as_ref() else {
                 break;
@@ -815,6 +817,9 @@ impl<H: Handler> Worker<H> {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        // The program can no longer pick this worker: stop publishing to its
+        // slot, which a later takeover may give to another process.
+        self.steer = WorkerSteer::default();
         self.accept = AcceptState::Closed;
         let idle: Vec<usize> = self
             .conns
@@ -833,7 +838,14 @@ impl<H: Handler> Worker<H> {
                 self.update_timer(key);
             }
         }
-        if alone {
+        if handover.is_some() {
+            tracing::debug!(
+                worker = self.info.index,
+                remaining = self.conns.len(),
+                queued = if migrate { "migrated" } else { "accepted" },
+                "handing over: listener closed"
+            );
+        } else if alone {
             tracing::info!(
                 worker = self.info.index,
                 remaining = self.conns.len(),

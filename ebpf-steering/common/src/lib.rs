@@ -9,10 +9,21 @@
 
 /// Layout version of the maps and the program. A loader refuses a pinned
 /// program whose config carries another version.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Largest number of workers (listeners) one group can steer between.
 pub const MAX_WORKERS: u32 = 64;
+
+/// Generations of workers the maps hold at once: the serving one and the one
+/// taking over (a restart). Generation slot `g` owns the indices
+/// `g * MAX_WORKERS ..` of [`maps::SOCKETS`], [`maps::WORKERS`] and
+/// [`maps::STATS`], and `g * MAX_CPUS ..` of [`maps::CPU_WORKER`];
+/// [`Config::base`] says which slot is steered to.
+pub const GENERATIONS: u32 = 2;
+
+/// Entries of [`maps::SOCKETS`] and [`maps::WORKERS`]: every generation's
+/// workers.
+pub const SLOTS: u32 = MAX_WORKERS * GENERATIONS;
 
 /// Largest CPU number + 1 that the CPU → worker table covers. Connections
 /// whose SYN is handled on a higher CPU are steered by hash.
@@ -23,10 +34,10 @@ pub const NO_WORKER: u32 = u32::MAX;
 
 /// Index in [`maps::STATS`] counting connections the program left to the
 /// kernel's hash because no eligible worker could be selected.
-pub const STAT_FALLBACK: u32 = MAX_WORKERS;
+pub const STAT_FALLBACK: u32 = SLOTS;
 /// Index in [`maps::STATS`] counting connections moved off a closing
 /// listener (`BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`).
-pub const STAT_MIGRATED: u32 = MAX_WORKERS + 1;
+pub const STAT_MIGRATED: u32 = SLOTS + 1;
 /// [`pick`] tries at most this many workers, from the preferred one onwards,
 /// before leaving the connection to the kernel's hash.
 pub const PROBE_LIMIT: u32 = 8;
@@ -53,9 +64,9 @@ const fn wrap(k: u32, i: u32, n: u32) -> u32 {
     }
 }
 
-/// Number of entries of [`maps::STATS`]: one selection counter per worker,
-/// then [`STAT_FALLBACK`] and [`STAT_MIGRATED`].
-pub const STAT_ENTRIES: u32 = MAX_WORKERS + 2;
+/// Number of entries of [`maps::STATS`]: one selection counter per worker
+/// slot (of every generation), then [`STAT_FALLBACK`] and [`STAT_MIGRATED`].
+pub const STAT_ENTRIES: u32 = SLOTS + 2;
 
 /// A worker whose loop has been inside one turn for longer than the
 /// configured stall time (now, or lately) counts this much extra load under
@@ -66,16 +77,18 @@ pub const STALL_PENALTY: u32 = 1 << 24;
 
 /// Map and program names in the object file.
 pub mod maps {
-    /// `REUSEPORT_SOCKARRAY`: listener of worker `i` at index `i`.
+    /// `REUSEPORT_SOCKARRAY`, [`SLOTS`](crate::SLOTS) long: listener of
+    /// worker `i` of the generation at `base` at index `base + i`.
     pub const SOCKETS: &str = "SOCKETS";
     /// `ARRAY` of one [`Config`](crate::Config).
     pub const CONFIG: &str = "CONFIG";
     /// `ARRAY` (mmapable) of [`WorkerSlot`](crate::WorkerSlot), one per
-    /// worker, [`MAX_WORKERS`](crate::MAX_WORKERS) long: 24-byte values laid
-    /// out back to back in the mapping.
+    /// worker slot, [`SLOTS`](crate::SLOTS) long: 32-byte values laid out
+    /// back to back in the mapping (one page).
     pub const WORKERS: &str = "WORKERS";
-    /// `ARRAY` of [`CpuWorkers`](crate::CpuWorkers), one per CPU: the
-    /// workers pinned to that CPU.
+    /// `ARRAY` of [`CpuWorkers`](crate::CpuWorkers), one per CPU and
+    /// generation ([`cpu_key`](crate::cpu_key)): the workers pinned to that
+    /// CPU.
     pub const CPU_WORKER: &str = "CPU_WORKER";
     /// `PERCPU_ARRAY` of `u64`, [`STAT_ENTRIES`](crate::STAT_ENTRIES) long.
     pub const STATS: &str = "STATS";
@@ -144,7 +157,8 @@ impl Policy {
     }
 }
 
-/// The program's configuration: entry 0 of [`maps::CONFIG`].
+/// The program's configuration: entry 0 of [`maps::CONFIG`]. Rewritten in
+/// one update when a new generation of workers takes over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct Config {
@@ -152,13 +166,48 @@ pub struct Config {
     pub version: u32,
     /// A [`Policy`] as `u32`.
     pub policy: u32,
-    /// Number of workers; listener `i` of `0..workers` is at index `i`.
+    /// Number of workers of the serving generation.
     pub workers: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// First index of the serving generation: 0 or [`MAX_WORKERS`]. Worker
+    /// `i`'s listener is at `SOCKETS[base + i]`, its slot `WORKERS[base + i]`.
+    pub base: u32,
     /// A worker inside one loop turn for longer than this (nanoseconds of
     /// `CLOCK_MONOTONIC`) is stalled; 0 disables stall detection.
     pub stall_ns: u64,
+    /// Counts takeovers: 1 for the process that loaded the program, one more
+    /// for each process that took over from the previous one.
+    pub generation: u32,
+    /// Process id of the serving generation.
+    pub owner_pid: u32,
+}
+
+impl Config {
+    /// [`base`](Config::base) as the program trusts it: 0 or
+    /// [`MAX_WORKERS`], whatever was written.
+    #[inline(always)]
+    #[must_use]
+    pub const fn base(&self) -> u32 {
+        if self.base >= MAX_WORKERS {
+            MAX_WORKERS
+        } else {
+            0
+        }
+    }
+}
+
+/// The key in [`maps::CPU_WORKER`] of `cpu`'s entry for the generation at
+/// `base`, or `None` for a CPU beyond the table.
+#[inline(always)]
+#[must_use]
+pub const fn cpu_key(base: u32, cpu: u32) -> Option<u32> {
+    if cpu >= MAX_CPUS {
+        return None;
+    }
+    Some(if base >= MAX_WORKERS {
+        cpu + MAX_CPUS
+    } else {
+        cpu
+    })
 }
 
 /// What one worker publishes for the program: an entry of the mmapable
@@ -366,8 +415,8 @@ pub fn pick(
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: `Config` is `repr(C)`, has no padding (4 × u32 then a u64 at
-    // offset 16) and every bit pattern is a valid value.
+    // SAFETY: `Config` is `repr(C)`, has no padding (4 × u32, a u64 at
+    // offset 16, 2 × u32) and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: `CpuWorkers` is `repr(C)`, five u32 without padding; every
     // bit pattern is a valid value.
@@ -376,3 +425,12 @@ mod user {
     // u64 at offsets 8, 16 and 24) and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::WorkerSlot {}
 }
+
+const _: () = assert!(
+    core::mem::size_of::<Config>() == 32,
+    "Config has no padding"
+);
+const _: () = assert!(
+    core::mem::size_of::<WorkerSlot>() * SLOTS as usize == 4096,
+    "WORKERS is exactly one page"
+);

@@ -24,8 +24,8 @@ use aya_ebpf::macros::{map, sk_reuseport};
 use aya_ebpf::maps::{Array, PerCpuArray, ReusePortSockArray};
 use aya_ebpf::programs::SkReuseportContext;
 use corelane_steering_common::{
-    self as common, Config, CpuWorkers, Input, Policy, WorkerSlot, MAX_CPUS, MAX_WORKERS,
-    NO_WORKER, STAT_ENTRIES, STAT_FALLBACK, STAT_MIGRATED,
+    self as common, Config, CpuWorkers, Input, Policy, WorkerSlot, GENERATIONS, MAX_CPUS,
+    NO_WORKER, SLOTS, STAT_ENTRIES, STAT_FALLBACK, STAT_MIGRATED,
 };
 
 /// `BPF_F_MMAPABLE`: workers write their slots through a shared mapping.
@@ -33,16 +33,16 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 const IPPROTO_TCP: u32 = 6;
 
 #[map(name = "SOCKETS")]
-static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_WORKERS, 0);
+static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(SLOTS, 0);
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "WORKERS")]
-static WORKERS: Array<WorkerSlot> = Array::with_max_entries(MAX_WORKERS, BPF_F_MMAPABLE);
+static WORKERS: Array<WorkerSlot> = Array::with_max_entries(SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "CPU_WORKER")]
-static CPU_WORKER: Array<CpuWorkers> = Array::with_max_entries(MAX_CPUS, 0);
+static CPU_WORKER: Array<CpuWorkers> = Array::with_max_entries(MAX_CPUS * GENERATIONS, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_ENTRIES, 0);
@@ -62,13 +62,15 @@ pub fn corelane_steer(ctx: SkReuseportContext) -> u32 {
     SK_PASS
 }
 
-/// The live view of the workers, read from the shared `WORKERS` slots.
+/// The live view of the serving generation's workers (worker `i` is slot
+/// `base + i`), read from the shared `WORKERS` slots.
 ///
 /// Every slot is reached through a map lookup, never by pointer arithmetic
 /// on a looked-up value: without CAP_PERFMON the verifier rejects variable
 /// offsets into map values that differ between paths (Spectre v1), while a
 /// lookup does its own masking.
 struct Live {
+    base: u32,
     now_ns: u64,
     stall_ns: u64,
 }
@@ -76,7 +78,7 @@ struct Live {
 impl common::Workers for Live {
     #[inline(always)]
     fn eligible(&self, i: u32) -> bool {
-        match WORKERS.get_ptr(i) {
+        match WORKERS.get_ptr(self.base + i) {
             Some(slot) => {
                 let draining = slot
                     .wrapping_byte_add(core::mem::offset_of!(WorkerSlot, draining))
@@ -92,7 +94,7 @@ impl common::Workers for Live {
 
     #[inline(always)]
     fn load(&self, i: u32) -> u32 {
-        match WORKERS.get_ptr(i) {
+        match WORKERS.get_ptr(self.base + i) {
             // SAFETY: as in `eligible`, the whole slot.
             Some(slot) => unsafe { read_volatile(slot) }.load(self.now_ns, self.stall_ns),
             None => u32::MAX,
@@ -107,6 +109,8 @@ fn steer(ctx: &SkReuseportContext) {
     };
     // SAFETY: a successful lookup of entry 0; written only by the loader.
     let config = unsafe { read_volatile(config) };
+    // The generation steered to; a takeover rewrites CONFIG in one update.
+    let base = config.base();
     let migrating = ctx.migrating_sk().is_some();
     // Connections leaving a closing listener go to the least loaded live
     // worker whatever the policy: the closing worker's CPU (or hash bucket)
@@ -121,7 +125,11 @@ fn steer(ctx: &SkReuseportContext) {
     };
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let cpu_worker = match CPU_WORKER.get_ptr(cpu) {
+    let entry = match common::cpu_key(base, cpu) {
+        Some(key) => CPU_WORKER.get_ptr(key),
+        None => None,
+    };
+    let cpu_worker = match entry {
         Some(entry) => {
             // Each field by its own volatile load at a constant offset: the
             // compiler may not merge them into one load at a computed
@@ -163,6 +171,7 @@ fn steer(ctx: &SkReuseportContext) {
         0
     };
     let live = Live {
+        base,
         now_ns,
         stall_ns: config.stall_ns,
     };
@@ -173,10 +182,12 @@ fn steer(ctx: &SkReuseportContext) {
         cpu_worker,
         turn,
     };
-    let picked = common::pick(&input, &live, |k| SOCKETS.select_reuseport(ctx, k).is_ok());
+    let picked = common::pick(&input, &live, |k| {
+        SOCKETS.select_reuseport(ctx, base + k).is_ok()
+    });
     match picked {
         Some(k) => {
-            if let Some(slot) = WORKERS.get_ptr_mut(k) {
+            if let Some(slot) = WORKERS.get_ptr_mut(base + k) {
                 let pending = slot
                     .wrapping_byte_add(core::mem::offset_of!(WorkerSlot, pending))
                     .cast::<u64>();
@@ -184,7 +195,7 @@ fn steer(ctx: &SkReuseportContext) {
                 // 8-byte aligned.
                 unsafe { atomic_add(pending, 1) };
             }
-            count(k);
+            count(base + k);
             if migrating {
                 count(STAT_MIGRATED);
             }

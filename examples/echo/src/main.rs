@@ -37,6 +37,10 @@ struct Args {
     /// line saying why.
     #[arg(long, default_value = "auto")]
     steering: Steering,
+    /// Take the address over from the corelane process serving it (a
+    /// restart that drops no connection; see `corelane-http --help`).
+    #[arg(long)]
+    takeover: bool,
 }
 
 /// Echoes whatever arrives.
@@ -64,6 +68,7 @@ fn serve(args: Args) -> corelane::Result<()> {
     let mut builder = Server::builder()
         .addr(args.addr)
         .steering(args.steering)
+        .takeover(args.takeover)
         // Echo has no message boundaries: any bytes are a whole message, so
         // the header timeout only bounds the wait for the first byte.
         .idle_timeout((!args.idle_timeout.is_zero()).then_some(args.idle_timeout));

@@ -58,7 +58,15 @@ struct Args {
     /// steering as root first, then drop to it for good.
     #[arg(long)]
     user: Option<String>,
-    /// Graceful shutdown deadline after SIGINT/SIGTERM.
+    /// Take the address over from the corelane process serving it, without
+    /// dropping a connection: new connections come here, the old process
+    /// drains (its queued connections migrate here; keep-alive clients are
+    /// told `Connection: close`) and exits within its shutdown deadline.
+    /// Without it, starting on an address corelane serves is an error.
+    #[arg(long)]
+    takeover: bool,
+    /// Graceful shutdown deadline after SIGINT/SIGTERM (and for draining
+    /// when taken over).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
 }
@@ -81,6 +89,7 @@ fn serve(args: Args) -> corelane::Result<()> {
         .header_timeout(nonzero(args.header_timeout))
         .shutdown_timeout(args.shutdown_timeout)
         .user(args.user)
+        .takeover(args.takeover)
         .max_input(opts.max_input());
     if let Some(n) = args.workers {
         builder = builder.workers(n);

@@ -1,0 +1,313 @@
+//! Zero-downtime restarts: the control socket through which a process
+//! started with [`takeover`](crate::ServerOptions::takeover) finds the one
+//! serving its address and tells it to hand over.
+//!
+//! The socket is an abstract Unix socket, `@corelane/<addr>`: it lives in the
+//! network namespace, exactly where the reuseport group lives, needs no file
+//! and vanishes with the process. The protocol is a line each way:
+//!
+//! ```text
+//! old → new   corelane-control 1 pid=<pid> steering=<mode> workers=<n>
+//! new → old   drain migrate        (or: drain accept)
+//! old → new   draining
+//! ```
+//!
+//! `migrate`: the group migrates a closing listener's queue (eBPF steering
+//! with `SELECT_OR_MIGRATE`, or `net.ipv4.tcp_migrate_req=1`), so the old
+//! process closes its listeners at once. `accept`: it accepts what is queued
+//! first. The old process keeps the connection open until it exits, so the
+//! new one sees end-of-file when the handover is complete.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::server::ShutdownHandle;
+
+/// Version of the line protocol.
+const PROTOCOL: u32 = 1;
+/// How long either side waits for the other's line.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn name(addr: SocketAddr) -> String {
+    format!("corelane/{addr}")
+}
+
+fn socket_addr(addr: SocketAddr) -> io::Result<std::os::unix::net::SocketAddr> {
+    std::os::unix::net::SocketAddr::from_abstract_name(name(addr).as_bytes())
+}
+
+/// The process serving an address, as its control socket describes it.
+#[derive(Debug)]
+pub(crate) struct Predecessor {
+    pub(crate) pid: u32,
+    /// Its steering mode's name (`least-loaded`, `kernel`, ...).
+    pub(crate) steering: String,
+    pub(crate) workers: usize,
+    reader: BufReader<UnixStream>,
+}
+
+/// Asks who serves `addr`: `None` when no corelane process does.
+pub(crate) fn find(addr: SocketAddr) -> io::Result<Option<Predecessor>> {
+    let stream = match UnixStream::connect_addr(&socket_addr(addr)?) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut reader = BufReader::new(stream);
+    let line = read_line(&mut reader)?;
+    let banner = parse_banner(&line).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer on @{}: {line:?}", name(addr)),
+        )
+    })?;
+    Ok(Some(Predecessor {
+        pid: banner.pid,
+        steering: banner.steering,
+        workers: banner.workers,
+        reader,
+    }))
+}
+
+fn read_line(reader: &mut BufReader<UnixStream>) -> io::Result<String> {
+    let mut line = String::new();
+    if reader.by_ref().take(512).read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the control socket closed without answering",
+        ));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Banner {
+    pid: u32,
+    steering: String,
+    workers: usize,
+}
+
+fn banner_line(pid: u32, steering: &str, workers: usize) -> String {
+    format!("corelane-control {PROTOCOL} pid={pid} steering={steering} workers={workers}\n")
+}
+
+fn parse_banner(line: &str) -> Option<Banner> {
+    let mut words = line.split(' ');
+    if words.next()? != "corelane-control" || words.next()?.parse::<u32>().ok()? != PROTOCOL {
+        return None;
+    }
+    let mut field = |key: &str| words.next()?.strip_prefix(key)?.strip_prefix('=');
+    Some(Banner {
+        pid: field("pid")?.parse().ok()?,
+        steering: field("steering")?.to_owned(),
+        workers: field("workers")?.parse().ok()?,
+    })
+}
+
+impl Predecessor {
+    /// Tells the serving process to drain; returns once it has started.
+    /// `migrate`: closing listeners' queues migrate (see the module docs).
+    pub(crate) fn drain(&mut self, migrate: bool) -> io::Result<()> {
+        let how = if migrate { "migrate" } else { "accept" };
+        self.reader
+            .get_mut()
+            .write_all(format!("drain {how}\n").as_bytes())?;
+        let line = read_line(&mut self.reader)?;
+        if line == "draining" {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "pid {} answered {line:?} to `drain`",
+                self.pid
+            )))
+        }
+    }
+
+    /// Logs when the drained process has exited (its end of the control
+    /// connection closes), from a thread of its own.
+    pub(crate) fn watch(mut self, since: Instant) {
+        let spawned = thread::Builder::new()
+            .name("corelane-handover".into())
+            .spawn(move || {
+                let _ = self.reader.get_ref().set_read_timeout(None);
+                let mut rest = Vec::new();
+                let _ = self.reader.read_to_end(&mut rest);
+                tracing::info!(
+                    pid = self.pid,
+                    ms = since.elapsed().as_millis() as u64,
+                    "handover complete: the previous process has finished"
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "not watching the previous process");
+        }
+    }
+}
+
+/// This process's control socket: answers takeover requests until closed.
+#[derive(Debug)]
+pub(crate) struct Control {
+    listener: Arc<UnixListener>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What the control socket tells a process taking over.
+#[derive(Debug, Clone)]
+pub(crate) struct Describe {
+    pub(crate) steering: String,
+    pub(crate) workers: usize,
+}
+
+/// Binds `@corelane/<addr>` (waiting up to `wait` for a previous holder that
+/// is handing over to let go of it) and answers on it from a thread.
+pub(crate) fn serve(
+    addr: SocketAddr,
+    describe: Describe,
+    shutdown: ShutdownHandle,
+    wait: Duration,
+) -> io::Result<Control> {
+    let sa = socket_addr(addr)?;
+    let deadline = Instant::now() + wait;
+    let listener = loop {
+        match UnixListener::bind_addr(&sa) {
+            Ok(l) => break l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let listener = Arc::new(listener);
+    let l = Arc::clone(&listener);
+    let thread = thread::Builder::new()
+        .name("corelane-control".into())
+        .spawn(move || answer(&l, &describe, &shutdown))?;
+    Ok(Control {
+        listener,
+        thread: Some(thread),
+    })
+}
+
+impl Control {
+    /// Stops answering and frees the name.
+    pub(crate) fn close(mut self) {
+        // Wakes the blocked accept(2) with an error; the thread then ends
+        // and drops its reference. A thread that already handed over has
+        // returned on its own.
+        // SAFETY: shutting down a socket this value keeps open.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn answer(listener: &UnixListener, describe: &Describe, shutdown: &ShutdownHandle) {
+    let pid = std::process::id();
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // EINVAL after `Control::close`; anything else (EMFILE) is
+            // retried after a pause.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        match handle(stream, pid, describe) {
+            Ok(Some((peer, stream, migrate))) => {
+                // Act first, then log (as for signals).
+                shutdown.hand_over(migrate, stream);
+                tracing::info!(
+                    to = peer,
+                    queued = if migrate { "migrate" } else { "accepted first" },
+                    "handing over: listeners closing, draining connections"
+                );
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "control socket: request failed"),
+        }
+    }
+}
+
+/// One control connection: `Some` when the peer asked us to drain.
+fn handle(
+    stream: UnixStream,
+    pid: u32,
+    describe: &Describe,
+) -> io::Result<Option<(u32, UnixStream, bool)>> {
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+    let peer = crate::sys::peer_credentials(stream.as_raw_fd())?;
+    // SAFETY: no arguments, cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let mut writer = stream.try_clone()?;
+    if peer.uid != 0 && peer.uid != euid {
+        writer.write_all(
+            format!(
+                "refused: uid {} may not control this server (only root or uid {euid})\n",
+                peer.uid
+            )
+            .as_bytes(),
+        )?;
+        return Ok(None);
+    }
+    writer.write_all(banner_line(pid, &describe.steering, describe.workers).as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let line = match read_line(&mut reader) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let migrate = match line.as_str() {
+            "drain migrate" => true,
+            "drain accept" => false,
+            _ => {
+                writer.write_all(b"error: expected `drain migrate` or `drain accept`\n")?;
+                continue;
+            }
+        };
+        writer.write_all(b"draining\n")?;
+        return Ok(Some((peer.pid, writer, migrate)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_round_trips_and_strangers_are_not_parsed() {
+        let line = banner_line(42, "least-loaded", 2);
+        assert_eq!(
+            parse_banner(line.trim_end()),
+            Some(Banner {
+                pid: 42,
+                steering: "least-loaded".into(),
+                workers: 2
+            })
+        );
+        assert_eq!(
+            parse_banner("corelane-control 2 pid=1 steering=x workers=1"),
+            None
+        );
+        assert_eq!(parse_banner("SSH-2.0-OpenSSH"), None);
+        assert_eq!(
+            parse_banner("corelane-control 1 pid=x steering=y workers=1"),
+            None
+        );
+    }
+}
