@@ -128,3 +128,132 @@ fn a_group_it_cannot_steer_is_a_clear_error() {
     );
     assert!(!e.is_permission());
 }
+
+/// Listeners joining the reuseport group of `first` (same address).
+fn join_group(first: &TcpListener, n: usize) -> Vec<TcpListener> {
+    let addr = first.local_addr().unwrap();
+    (0..n)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&addr.into()).unwrap();
+            s.listen(4096).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s.into()
+        })
+        .collect()
+}
+
+/// A pin directory of its own for this test run.
+fn test_pin_dir(tag: &str) -> Option<std::path::PathBuf> {
+    corelane_steering::ensure_bpffs().ok()?;
+    Some(
+        std::path::Path::new(corelane_steering::BPFFS)
+            .join(format!("corelane-test-{}-{tag}", std::process::id())),
+    )
+}
+
+#[test]
+fn a_new_generation_joins_the_pinned_program_and_takes_every_new_connection() {
+    let old = group(2);
+    let Some(dir) = test_pin_dir("join") else {
+        if std::env::var_os("CI").is_some() {
+            panic!("no BPF filesystem");
+        }
+        eprintln!("skipped: no BPF filesystem");
+        return;
+    };
+    let mut settings = Settings::new(Policy::RoundRobin);
+    settings.pin = Some(dir.clone());
+    let fds: Vec<_> = old.iter().map(|l| l.as_fd()).collect();
+    let first = match EbpfSteering::attach(&fds, &[None, None], &settings) {
+        Ok(s) => s,
+        Err(e) if e.is_permission() && std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: eBPF steering needs privilege here ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(first.pinned().unwrap(), dir.as_path());
+    assert!(first.is_serving());
+    let me = std::process::id();
+
+    // Generation 2: three listeners in the same group, joined without
+    // loading anything.
+    let new = join_group(&old[0], 3);
+    let fds: Vec<_> = new.iter().map(|l| l.as_fd()).collect();
+    let stale = EbpfSteering::join(&dir, &fds, &[None; 3], &settings, me + 1).unwrap_err();
+    assert!(stale.to_string().contains("stale pins"), "{stale}");
+    let second = EbpfSteering::join(&dir, &fds, &[None; 3], &settings, me).unwrap();
+    assert!(second.joined() && second.generation() == 2);
+    assert!(second.is_serving() && !first.is_serving());
+
+    let addr = old[0].local_addr().unwrap();
+    let clients = connect_on_cpu0(addr, 300);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        drain_queues(&old),
+        vec![0, 0],
+        "the old generation gets nothing"
+    );
+    assert_eq!(drain_queues(&new), vec![100, 100, 100]);
+    assert_eq!(second.stats().unwrap().selected, vec![100, 100, 100]);
+    drop(clients);
+
+    // The old generation's listeners close; generation 3 reuses their slot
+    // (base 0) and must not see their leftovers.
+    drop(old);
+    let third_ls = join_group(&new[0], 1);
+    let fds: Vec<_> = third_ls.iter().map(|l| l.as_fd()).collect();
+    let third = EbpfSteering::join(&dir, &fds, &[None], &settings, me).unwrap();
+    assert_eq!(third.generation(), 3);
+    assert_eq!(
+        third.stats().unwrap().selected,
+        vec![0],
+        "counters start at 0"
+    );
+    assert_eq!(third.worker(0).snapshot(), Default::default());
+    let clients = connect_on_cpu0(addr, 50);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(drain_queues(&new), vec![0, 0, 0]);
+    assert_eq!(drain_queues(&third_ls), vec![50]);
+    drop(clients);
+
+    // Only the serving generation removes the pins.
+    assert!(!second.unpin().unwrap());
+    assert!(dir.exists());
+    assert!(third.unpin().unwrap());
+    assert!(!dir.exists());
+}
+
+#[test]
+fn pins_of_another_layout_are_refused() {
+    let ls = group(1);
+    let Some(dir) = test_pin_dir("version") else {
+        return;
+    };
+    let mut settings = Settings::new(Policy::Hash);
+    settings.pin = Some(dir.clone());
+    let fds: Vec<_> = ls.iter().map(|l| l.as_fd()).collect();
+    let Ok(s) = EbpfSteering::attach(&fds, &[None], &settings) else {
+        assert!(std::env::var_os("CI").is_none(), "attach failed under CI");
+        return;
+    };
+    // Rewrite the pinned config as an older build would have left it.
+    let data = aya::maps::MapData::from_pin(dir.join("CONFIG")).unwrap();
+    let mut config: aya::maps::Array<_, corelane_steering::Config> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    let mut c = config.get(&0, 0).unwrap();
+    c.version = 2;
+    config.set(0, c, 0).unwrap();
+    let more = join_group(&ls[0], 1);
+    let fds: Vec<_> = more.iter().map(|l| l.as_fd()).collect();
+    let e = EbpfSteering::join(&dir, &fds, &[None], &settings, std::process::id()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "checking the pinned program: its maps have layout version 2, this build needs 3"
+    );
+    c.version = corelane_steering::VERSION;
+    config.set(0, c, 0).unwrap();
+    assert!(s.unpin().unwrap());
+}

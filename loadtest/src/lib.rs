@@ -23,6 +23,10 @@ pub mod scrape;
 pub mod suite;
 pub mod wrk;
 
+/// A connection whose connect failed tries again after this long (wrk
+/// reconnects at once; a pause keeps a refusing server from making the
+/// generator spin).
+const CONNECT_RETRY: Duration = Duration::from_millis(10);
 /// A parsed `http://host[:port]/path` target.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -441,7 +445,8 @@ impl Worker {
         }
     }
 
-    /// Connects conn `i` and, in closed loop, sends its first batch.
+    /// Connects conn `i` and, in closed loop, sends its first batch. A
+    /// refused connection is counted and retried after [`CONNECT_RETRY`].
     fn open(&mut self, i: usize) {
         if self.stopping {
             return;
@@ -450,8 +455,13 @@ impl Worker {
             Ok(s) => s,
             Err(_) => {
                 self.error(Kind::Connect);
-                // Retry when this "request" times out rather than spinning.
-                self.conns[i].expected.push_back(Instant::now());
+                // Retry in CONNECT_RETRY (as if a request sent then timed
+                // out), rather than spinning or idling for a whole timeout.
+                let now = Instant::now();
+                let due = now
+                    .checked_sub(self.opts.timeout.saturating_sub(CONNECT_RETRY))
+                    .unwrap_or(now);
+                self.conns[i].expected.push_back(due);
                 return;
             }
         };

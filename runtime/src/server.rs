@@ -220,6 +220,32 @@ impl ServerBuilder {
             addr: opts.addr,
             source,
         })?;
+        // Claim the control socket now, so a server started from here on
+        // finds this one; when taking over, the previous process lets go of
+        // it once told to drain (in `run`).
+        let control = if opts.control_socket && previous.is_none() {
+            match takeover::claim(local_addr, Duration::ZERO) {
+                Ok(l) => Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(Error::Takeover {
+                        addr: local_addr,
+                        source: std::io::Error::new(
+                            e.kind(),
+                            "another corelane process started on this address at the same time",
+                        ),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "no control socket: a process started with takeover will not find this one"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let cpus: Vec<Option<usize>> = if opts.pin {
             cpus.into_iter().map(Some).collect()
         } else {
@@ -255,6 +281,7 @@ impl ServerBuilder {
             listeners,
             local_addr,
             previous,
+            control,
             migrates: applied.migrates,
             opts: Arc::new(opts),
             factory: Arc::new(factory),
@@ -272,6 +299,8 @@ pub struct Server<F> {
     local_addr: SocketAddr,
     /// The process being taken over, told to drain once the workers run.
     previous: Option<takeover::Predecessor>,
+    /// This address's control socket, claimed (unless taking over).
+    control: Option<std::os::unix::net::UnixListener>,
     /// Whether the group migrates closing listeners' queues.
     migrates: bool,
     cpus: Vec<Option<usize>>,
@@ -403,6 +432,7 @@ where
 
         let control = hand_over_and_listen(
             self.previous,
+            self.control,
             self.migrates,
             &self.shutdown,
             &self.opts,
@@ -447,6 +477,7 @@ where
 /// drain, then answers on this address's control socket.
 fn hand_over_and_listen(
     previous: Option<takeover::Predecessor>,
+    claimed: Option<std::os::unix::net::UnixListener>,
     migrates: bool,
     shutdown: &ShutdownHandle,
     opts: &ServerOptions,
@@ -489,12 +520,11 @@ fn hand_over_and_listen(
         steering: opts.steering.as_str().to_owned(),
         workers,
     };
-    match takeover::serve(
-        local_addr,
-        describe,
-        shutdown.clone(),
-        Duration::from_secs(10),
-    ) {
+    let listener = match claimed {
+        Some(l) => Ok(l),
+        None => takeover::claim(local_addr, Duration::from_secs(10)),
+    };
+    match listener.and_then(|l| takeover::serve(l, describe, shutdown.clone())) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(

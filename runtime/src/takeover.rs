@@ -166,25 +166,28 @@ pub(crate) struct Describe {
     pub(crate) workers: usize,
 }
 
-/// Binds `@corelane/<addr>` (waiting up to `wait` for a previous holder that
-/// is handing over to let go of it) and answers on it from a thread.
-pub(crate) fn serve(
-    addr: SocketAddr,
-    describe: Describe,
-    shutdown: ShutdownHandle,
-    wait: Duration,
-) -> io::Result<Control> {
+/// Binds `@corelane/<addr>`, waiting up to `wait` for a previous holder
+/// that is handing over to let go of it.
+pub(crate) fn claim(addr: SocketAddr, wait: Duration) -> io::Result<UnixListener> {
     let sa = socket_addr(addr)?;
     let deadline = Instant::now() + wait;
-    let listener = loop {
+    loop {
         match UnixListener::bind_addr(&sa) {
-            Ok(l) => break l,
+            Ok(l) => return Ok(l),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(5));
             }
             Err(e) => return Err(e),
         }
-    };
+    }
+}
+
+/// Answers on a [claimed](claim) control socket from a thread.
+pub(crate) fn serve(
+    listener: UnixListener,
+    describe: Describe,
+    shutdown: ShutdownHandle,
+) -> io::Result<Control> {
     let listener = Arc::new(listener);
     let l = Arc::clone(&listener);
     let thread = thread::Builder::new()

@@ -77,6 +77,14 @@ impl Http {
         Http::spawn(cmd)
     }
 
+    /// Starts it on `addr` (for a takeover: an address already served)
+    /// with `args`, and waits for its start-up line.
+    pub fn start_at(addr: SocketAddr, args: &[&str]) -> Http {
+        let mut cmd = Command::new(http_binary());
+        cmd.arg("--addr").arg(addr.to_string()).args(args);
+        Http::spawn(cmd)
+    }
+
     /// Runs `cmd`, which starts corelane-http with `--addr 127.0.0.1:0`
     /// (directly or through a wrapper such as `setpriv`).
     pub fn spawn(mut cmd: Command) -> Http {

@@ -30,9 +30,18 @@ impl TestServer {
         F: Fn(&WorkerInfo) -> H + Send + Sync + 'static,
         H: Handler,
     {
+        TestServer::start_at(builder, "127.0.0.1:0".parse().unwrap(), factory)
+    }
+
+    /// Builds from `builder` on `addr` (signals off) and runs.
+    pub fn start_at<F, H>(builder: ServerBuilder, addr: SocketAddr, factory: F) -> TestServer
+    where
+        F: Fn(&WorkerInfo) -> H + Send + Sync + 'static,
+        H: Handler,
+    {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let server = builder
-            .addr("127.0.0.1:0".parse().unwrap())
+            .addr(addr)
             .handle_signals(false)
             .build(factory)
             .expect("server builds");
@@ -56,6 +65,19 @@ impl TestServer {
             .unwrap()
             .join()
             .expect("run() does not panic")
+    }
+
+    /// Waits for `run` to return on its own (after a handover), at most
+    /// `limit`; `None` if it is still running.
+    pub fn finished(&mut self, limit: Duration) -> Option<corelane::Result<()>> {
+        let start = Instant::now();
+        while !self.thread.as_ref()?.is_finished() {
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Some(self.thread.take()?.join().expect("run() does not panic"))
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -245,4 +267,16 @@ pub fn has_tool(tool: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Waits until `cond` holds, at most `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cond()
 }
