@@ -479,6 +479,27 @@ impl EbpfSteering {
         Ok(true)
     }
 
+    /// Gives the pins (directory and files) to `uid`:`gid`, for a server
+    /// that drops privileges to that user and must still remove them as it
+    /// stops. Nothing to do when not pinned.
+    ///
+    /// # Errors
+    ///
+    /// When `chown(2)` fails.
+    pub fn chown_pins(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let Ok(dir) = &self.pinned else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        for name in PINNED {
+            match std::os::unix::fs::chown(dir.join(name), Some(uid), Some(gid)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Worker `index`'s slot, through which it publishes its load. Cheap to
     /// clone and `Send`: give it to the worker's thread.
     ///
@@ -670,7 +691,16 @@ fn remove_pins(dir: &Path) -> io::Result<()> {
         }
     }
     match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        // A server that dropped privileges may empty its directory but not
+        // remove it from the root-owned parent.
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            Err(e)
+        }
         _ => Ok(()),
     }
 }

@@ -267,10 +267,15 @@ impl ServerBuilder {
         let (mode, ebpf) = (applied.mode, applied.ebpf);
         opts.steering = mode;
         if let Some(user) = &opts.user {
-            let (uid, gid) = sys::drop_privileges(user).map_err(|source| Error::Privileges {
+            let privileges = |source| Error::Privileges {
                 user: user.clone(),
                 source,
-            })?;
+            };
+            // The pins become the user's, so that the last process of the
+            // address can remove them as it stops.
+            let (uid, gid) = sys::lookup_user(user).map_err(privileges)?;
+            ebpf.give_pins_to(uid, gid);
+            let (uid, gid) = sys::drop_privileges(user).map_err(privileges)?;
             tracing::info!(user = %user, uid, gid, steering = %mode, "dropped privileges");
         }
         Ok(Server {

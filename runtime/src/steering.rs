@@ -173,6 +173,17 @@ impl Ebpf {
         }
     }
 
+    /// Makes the pins `uid`'s (before dropping privileges to it).
+    pub(crate) fn give_pins_to(&self, uid: u32, gid: u32) {
+        #[cfg(feature = "ebpf")]
+        if let Some(s) = &self.inner {
+            if let Err(e) = s.chown_pins(uid, gid) {
+                tracing::warn!(error = %e, uid, "handing the steering pins to the user failed");
+            }
+        }
+        let _ = (uid, gid);
+    }
+
     pub(crate) fn stats(&self, mode: Steering) -> Option<SteeringStats> {
         #[cfg(feature = "ebpf")]
         if let Some(s) = &self.inner {

@@ -289,6 +289,36 @@ pub(crate) fn is_accept_connection_error(err: &io::Error) -> bool {
 /// `setgid(2)` or `setuid(2)` (`EPERM` when not root); `PermissionDenied` if
 /// root could still be regained afterwards.
 pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
+    let (uid, gid) = lookup_user(user)?;
+    // SAFETY: getuid cannot fail.
+    let ruid = unsafe { libc::getuid() };
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if ruid == uid && euid == uid {
+        return Ok((uid, gid));
+    }
+    // SAFETY: one valid gid_t, count 1.
+    syscall!(setgroups(1, &gid))?;
+    // SAFETY: plain id arguments.
+    syscall!(setgid(gid))?;
+    // SAFETY: plain id argument; glibc applies it to every thread.
+    syscall!(setuid(uid))?;
+    // SAFETY: as above; this must now fail.
+    if uid != 0 && unsafe { libc::setuid(0) } == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "root could be regained after dropping privileges",
+        ));
+    }
+    Ok((uid, gid))
+}
+
+/// The uid and primary gid of `user`.
+///
+/// # Errors
+///
+/// `NotFound` when there is no such user.
+pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
     let name = std::ffi::CString::new(user)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
     // SAFETY: an all-zero passwd is a valid out-parameter.
@@ -314,28 +344,7 @@ pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
             format!("no user `{user}`"),
         ));
     }
-    let (uid, gid) = (pwd.pw_uid, pwd.pw_gid);
-    // SAFETY: getuid cannot fail.
-    let ruid = unsafe { libc::getuid() };
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if ruid == uid && euid == uid {
-        return Ok((uid, gid));
-    }
-    // SAFETY: one valid gid_t, count 1.
-    syscall!(setgroups(1, &gid))?;
-    // SAFETY: plain id arguments.
-    syscall!(setgid(gid))?;
-    // SAFETY: plain id argument; glibc applies it to every thread.
-    syscall!(setuid(uid))?;
-    // SAFETY: as above; this must now fail.
-    if uid != 0 && unsafe { libc::setuid(0) } == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "root could be regained after dropping privileges",
-        ));
-    }
-    Ok((uid, gid))
+    Ok((pwd.pw_uid, pwd.pw_gid))
 }
 
 #[cfg(test)]
