@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -152,12 +153,17 @@ impl Predecessor {
     }
 }
 
-/// This process's control socket: answers takeover requests until closed.
+/// This process's control socket: answers takeover requests until closed,
+/// or until it hands over (when it frees the name at once, for the process
+/// taking over).
 #[derive(Debug)]
 pub(crate) struct Control {
-    listener: Arc<UnixListener>,
+    stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
+
+/// How often the control thread checks whether it should stop.
+const CONTROL_POLL_MS: i32 = 50;
 
 /// What the control socket tells a process taking over.
 #[derive(Debug, Clone)]
@@ -188,40 +194,55 @@ pub(crate) fn serve(
     describe: Describe,
     shutdown: ShutdownHandle,
 ) -> io::Result<Control> {
-    let listener = Arc::new(listener);
-    let l = Arc::clone(&listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
     let thread = thread::Builder::new()
         .name("corelane-control".into())
-        .spawn(move || answer(&l, &describe, &shutdown))?;
+        .spawn(move || answer(listener, &describe, &shutdown, &s))?;
     Ok(Control {
-        listener,
+        stop,
         thread: Some(thread),
     })
 }
 
 impl Control {
-    /// Stops answering and frees the name.
+    /// Stops answering and frees the name (within [`CONTROL_POLL_MS`]).
     pub(crate) fn close(mut self) {
-        // Wakes the blocked accept(2) with an error; the thread then ends
-        // and drops its reference. A thread that already handed over has
-        // returned on its own.
-        // SAFETY: shutting down a socket this value keeps open.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn answer(listener: &UnixListener, describe: &Describe, shutdown: &ShutdownHandle) {
+/// Waits up to [`CONTROL_POLL_MS`] for a connection on `listener`.
+fn readable(listener: &UnixListener) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, CONTROL_POLL_MS) > 0 }
+}
+
+/// The control thread: owns the listener, so that handing over (returning)
+/// frees the name at once.
+fn answer(
+    listener: UnixListener,
+    describe: &Describe,
+    shutdown: &ShutdownHandle,
+    stop: &AtomicBool,
+) {
     let pid = std::process::id();
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(&listener) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // EINVAL after `Control::close`; anything else (EMFILE) is
-            // retried after a pause.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            // Anything else (EMFILE) is retried after a pause.
             Err(e) => {
                 tracing::warn!(error = %e, "control socket: accept failed");
                 thread::sleep(Duration::from_millis(100));
@@ -230,7 +251,9 @@ fn answer(listener: &UnixListener, describe: &Describe, shutdown: &ShutdownHandl
         };
         match handle(stream, pid, describe) {
             Ok(Some((peer, stream, migrate))) => {
-                // Act first, then log (as for signals).
+                // Act first, then log (as for signals); free the name for
+                // the process taking over.
+                drop(listener);
                 shutdown.hand_over(migrate, stream);
                 tracing::info!(
                     to = peer,

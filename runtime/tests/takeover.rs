@@ -16,6 +16,19 @@ fn builder() -> corelane::ServerBuilder {
     Server::builder().workers(2)
 }
 
+/// The first line the control socket of `addr` answers with.
+fn control_banner(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::BufRead;
+    use std::os::linux::net::SocketAddrExt;
+    let name =
+        std::os::unix::net::SocketAddr::from_abstract_name(format!("corelane/{addr}")).unwrap();
+    let s = std::os::unix::net::UnixStream::connect_addr(&name).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).ok()?;
+    Some(line.trim_end().to_owned())
+}
+
 #[test]
 fn a_served_address_is_refused_without_takeover_and_handed_over_with_it() {
     let mut old = TestServer::start(builder(), |_| Lines::default());
@@ -61,10 +74,20 @@ fn a_served_address_is_refused_without_takeover_and_handed_over_with_it() {
     };
     std::thread::sleep(Duration::from_millis(100));
 
-    let new = TestServer::start_at(builder().takeover(true), addr, |_| Lines::default());
+    let new = TestServer::start_at(builder().workers(1).takeover(true), addr, |_| {
+        Lines::default()
+    });
     assert!(
         util::eventually(Duration::from_secs(5), || old.shutdown.handed_over()),
         "the old server was not told to hand over"
+    );
+    // While the old server still drains, the new one (one worker) answers
+    // on the control socket: the next takeover finds it.
+    assert!(
+        util::eventually(Duration::from_secs(5), || control_banner(addr)
+            .is_some_and(|b| b.ends_with("workers=1"))),
+        "{:?}",
+        control_banner(addr)
     );
     // The old server finishes the request it had, saying it is draining.
     inflight.write_all(b" world\n").unwrap();
