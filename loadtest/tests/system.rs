@@ -727,6 +727,8 @@ struct Restarts {
     handovers: Vec<Duration>,
     /// The log of every process, oldest first.
     logs: Vec<String>,
+    /// `corelane_steering_generation` of the last process (0 without eBPF).
+    generation: u64,
 }
 
 impl Restarts {
@@ -791,11 +793,13 @@ fn restart_under_load(args: &[&str], how: Restart) -> Restarts {
     let keep_alive = keep_alive.join().unwrap();
     let per_request = per_request.join().unwrap();
     logs.push(s.log());
+    let generation = s.metric("corelane_steering_generation");
     Restarts {
         keep_alive,
         per_request,
         handovers,
         logs,
+        generation,
     }
 }
 
@@ -817,6 +821,7 @@ fn ten_takeovers_under_load_fail_not_one_request() {
             "process {i}:\n{log}"
         );
     }
+    assert_eq!(r.generation, 11, "ten takeovers after the first start");
     for (i, log) in r.logs.iter().enumerate().take(r.handovers.len()) {
         assert!(log.contains("handing over"), "process {i}:\n{log}");
     }
@@ -860,4 +865,39 @@ fn restarts_without_ebpf_and_by_stop_and_start_for_comparison() {
     // Between the old process closing its listeners and the new one
     // binding, nothing listens: connections are refused.
     assert!(r.per_request.errors.connect > 0, "{:?}", r.per_request);
+}
+
+#[test]
+fn a_request_in_flight_at_the_takeover_is_answered_by_the_old_process_with_connection_close() {
+    let _g = serial();
+    let mut s = Http::start(&["--workers", "2", "--shutdown-timeout", "5s"]);
+    // Half a request head on a keep-alive connection to the old process.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let new = Http::start_at(s.addr, &["--workers", "2", "--takeover"]);
+    assert!(
+        eventually(Duration::from_secs(5), || s.log().contains("handing over")),
+        "{}",
+        s.log()
+    );
+    // The rest of the head: the old process answers, says it closes, and
+    // does.
+    c.write_all(b"\r\n").unwrap();
+    let mut response = String::new();
+    c.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("Connection: close\r\n"), "{response}");
+    assert!(response.ends_with("Hello, World!"), "{response}");
+    // Closing our end ends the server's lingering close at once.
+    drop(c);
+    let (status, took) = s
+        .wait(Duration::from_secs(5))
+        .expect("the old process exits");
+    assert!(status.success(), "{status:?}");
+    eprintln!("in-flight request answered by the old process; it exited {took:?} later");
+    // And the new one serves.
+    assert!(new.get("/plaintext").ends_with("Hello, World!"));
 }

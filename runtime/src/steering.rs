@@ -111,8 +111,12 @@ pub struct SteeringStats {
     /// Connections the program left to the kernel's hash (no eligible
     /// worker could be selected).
     pub fallbacks: u64,
-    /// Connections moved off a closing listener to a live one.
+    /// Connections moved off a closing listener to a live one (counted
+    /// since the program was loaded, across takeovers).
     pub migrated: u64,
+    /// This process's generation: 1 for the process that loaded the
+    /// program, one more per takeover since.
+    pub generation: u32,
 }
 
 /// The eBPF program attached to this server's group, if any.
@@ -193,6 +197,7 @@ impl Ebpf {
                     selected: st.selected,
                     fallbacks: st.fallbacks,
                     migrated: st.migrated,
+                    generation: s.generation(),
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the steering counters failed");

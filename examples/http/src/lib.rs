@@ -492,8 +492,10 @@ impl Http {
                 "# HELP corelane_steering_fallbacks_total Connections the eBPF program left to the kernel's hash.\n\
                  # TYPE corelane_steering_fallbacks_total counter\ncorelane_steering_fallbacks_total {}\n\
                  # HELP corelane_steering_migrated_total Connections moved off a closing listener.\n\
-                 # TYPE corelane_steering_migrated_total counter\ncorelane_steering_migrated_total {}",
-                st.fallbacks, st.migrated
+                 # TYPE corelane_steering_migrated_total counter\ncorelane_steering_migrated_total {}\n\
+                 # HELP corelane_steering_generation This process's generation: 1 for the process that loaded the steering program, one more per takeover since.\n\
+                 # TYPE corelane_steering_generation gauge\ncorelane_steering_generation {}",
+                st.fallbacks, st.migrated, st.generation
             );
         }
     }
