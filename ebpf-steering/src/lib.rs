@@ -665,7 +665,11 @@ fn pin_all(ebpf: &mut Ebpf, taken: &[aya::maps::Map], dir: &Path) -> Result<(), 
     let pin_err = |name: &str, e: aya::pin::PinError| {
         Error::new(format!("pinning {}", dir.join(name).display()), e)
     };
-    for (name, map) in WRITTEN.iter().zip(taken) {
+    // CONFIG first: it names the owner, so a concurrent start's
+    // `remove_stale_pins` sees a live server's directory at once.
+    let mut order: Vec<(&str, &aya::maps::Map)> = WRITTEN.iter().copied().zip(taken).collect();
+    order.sort_by_key(|(name, _)| *name != common::maps::CONFIG);
+    for (name, map) in order {
         map.pin(dir.join(name)).map_err(|e| pin_err(name, e))?;
     }
     for name in [common::maps::WORKERS, common::maps::RR] {
@@ -715,6 +719,51 @@ pub fn pin_dir(addr: std::net::SocketAddr) -> PathBuf {
     Path::new(BPFFS)
         .join("corelane")
         .join(format!("{ip}_{}", addr.port()))
+}
+
+/// Removes the pins of addresses whose serving process is gone (killed, so
+/// it could not remove them): every directory under
+/// `/sys/fs/bpf/corelane/` whose `CONFIG` names a process that no longer
+/// exists, and empty ones. Returns how many it removed; one it cannot read
+/// is left alone.
+#[must_use]
+pub fn remove_stale_pins() -> usize {
+    let Ok(dirs) = std::fs::read_dir(Path::new(BPFFS).join("corelane")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for dir in dirs.flatten().map(|d| d.path()) {
+        let config = dir.join(common::maps::CONFIG);
+        let stale = if config.exists() {
+            let owner = MapData::from_pin(&config)
+                .ok()
+                .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+                .and_then(|m| Array::<MapData, Config>::try_from(m).ok())
+                .and_then(|c| c.get(&0, 0).ok())
+                .map(|c| c.owner_pid);
+            owner.is_some_and(|pid| !process_exists(pid))
+        } else {
+            // Empty (left by a server that dropped privileges), and not one
+            // being filled right now.
+            let old = std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(60)));
+            old && std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none())
+        };
+        if stale && remove_pins(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The BPF filesystem's usual mount point.

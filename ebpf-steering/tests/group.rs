@@ -257,3 +257,38 @@ fn pins_of_another_layout_are_refused() {
     config.set(0, c, 0).unwrap();
     assert!(s.unpin().unwrap());
 }
+
+#[test]
+fn pins_of_a_killed_server_are_removed_and_a_live_ones_kept() {
+    let ls = group(1);
+    if corelane_steering::ensure_bpffs().is_err() {
+        return;
+    }
+    let base = std::path::Path::new(corelane_steering::BPFFS).join("corelane");
+    let pin = |tag: &str| {
+        let mut settings = Settings::new(Policy::Hash);
+        settings.pin = Some(base.join(format!("test-{}-{tag}", std::process::id())));
+        let fds: Vec<_> = ls.iter().map(|l| l.as_fd()).collect();
+        EbpfSteering::attach(&fds, &[None], &settings).ok()
+    };
+    let (Some(live), Some(killed)) = (pin("live"), pin("killed")) else {
+        assert!(std::env::var_os("CI").is_none(), "attach failed under CI");
+        return;
+    };
+    // Make `killed` look like the pins of a process that has exited.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    let dead = child.id();
+    let dir = killed.pinned().unwrap().to_path_buf();
+    let data = aya::maps::MapData::from_pin(dir.join("CONFIG")).unwrap();
+    let mut config: aya::maps::Array<_, corelane_steering::Config> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    let mut c = config.get(&0, 0).unwrap();
+    c.owner_pid = dead;
+    config.set(0, c, 0).unwrap();
+
+    assert!(corelane_steering::remove_stale_pins() >= 1);
+    assert!(!dir.exists(), "the dead server's pins are gone");
+    assert!(live.pinned().unwrap().exists(), "the live server's pins stay");
+    assert!(live.unpin().unwrap());
+}

@@ -445,7 +445,16 @@ fn attach_ebpf(
     settings.stall = stall;
     let dir = corelane_steering::pin_dir(addr);
     match corelane_steering::ensure_bpffs() {
-        Ok(()) => settings.pin = Some(dir.clone()),
+        Ok(()) => {
+            settings.pin = Some(dir.clone());
+            let stale = corelane_steering::remove_stale_pins();
+            if stale > 0 {
+                tracing::info!(
+                    stale,
+                    "removed the steering pins of servers that were killed"
+                );
+            }
+        }
         Err(e) => tracing::debug!(error = %e, "not pinning the steering program"),
     }
     let wrap = |s: EbpfSteering| Ebpf {
