@@ -289,6 +289,9 @@ fn pins_of_a_killed_server_are_removed_and_a_live_ones_kept() {
 
     assert!(corelane_steering::remove_stale_pins() >= 1);
     assert!(!dir.exists(), "the dead server's pins are gone");
-    assert!(live.pinned().unwrap().exists(), "the live server's pins stay");
+    assert!(
+        live.pinned().unwrap().exists(),
+        "the live server's pins stay"
+    );
     assert!(live.unpin().unwrap());
 }

@@ -901,3 +901,56 @@ fn a_request_in_flight_at_the_takeover_is_answered_by_the_old_process_with_conne
     // And the new one serves.
     assert!(new.get("/plaintext").ends_with("Hello, World!"));
 }
+
+#[test]
+fn an_unprivileged_takeover_works_with_the_kernel_hash_and_says_what_it_cannot_guarantee() {
+    if !needs_root() {
+        return;
+    }
+    let _g = serial();
+    // Both as nobody with no capability: the first runs classic-cpu.
+    let as_nobody = |addr: &str, extra: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(harness::http_binary())
+            .args(["--addr", addr, "--workers", "2", "--shutdown-timeout", "5s"])
+            .args(extra);
+        Http::spawn(cmd)
+    };
+    let mut old = as_nobody("127.0.0.1:0", &[]);
+    assert!(
+        old.start_line.contains("steering=classic-cpu"),
+        "{}",
+        old.log()
+    );
+    let url = old.url("/plaintext");
+    let u = url.clone();
+    let keep_alive = std::thread::spawn(move || load(&u, 16, Duration::from_secs(3), false, None));
+    let per_request = std::thread::spawn(move || load(&url, 4, Duration::from_secs(3), true, None));
+    std::thread::sleep(Duration::from_millis(800));
+    let t0 = Instant::now();
+    let new = as_nobody(&old.addr.to_string(), &["--takeover"]);
+    let (status, _) = old
+        .wait(Duration::from_secs(10))
+        .expect("the old process exits");
+    let took = t0.elapsed();
+    let (keep_alive, per_request) = (keep_alive.join().unwrap(), per_request.join().unwrap());
+    eprintln!(
+        "unprivileged takeover in {took:?}: keep-alive {} requests, errors {:?}; per request {} requests, errors {:?}",
+        keep_alive.requests, keep_alive.errors, per_request.requests, per_request.errors
+    );
+    assert!(status.success(), "{status:?}\n{}", old.log());
+    let log = new.log();
+    assert!(new.start_line.contains("steering=kernel"), "{log}");
+    assert!(
+        log.contains("detached the previous process's steering program"),
+        "{log}"
+    );
+    assert!(log.contains("net.ipv4.tcp_migrate_req"), "{log}");
+    assert!(old.log().contains("handing over"), "{}", old.log());
+    // Whatever the kernel resets, nothing is garbled, and both served.
+    for r in [&keep_alive, &per_request] {
+        assert_eq!(r.errors.parse + r.errors.status, 0, "{r:?}");
+    }
+    assert!(new.get("/plaintext").ends_with("Hello, World!"));
+}

@@ -95,8 +95,10 @@ pub enum Error {
         /// The serving process.
         pid: u32,
     },
-    /// The process serving the address could not be asked to hand it over.
-    #[error("taking over {addr}: {source}")]
+    /// The corelane process serving the address could not be asked who it
+    /// is (its control socket answered something unexpected, or refused
+    /// this user).
+    #[error("asking the corelane process serving {addr} through its control socket: {source}")]
     Takeover {
         /// The address.
         addr: SocketAddr,

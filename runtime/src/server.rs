@@ -489,7 +489,7 @@ fn hand_over_and_listen(
     local_addr: SocketAddr,
     workers: usize,
 ) -> Option<takeover::Control> {
-    if let Some(mut previous) = previous {
+    if let Some(previous) = previous {
         let started = Instant::now();
         if shutdown.is_shutting_down() {
             tracing::warn!(
@@ -499,7 +499,7 @@ fn hand_over_and_listen(
             return None;
         }
         match previous.drain(migrates) {
-            Ok(()) => {
+            Ok(draining) => {
                 tracing::info!(
                     pid = previous.pid,
                     queued = if migrates {
@@ -509,7 +509,7 @@ fn hand_over_and_listen(
                     },
                     "took over: the previous process is draining"
                 );
-                previous.watch(started);
+                draining.watch(started);
             }
             Err(e) => tracing::warn!(
                 pid = previous.pid,

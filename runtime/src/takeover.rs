@@ -50,11 +50,21 @@ pub(crate) struct Predecessor {
     /// Its steering mode's name (`least-loaded`, `kernel`, ...).
     pub(crate) steering: String,
     pub(crate) workers: usize,
-    reader: BufReader<UnixStream>,
+    addr: SocketAddr,
 }
 
 /// Asks who serves `addr`: `None` when no corelane process does.
 pub(crate) fn find(addr: SocketAddr) -> io::Result<Option<Predecessor>> {
+    Ok(ask(addr)?.map(|(banner, _)| Predecessor {
+        pid: banner.pid,
+        steering: banner.steering,
+        workers: banner.workers,
+        addr,
+    }))
+}
+
+/// Connects to the control socket of `addr` and reads its banner.
+fn ask(addr: SocketAddr) -> io::Result<Option<(Banner, BufReader<UnixStream>)>> {
     let stream = match UnixStream::connect_addr(&socket_addr(addr)?) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(None),
@@ -70,12 +80,7 @@ pub(crate) fn find(addr: SocketAddr) -> io::Result<Option<Predecessor>> {
             format!("unexpected answer on @{}: {line:?}", name(addr)),
         )
     })?;
-    Ok(Some(Predecessor {
-        pid: banner.pid,
-        steering: banner.steering,
-        workers: banner.workers,
-        reader,
-    }))
+    Ok(Some((banner, reader)))
 }
 
 fn read_line(reader: &mut BufReader<UnixStream>) -> io::Result<String> {
@@ -114,16 +119,30 @@ fn parse_banner(line: &str) -> Option<Banner> {
 }
 
 impl Predecessor {
-    /// Tells the serving process to drain; returns once it has started.
+    /// Tells the serving process to drain (on a connection of its own, so
+    /// however long the caller took between `build` and `run`); returns
+    /// once it has started, with the connection to [`watch`].
     /// `migrate`: closing listeners' queues migrate (see the module docs).
-    pub(crate) fn drain(&mut self, migrate: bool) -> io::Result<()> {
+    pub(crate) fn drain(&self, migrate: bool) -> io::Result<Draining> {
+        let (banner, mut reader) = ask(self.addr)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "it has stopped in the meantime")
+        })?;
+        if banner.pid != self.pid {
+            return Err(io::Error::other(format!(
+                "pid {} serves the address now",
+                banner.pid
+            )));
+        }
         let how = if migrate { "migrate" } else { "accept" };
-        self.reader
+        reader
             .get_mut()
             .write_all(format!("drain {how}\n").as_bytes())?;
-        let line = read_line(&mut self.reader)?;
+        let line = read_line(&mut reader)?;
         if line == "draining" {
-            Ok(())
+            Ok(Draining {
+                pid: self.pid,
+                reader,
+            })
         } else {
             Err(io::Error::other(format!(
                 "pid {} answered {line:?} to `drain`",
@@ -131,7 +150,16 @@ impl Predecessor {
             )))
         }
     }
+}
 
+/// The control connection of a process that is draining for us.
+#[derive(Debug)]
+pub(crate) struct Draining {
+    pid: u32,
+    reader: BufReader<UnixStream>,
+}
+
+impl Draining {
     /// Logs when the drained process has exited (its end of the control
     /// connection closes), from a thread of its own.
     pub(crate) fn watch(mut self, since: Instant) {
