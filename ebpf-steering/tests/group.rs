@@ -260,20 +260,28 @@ fn pins_of_another_layout_are_refused() {
 
 #[test]
 fn pins_of_a_killed_server_are_removed_and_a_live_ones_kept() {
-    let ls = group(1);
     if corelane_steering::ensure_bpffs().is_err() {
         return;
     }
     let base = std::path::Path::new(corelane_steering::BPFFS).join("corelane");
-    let pin = |tag: &str| {
+    // Two servers, each with its own group (a socket can be in one
+    // SOCKETS array only).
+    let (ls_live, ls_killed) = (group(1), group(1));
+    let pin = |tag: &str, ls: &[TcpListener]| {
         let mut settings = Settings::new(Policy::Hash);
         settings.pin = Some(base.join(format!("test-{}-{tag}", std::process::id())));
         let fds: Vec<_> = ls.iter().map(|l| l.as_fd()).collect();
-        EbpfSteering::attach(&fds, &[None], &settings).ok()
+        EbpfSteering::attach(&fds, &[None], &settings)
     };
-    let (Some(live), Some(killed)) = (pin("live"), pin("killed")) else {
-        assert!(std::env::var_os("CI").is_none(), "attach failed under CI");
-        return;
+    let (live, killed) = match (pin("live", &ls_live), pin("killed", &ls_killed)) {
+        (Ok(l), Ok(k)) => (l, k),
+        (Err(e), _) | (_, Err(e)) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "attach failed under CI: {e}"
+            );
+            return;
+        }
     };
     // Make `killed` look like the pins of a process that has exited.
     let mut child = std::process::Command::new("true").spawn().unwrap();

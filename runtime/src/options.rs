@@ -122,6 +122,11 @@ pub struct ServerOptions {
     /// `Connection: close`) until its shutdown deadline. When nothing serves
     /// the address, the server simply starts. Default `false`: starting on
     /// an address another corelane process serves is an error.
+    ///
+    /// Steering switches in [`build`](crate::ServerBuilder::build) (new
+    /// connections queue on this server's listeners from then on); the old
+    /// process is told to drain when [`run`](crate::Server::run) has started
+    /// the workers. Call `run` right after `build`.
     pub takeover: bool,
     /// Listen on the control socket (`@corelane/<addr>`, an abstract Unix
     /// socket of the network namespace) through which a process started
