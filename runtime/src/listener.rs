@@ -28,11 +28,13 @@ pub(crate) fn bind_group(
     count: usize,
     backlog: i32,
     nodelay: bool,
+    defer_accept: Option<std::time::Duration>,
 ) -> Result<Vec<mio::net::TcpListener>, Error> {
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
-        let socket = new_socket(addr, nodelay).map_err(|source| Error::Socket { addr, source })?;
+        let socket = new_socket(addr, nodelay, defer_accept)
+            .map_err(|source| Error::Socket { addr, source })?;
         socket
             .bind(&addr.into())
             .map_err(|source| Error::Bind { addr, source })?;
@@ -54,7 +56,11 @@ pub(crate) fn bind_group(
     Ok(listeners)
 }
 
-fn new_socket(addr: SocketAddr, nodelay: bool) -> io::Result<Socket> {
+fn new_socket(
+    addr: SocketAddr,
+    nodelay: bool,
+    defer_accept: Option<std::time::Duration>,
+) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
@@ -68,6 +74,10 @@ fn new_socket(addr: SocketAddr, nodelay: bool) -> io::Result<Socket> {
     if nodelay {
         socket.set_tcp_nodelay(true)?;
     }
+    if let Some(wait) = defer_accept {
+        use std::os::fd::AsRawFd;
+        crate::sys::set_defer_accept(socket.as_raw_fd(), wait)?;
+    }
     Ok(socket)
 }
 
@@ -78,7 +88,7 @@ mod tests {
 
     #[test]
     fn group_shares_one_port_and_accepted_sockets_inherit_nodelay() {
-        let listeners = bind_group("127.0.0.1:0".parse().unwrap(), 3, 128, true).unwrap();
+        let listeners = bind_group("127.0.0.1:0".parse().unwrap(), 3, 128, true, None).unwrap();
         let port = listeners[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         for l in &listeners {
@@ -101,7 +111,7 @@ mod tests {
 
     #[test]
     fn ipv6_loopback_binds() {
-        match bind_group("[::1]:0".parse().unwrap(), 2, 128, true) {
+        match bind_group("[::1]:0".parse().unwrap(), 2, 128, true, None) {
             Ok(l) => assert_eq!(l.len(), 2),
             // Hosts without IPv6 cannot run this test.
             Err(Error::Bind { source, .. }) | Err(Error::Socket { source, .. })
@@ -115,10 +125,35 @@ mod tests {
     }
 
     #[test]
+    fn defer_accept_is_set_on_every_listener() {
+        use std::os::fd::AsRawFd;
+        let wait = std::time::Duration::from_secs(3);
+        let listeners =
+            bind_group("127.0.0.1:0".parse().unwrap(), 2, 128, true, Some(wait)).unwrap();
+        for l in &listeners {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: valid out-pointers of the sizes given.
+            let rc = unsafe {
+                libc::getsockopt(
+                    l.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_DEFER_ACCEPT,
+                    (&raw mut v).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            // The kernel rounds up to its SYN-ACK retransmission schedule.
+            assert!(v >= 3, "{v}");
+        }
+    }
+
+    #[test]
     fn a_taken_address_names_itself_in_the_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = bind_group(addr, 1, 128, true).unwrap_err();
+        let err = bind_group(addr, 1, 128, true, None).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(&addr.to_string()), "{msg}");
         assert!(matches!(err, Error::Bind { .. }), "{err:?}");

@@ -44,6 +44,12 @@ pub struct ServerOptions {
     /// one turn for longer than this is stalled and gets no new connections
     /// while another worker is not. `None` disables the check. Default 10 ms.
     pub stall_threshold: Option<Duration>,
+    /// `TCP_DEFER_ACCEPT`: the kernel completes a connection (and the worker
+    /// accepts it) only when its first data arrives, waiting up to this long
+    /// (whole seconds), like nginx's `listen ... deferred`: a client that
+    /// connects and sends nothing costs no wakeup, descriptor or buffer.
+    /// Default `None`.
+    pub defer_accept: Option<Duration>,
     /// Set `TCP_NODELAY` on accepted connections. Default `true`.
     pub nodelay: bool,
     /// Most open connections per worker; a worker at its cap stops accepting
@@ -167,6 +173,7 @@ impl Default for ServerOptions {
             user: None,
             drain_grace: Duration::from_millis(200),
             takeover: false,
+            defer_accept: None,
             control_socket: true,
         }
     }

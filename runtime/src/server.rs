@@ -144,6 +144,8 @@ impl ServerBuilder {
         user: Option<String>,
         /// Idle connections' grace in a drain (see [`ServerOptions::drain_grace`]).
         drain_grace: Duration,
+        /// Accept a connection only once its first data arrives (see [`ServerOptions::defer_accept`]).
+        defer_accept: Option<Duration>,
         /// Take the address over from the process serving it (see [`ServerOptions::takeover`]).
         takeover: bool,
         /// Listen on the control socket (see [`ServerOptions::control_socket`]).
@@ -215,7 +217,13 @@ impl ServerBuilder {
             ),
             (None, false) => {}
         }
-        let listeners = listener::bind_group(opts.addr, cpus.len(), opts.backlog, opts.nodelay)?;
+        let listeners = listener::bind_group(
+            opts.addr,
+            cpus.len(),
+            opts.backlog,
+            opts.nodelay,
+            opts.defer_accept,
+        )?;
         let local_addr = listeners[0].local_addr().map_err(|source| Error::Bind {
             addr: opts.addr,
             source,

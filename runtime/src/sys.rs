@@ -148,6 +148,21 @@ pub(crate) fn detach_reuseport_program(fd: RawFd) -> io::Result<bool> {
     }
 }
 
+/// Sets `TCP_DEFER_ACCEPT` on listener `fd` to `wait`, in whole seconds
+/// (at least one).
+pub(crate) fn set_defer_accept(fd: RawFd, wait: std::time::Duration) -> io::Result<()> {
+    let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid int option value of the size given.
+    syscall!(setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        (&raw const secs).cast::<libc::c_void>(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+    ))?;
+    Ok(())
+}
+
 /// Whether the kernel migrates the queue of a closing reuseport listener
 /// even without an eBPF program (`net.ipv4.tcp_migrate_req`).
 pub(crate) fn tcp_migrate_req() -> bool {

@@ -935,7 +935,7 @@ mod tests {
 
     #[test]
     fn an_event_for_a_reused_slot_is_recognised_as_stale() {
-        let listener = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16, true)
+        let listener = bind_group("127.0.0.1:0".parse().unwrap(), 1, 16, true, None)
             .unwrap()
             .remove(0);
         let addr = listener.local_addr().unwrap();

@@ -58,6 +58,11 @@ struct Args {
     /// steering as root first, then drop to it for good.
     #[arg(long)]
     user: Option<String>,
+    /// Accept a connection only when its first request bytes arrive, waiting
+    /// up to this long (`TCP_DEFER_ACCEPT`, whole seconds; like nginx's
+    /// `listen ... deferred`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    defer_accept: Option<Duration>,
     /// Take the address over from the corelane process serving it, without
     /// dropping a connection: new connections come here, the old process
     /// drains (its queued connections migrate here; keep-alive clients are
@@ -90,6 +95,7 @@ fn serve(args: Args) -> corelane::Result<()> {
         .shutdown_timeout(args.shutdown_timeout)
         .user(args.user)
         .takeover(args.takeover)
+        .defer_accept(args.defer_accept)
         .max_input(opts.max_input());
     if let Some(n) = args.workers {
         builder = builder.workers(n);
