@@ -129,20 +129,29 @@ pub(crate) fn attach_reuseport_cbpf(fd: RawFd, prog: &[libc::sock_filter]) -> io
     Ok(())
 }
 
+/// `setsockopt(2)` of an `int` option.
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid int option value of the size given.
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&raw const value).cast::<libc::c_void>(),
+        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+    ))?;
+    Ok(())
+}
+
 /// Detaches whatever steering program (classic or eBPF) the reuseport group
 /// of `fd` has; `Ok(false)` when it had none.
 pub(crate) fn detach_reuseport_program(fd: RawFd) -> io::Result<bool> {
-    let zero: libc::c_int = 0;
-    // SAFETY: a valid int option value of the size given.
-    let rc = syscall!(setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_DETACH_REUSEPORT_BPF,
-        (&raw const zero).cast::<libc::c_void>(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-    ));
-    match rc {
-        Ok(_) => Ok(true),
+    match set_int_option(fd, libc::SOL_SOCKET, libc::SO_DETACH_REUSEPORT_BPF, 0) {
+        Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
@@ -152,15 +161,7 @@ pub(crate) fn detach_reuseport_program(fd: RawFd) -> io::Result<bool> {
 /// (at least one).
 pub(crate) fn set_defer_accept(fd: RawFd, wait: std::time::Duration) -> io::Result<()> {
     let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: a valid int option value of the size given.
-    syscall!(setsockopt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_DEFER_ACCEPT,
-        (&raw const secs).cast::<libc::c_void>(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-    ))?;
-    Ok(())
+    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)
 }
 
 /// Whether the kernel migrates the queue of a closing reuseport listener
