@@ -26,9 +26,14 @@ impl Running {
 
     /// Starts it as user `uid` (and group `uid`) when given.
     fn start_as(args: &[&str], uid: Option<u32>) -> Running {
+        Running::start_at("127.0.0.1:0", args, uid)
+    }
+
+    /// Starts it on `addr`.
+    fn start_at(addr: &str, args: &[&str], uid: Option<u32>) -> Running {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(BIN);
-        cmd.args(["--addr", "127.0.0.1:0"])
+        cmd.args(["--addr", addr])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -239,4 +244,39 @@ fn sigterm_still_stops_it_when_stderr_is_gone() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_second_server_is_refused_and_takeover_replaces_the_first_closing_cleanly() {
+    let mut old = Running::start(&["--workers", "2"]);
+    let addr = old.addr.to_string();
+    let out = Command::new(BIN).args(["--addr", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already served by corelane"), "{err}");
+
+    let mut c = TcpStream::connect(old.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"before\n").unwrap();
+    let mut buf = [0u8; 7];
+    c.read_exact(&mut buf).unwrap();
+
+    let new = Running::start_at(&addr, &["--workers", "2", "--takeover"], None);
+    // The old server's idle connection ends with a clean close (no reset),
+    // and the old server exits 0.
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("a clean close");
+    assert!(rest.is_empty());
+    let status = old.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    old.log.read_to_string(&mut log).unwrap();
+    assert!(log.contains("handing over"), "{log}");
+    // New connections are the new server's.
+    let mut c = TcpStream::connect(new.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"after\n").unwrap();
+    let mut buf = [0u8; 6];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after\n");
 }
