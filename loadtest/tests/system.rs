@@ -374,7 +374,20 @@ fn a_stalled_worker_is_avoided_by_least_loaded_but_not_by_the_kernel_hash() {
         let cpu = stall(&mut conn, 0);
         // New connections: one per request, on a fixed schedule.
         let rate = Some(1000.0);
-        let calm = load_on(cpu, &url, 32, Duration::from_secs(3), true, rate);
+        // A calm baseline first: p99.9 is the third worst of 3,000, and a
+        // machine-wide hiccup (seen in CI: 48 ms) makes the comparison
+        // meaningless, so measure again, at most three times.
+        let mut calm = load_on(cpu, &url, 32, Duration::from_secs(3), true, rate);
+        for _ in 0..2 {
+            if calm.latency_us.p999 < 10_000 {
+                break;
+            }
+            eprintln!(
+                "stalled worker, {mode}: calm p99.9 {} µs is not calm; measuring again",
+                calm.latency_us.p999
+            );
+            calm = load_on(cpu, &url, 32, Duration::from_secs(3), true, rate);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let st = staller(conn, Arc::clone(&stop));
         std::thread::sleep(Duration::from_millis(200));
@@ -760,7 +773,10 @@ fn restart_under_load(args: &[&str], how: Restart) -> Restarts {
     let url = s.url("/plaintext");
     let u = url.clone();
     let keep_alive = std::thread::spawn(move || load(&u, 32, LOAD, false, None));
-    let per_request = std::thread::spawn(move || load(&url, 8, LOAD, true, None));
+    // New connections at a fixed 2,000/s: every restart meets hundreds of
+    // them, without leaving the machine a quarter million TIME_WAIT
+    // sockets for the tests that follow.
+    let per_request = std::thread::spawn(move || load(&url, 8, LOAD, true, Some(2000.0)));
     std::thread::sleep(Duration::from_secs(1));
     let mut handovers = Vec::new();
     let mut logs = Vec::new();
@@ -871,6 +887,20 @@ fn restarts_without_ebpf_and_by_stop_and_start_for_comparison() {
     assert!(r.per_request.errors.connect > 0, "{:?}", r.per_request);
 }
 
+/// TCP sockets listening on `port` (IPv4), from `/proc/net/tcp`.
+fn listening_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
+        .count()
+}
+
 #[test]
 fn a_request_in_flight_at_the_takeover_is_answered_by_the_old_process_with_connection_close() {
     let _g = serial();
@@ -886,6 +916,14 @@ fn a_request_in_flight_at_the_takeover_is_answered_by_the_old_process_with_conne
         eventually(Duration::from_secs(5), || s.log().contains("handing over")),
         "{}",
         s.log()
+    );
+    // The control thread logs before the workers act: wait until both old
+    // workers have closed their listeners (only the new process's two
+    // listen), so the request completes while the old process drains.
+    assert!(
+        eventually(Duration::from_secs(5), || listening_on(s.addr.port()) == 2),
+        "{} listeners",
+        listening_on(s.addr.port())
     );
     // The rest of the head: the old process answers, says it closes, and
     // does.
