@@ -405,8 +405,12 @@ fn a_stalled_worker_is_avoided_by_least_loaded_but_not_by_the_kernel_hash() {
     // p99.9 of 3,000 connections is the third worst: below 2 ms it is the
     // scheduler's noise on a 2-core machine, so 2 ms is the floor of "calm".
     const FLOOR_US: u64 = 2_000;
+    // Least-loaded keeps new connections off the stalled worker: nobody
+    // waits anything like a stall (50 ms). Within 3x calm, between 10 ms
+    // and 25 ms (2x failed on noise in CI: 4.96 ms stalled vs 2.32 ms
+    // calm, while the kernel's hash showed 257 ms).
     assert!(
-        ll.1 <= 2 * ll.0.max(FLOOR_US),
+        ll.1 <= (3 * ll.0.max(FLOOR_US)).clamp(10_000, 25_000),
         "least-loaded: p99.9 {} µs stalled vs {} µs calm",
         ll.1,
         ll.0
