@@ -444,14 +444,14 @@ impl EbpfSteering {
     /// pinned, so a takeover that loaded a program of its own counts too).
     #[must_use]
     pub fn is_serving(&self) -> bool {
-        let read = |config: &Array<MapData, Config>| config.get(&0, 0).ok();
         let current = match &self.pinned {
-            Ok(dir) => MapData::from_pin(dir.join(common::maps::CONFIG))
-                .ok()
-                .and_then(|d| aya::maps::Map::from_map_data(d).ok())
-                .and_then(|m| Array::<MapData, Config>::try_from(m).ok())
-                .and_then(|c| read(&c)),
-            Err(_) => read(&self.config.lock().unwrap_or_else(|e| e.into_inner())),
+            Ok(dir) => pinned_config(dir),
+            Err(_) => self
+                .config
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&0, 0)
+                .ok(),
         };
         current.is_some_and(|c| {
             c.base() == self.base
@@ -735,13 +735,7 @@ pub fn remove_stale_pins() -> usize {
     for dir in dirs.flatten().map(|d| d.path()) {
         let config = dir.join(common::maps::CONFIG);
         let stale = if config.exists() {
-            let owner = MapData::from_pin(&config)
-                .ok()
-                .and_then(|d| aya::maps::Map::from_map_data(d).ok())
-                .and_then(|m| Array::<MapData, Config>::try_from(m).ok())
-                .and_then(|c| c.get(&0, 0).ok())
-                .map(|c| c.owner_pid);
-            owner.is_some_and(|pid| !process_exists(pid))
+            pinned_config(&dir).is_some_and(|c| !process_exists(c.owner_pid))
         } else {
             // Empty (left by a server that dropped privileges), and not one
             // being filled right now.
@@ -755,6 +749,16 @@ pub fn remove_stale_pins() -> usize {
         }
     }
     removed
+}
+
+/// The `CONFIG` pinned in `dir`, if it can be opened and read.
+fn pinned_config(dir: &Path) -> Option<Config> {
+    let data = MapData::from_pin(dir.join(common::maps::CONFIG)).ok()?;
+    let map = aya::maps::Map::from_map_data(data).ok()?;
+    Array::<MapData, Config>::try_from(map)
+        .ok()?
+        .get(&0, 0)
+        .ok()
 }
 
 fn process_exists(pid: u32) -> bool {

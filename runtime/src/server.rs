@@ -267,10 +267,7 @@ impl ServerBuilder {
             &cpus,
             opts.stall_threshold,
             local_addr,
-            previous.as_ref().map(|p| steering::Previous {
-                pid: p.pid,
-                steering: &p.steering,
-            }),
+            previous.as_ref(),
         );
         let (mode, ebpf) = (applied.mode, applied.ebpf);
         opts.steering = mode;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 pub use corelane_steering_common::Policy;
 
+use crate::takeover::Predecessor;
+
 /// The steering of the reuseport group: which worker's listener the kernel
 /// puts each new connection on, decided in the kernel before any userspace
 /// code runs.
@@ -163,7 +165,6 @@ impl Ebpf {
         WorkerSteer::default()
     }
 
-    /// The program's counters, if a program is in force.
     /// At the end of the last process serving the address: removes the
     /// pins (not after a handover, nor when another process took over).
     pub(crate) fn unpin(&self) {
@@ -188,6 +189,7 @@ impl Ebpf {
         let _ = (uid, gid);
     }
 
+    /// The program's counters, if a program is in force.
     pub(crate) fn stats(&self, mode: Steering) -> Option<SteeringStats> {
         #[cfg(feature = "ebpf")]
         if let Some(s) = &self.inner {
@@ -280,22 +282,6 @@ pub(crate) struct Applied {
     pub(crate) migrates: bool,
 }
 
-/// The process being taken over, as far as steering cares.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Previous<'a> {
-    pub(crate) pid: u32,
-    /// Its steering mode's name.
-    pub(crate) steering: &'a str,
-}
-
-impl Previous<'_> {
-    fn is_ebpf(&self) -> bool {
-        self.steering
-            .parse::<Steering>()
-            .is_ok_and(Steering::is_ebpf)
-    }
-}
-
 /// Steers the group of `listeners` (all listening) as `requested`, down the
 /// fallback ladder, each step logged once with its reason. Taking over from
 /// `previous`, the new listeners become the ones steered to.
@@ -305,7 +291,7 @@ pub(crate) fn apply(
     cpus: &[Option<usize>],
     stall: Option<Duration>,
     addr: std::net::SocketAddr,
-    previous: Option<Previous<'_>>,
+    previous: Option<&Predecessor>,
 ) -> Applied {
     let policy = match requested {
         // One listener: there is nothing to choose between (but in a
@@ -382,7 +368,7 @@ fn kernel(migrates: bool) -> Applied {
 /// their queues); otherwise whatever program the group has is detached.
 fn take_over_without_ebpf(
     listeners: &[mio::net::TcpListener],
-    previous: Previous<'_>,
+    previous: &Predecessor,
     fell_back: bool,
 ) -> Applied {
     use std::os::fd::AsRawFd;
@@ -396,7 +382,7 @@ fn take_over_without_ebpf(
     match crate::sys::detach_reuseport_program(listeners[0].as_raw_fd()) {
         Ok(true) => tracing::info!(
             pid = previous.pid,
-            steering = previous.steering,
+            steering = %previous.steering,
             "detached the previous process's steering program"
         ),
         Ok(false) => {}
@@ -436,7 +422,7 @@ fn attach_ebpf(
     cpus: &[Option<usize>],
     stall: Option<Duration>,
     addr: std::net::SocketAddr,
-    previous: Option<Previous<'_>>,
+    previous: Option<&Predecessor>,
 ) -> Result<Ebpf, String> {
     use corelane_steering::EbpfSteering;
     use std::os::fd::AsFd;
@@ -493,7 +479,7 @@ fn attach_ebpf(
     _: &[Option<usize>],
     _: Option<Duration>,
     _: std::net::SocketAddr,
-    _: Option<Previous<'_>>,
+    _: Option<&Predecessor>,
 ) -> Result<Ebpf, String> {
     Err("corelane was built without its `ebpf` feature".into())
 }

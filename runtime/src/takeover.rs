@@ -119,6 +119,13 @@ fn parse_banner(line: &str) -> Option<Banner> {
 }
 
 impl Predecessor {
+    /// Whether it steers with eBPF.
+    pub(crate) fn is_ebpf(&self) -> bool {
+        self.steering
+            .parse::<crate::Steering>()
+            .is_ok_and(crate::Steering::is_ebpf)
+    }
+
     /// Tells the serving process to drain (on a connection of its own, so
     /// however long the caller took between `build` and `run`); returns
     /// once it has started, with the connection to [`watch`].
