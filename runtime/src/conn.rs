@@ -1,14 +1,41 @@
-//! A connection's state inside a worker, and the token that names it.
+//! A connection: its state machine, its buffers, and the token that names it.
+//!
+//! A connection moves through one [`Phase`]:
+//!
+//! ```text
+//!            read 0 (peer's FIN)
+//!   Open ─────────────────────────▶ PeerClosed ──▶ closed (peer_closed) once flushed
+//!    │  handler: Action::Close
+//!    ▼
+//!   Closing { reason, linger } ──▶ closed (reason) once flushed, or, with linger:
+//!                                  Lingering: FIN sent, input discarded until the
+//!                                  peer's FIN or the linger deadline
+//! ```
+//!
+//! Beside the phase it tracks whether the socket may hold unread bytes
+//! ([`Readable`], the edge-triggered contract) and where the current message
+//! is ([`Activity`], which picks the header or idle deadline). The worker
+//! reports events and asks the connection what to do; it never flips the
+//! connection's state itself.
+//!
+//! Nothing here depends on how the socket came to be: an accepted connection
+//! starts in [`Phase::Open`] with [`Activity::New`] from the moment it was
+//! accepted, and a connection the worker opened would start the same way
+//! from the moment its connect completed.
 
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::Token;
 
-use crate::buffer::Output;
-use crate::handler::CloseReason;
+use crate::buffer::{BufferPool, Input, Output};
+use crate::handler::{Action, CloseReason};
 use crate::options::ServerOptions;
-use crate::timer::Tick;
+use crate::probes;
+use crate::sys;
+use crate::timer::{Entry, Tick, TimerWheel};
 
 /// A mio token for a connection: its slab key in the low 32 bits and a
 /// generation in the high bits, so an event for a slot that was closed and
@@ -43,92 +70,457 @@ impl From<Token> for ConnToken {
     }
 }
 
-/// One accepted connection.
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading, handing bytes to the handler, writing its replies.
+    Open,
+    /// The peer shut down its sending side: flush what is left, then close.
+    PeerClosed,
+    /// Close once the output is flushed; `linger`: send FIN first and wait
+    /// for the peer's (the peer may still be sending).
+    Closing { reason: CloseReason, linger: bool },
+    /// Our FIN is sent; reading discards until the peer's FIN.
+    Lingering { since: Instant },
+}
+
+/// Whether the socket may hold bytes we have not read (edge-triggered: no
+/// new event comes for bytes already signalled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readable {
+    /// Drained: the next event says when bytes arrive.
+    No,
+    /// An edge arrived, or a budget or the high-water mark stopped reading.
+    Yes,
+    /// FIN or an error was signalled: a short read is no proof of drain,
+    /// read until 0 or the error.
+    UntilEof,
+}
+
+/// Where the current message is, which decides the deadline in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activity {
+    /// No message consumed yet; the first one's clock runs from `since`
+    /// (accepted or connected).
+    New { since: Instant },
+    /// A message is arriving, since its first byte.
+    Receiving { since: Instant },
+    /// Between messages, since the last one was consumed.
+    Idle { since: Instant },
+}
+
+/// What one read did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadOutcome {
+    /// `n` bytes were appended to the input.
+    Bytes(usize),
+    /// The peer's FIN: no more bytes will come.
+    Eof,
+    /// The socket is drained.
+    Drained,
+    /// Nothing for the handler (interrupted, or discarded while lingering):
+    /// read again.
+    Again,
+}
+
+/// What the connection needs once its I/O for this turn is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Keep it: wait for events or deadlines.
+    Keep,
+    /// Close it now.
+    Close(CloseReason),
+    /// Send FIN and linger.
+    Linger,
+}
+
+/// One connection of a worker.
 #[derive(Debug)]
 pub(crate) struct Conn<S> {
-    pub(crate) stream: TcpStream,
+    stream: TcpStream,
     /// The handler's state; taken out when the connection closes.
-    pub(crate) state: Option<S>,
-    pub(crate) generation: u32,
-    pub(crate) id: u64,
+    user: Option<S>,
+    generation: u32,
+    id: u64,
     /// Unconsumed input; holds no allocation while empty.
-    pub(crate) input: Vec<u8>,
-    pub(crate) output: Output,
-    /// The socket may have bytes to read (an edge arrived, or a budget or the
-    /// high-water mark stopped reading early).
-    pub(crate) want_read: bool,
-    /// FIN or an error was signalled: read until 0 or the error.
-    pub(crate) eof_hint: bool,
-    /// The peer shut down its sending side.
-    pub(crate) read_closed: bool,
-    /// At least one message was consumed by the handler.
-    pub(crate) served: bool,
-    /// Close once the output is flushed.
-    pub(crate) close_after_flush: Option<CloseReason>,
-    /// Our side sent FIN; discarding input until the peer's FIN.
-    pub(crate) lingering: bool,
-    pub(crate) linger_since: Instant,
-    /// When the message now being received started (or, before the first
-    /// message, when the connection was accepted). `None` between messages.
-    pub(crate) message_start: Option<Instant>,
-    /// When the last message was finished.
-    pub(crate) last_active: Instant,
+    input: Vec<u8>,
+    output: Output,
+    phase: Phase,
+    readable: Readable,
+    activity: Activity,
     /// When output last made progress.
-    pub(crate) last_progress: Instant,
+    last_progress: Instant,
     /// The tick of this connection's live timer-wheel entry.
-    pub(crate) scheduled: Option<Tick>,
+    scheduled: Option<Tick>,
 }
 
 impl<S> Conn<S> {
-    pub(crate) fn new(stream: TcpStream, state: S, generation: u32, id: u64, now: Instant) -> Self {
+    pub(crate) fn new(stream: TcpStream, user: S, generation: u32, id: u64, now: Instant) -> Self {
         Conn {
             stream,
-            state: Some(state),
+            user: Some(user),
             generation,
             id,
             input: Vec::new(),
             output: Output::default(),
-            want_read: false,
-            eof_hint: false,
-            read_closed: false,
-            served: false,
-            close_after_flush: None,
-            lingering: false,
-            linger_since: now,
-            message_start: Some(now),
-            last_active: now,
+            phase: Phase::Open,
+            readable: Readable::No,
+            activity: Activity::New { since: now },
             last_progress: now,
             scheduled: None,
         }
     }
 
-    /// Nothing received and not consumed, nothing waiting to be written.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.input.is_empty() && self.output.is_empty() && !self.lingering
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
     }
 
-    /// The deadline in force and the reason to close at it, from the
-    /// connection's state: lingering, stalled output, a message in progress,
-    /// or idle between messages.
-    pub(crate) fn deadline(&self, opts: &ServerOptions) -> Option<(Instant, CloseReason)> {
-        if self.lingering {
-            return Some((
-                self.linger_since + opts.linger_timeout,
-                CloseReason::Handler,
-            ));
+    /// The id unique within the worker (the probes' `conn_id`).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// The socket, to register it under a new token.
+    pub(crate) fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn pending_output(&self) -> usize {
+        self.output.len()
+    }
+
+    // ----- events -------------------------------------------------------------
+
+    /// An epoll event: `readable`, and `hangup` for the peer's FIN or an
+    /// error.
+    pub(crate) fn on_event(&mut self, readable: bool, hangup: bool) {
+        if hangup {
+            self.readable = Readable::UntilEof;
+        } else if readable && self.readable == Readable::No {
+            self.readable = Readable::Yes;
+        }
+    }
+
+    /// Reads once more even without an event (a drain checks whether a
+    /// request is already in the socket).
+    pub(crate) fn recheck_readable(&mut self) {
+        if self.readable == Readable::No {
+            self.readable = Readable::Yes;
+        }
+    }
+
+    /// Whether the socket should be read now.
+    pub(crate) fn wants_read(&self) -> bool {
+        self.readable != Readable::No && matches!(self.phase, Phase::Open | Phase::Lingering { .. })
+    }
+
+    // ----- reading ------------------------------------------------------------
+
+    /// One `read(2)` into the input buffer (taken from `pool` if the
+    /// connection holds none), or, while lingering, into a scratch buffer
+    /// that is discarded.
+    ///
+    /// # Errors
+    ///
+    /// The reason to close: a reset or another error, input beyond
+    /// `max_input`, or the end of a lingering close.
+    pub(crate) fn read(
+        &mut self,
+        pool: &mut BufferPool,
+        max_input: usize,
+    ) -> Result<ReadOutcome, CloseReason> {
+        if let Phase::Lingering { .. } = self.phase {
+            return self.discard_some();
+        }
+        if self.input.capacity() == 0 {
+            self.input = pool.take();
+        } else if self.input.len() == self.input.capacity() {
+            if self.input.len() >= max_input {
+                return Err(CloseReason::InputTooLarge);
+            }
+            let grow = self.input.len().min(max_input - self.input.len());
+            self.input.reserve_exact(grow);
+        }
+        let space = self.input.capacity() - self.input.len();
+        match sys::read_spare(self.stream.as_raw_fd(), &mut self.input) {
+            Ok(0) => {
+                self.phase = Phase::PeerClosed;
+                self.readable = Readable::No;
+                Ok(ReadOutcome::Eof)
+            }
+            Ok(n) => {
+                if n < space && self.readable != Readable::UntilEof {
+                    // A short read drained the socket; the next edge reports
+                    // new bytes. Saves the read that would say WouldBlock.
+                    self.readable = Readable::No;
+                }
+                Ok(ReadOutcome::Bytes(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = Readable::No;
+                Ok(ReadOutcome::Drained)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Again),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    /// Lingering: reads and drops what the peer still sends; its FIN (or an
+    /// error) ends the linger.
+    fn discard_some(&mut self) -> Result<ReadOutcome, CloseReason> {
+        let mut scratch = [0u8; 512];
+        match self.stream.read(&mut scratch) {
+            Ok(0) => Err(CloseReason::Handler),
+            Ok(_) => Ok(ReadOutcome::Again),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = Readable::No;
+                Ok(ReadOutcome::Drained)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Again),
+            Err(_) => Err(CloseReason::Handler),
+        }
+    }
+
+    /// Whether unconsumed input is held.
+    pub(crate) fn has_input(&self) -> bool {
+        !self.input.is_empty()
+    }
+
+    // ----- the handler ----------------------------------------------------------
+
+    /// Hands the unconsumed input to `on_data` (with an output buffer from
+    /// `pool`), then applies what it consumed and the action it returned.
+    pub(crate) fn call(
+        &mut self,
+        pool: &mut BufferPool,
+        draining: bool,
+        now: Instant,
+        on_data: impl FnOnce(&mut S, &mut Input<'_>, &mut Output) -> Action,
+    ) {
+        if !self.output.has_buffer() {
+            self.output.set_buffer(pool.take());
+        }
+        let Some(user) = self.user.as_mut() else {
+            return;
+        };
+        let peer_closed = self.phase == Phase::PeerClosed;
+        let mut input = Input::new(&self.input, peer_closed, draining);
+        let action = on_data(user, &mut input, &mut self.output);
+        let consumed = input.consumed();
+        self.consumed(consumed, now);
+        if action == Action::Close {
+            self.close_after_flush(CloseReason::Handler);
+        }
+    }
+
+    fn consumed(&mut self, consumed: usize, now: Instant) {
+        if consumed == self.input.len() {
+            self.input.clear();
+        } else if consumed > 0 {
+            self.input.drain(..consumed);
+        }
+        if self.input.is_empty() {
+            self.activity = Activity::Idle { since: now };
+        } else if consumed > 0 || matches!(self.activity, Activity::Idle { .. }) {
+            // A new message began in these bytes: its header clock starts
+            // now. A message still arriving keeps its clock (slow senders
+            // gain nothing by trickling bytes).
+            self.activity = Activity::Receiving { since: now };
+        }
+    }
+
+    /// Stops reading; closes for `reason` once the output is flushed
+    /// (lingering first if the peer may still be sending).
+    pub(crate) fn close_after_flush(&mut self, reason: CloseReason) {
+        let linger = self.phase == Phase::Open;
+        if matches!(self.phase, Phase::Open | Phase::PeerClosed) {
+            self.phase = Phase::Closing { reason, linger };
+        }
+        self.readable = Readable::No;
+    }
+
+    // ----- writing --------------------------------------------------------------
+
+    /// Writes pending output until it is all written or the socket is full:
+    /// one `send(2)`, or `sendmsg(2)` when the output is in pieces. Returns
+    /// the write calls made and the bytes written.
+    ///
+    /// # Errors
+    ///
+    /// The reason to close when the socket fails.
+    pub(crate) fn flush(&mut self, worker: usize, now: Instant) -> Result<(u64, u64), CloseReason> {
+        if self.output.is_empty() {
+            return Ok((0, 0));
+        }
+        let stream = &self.stream;
+        let (fd, id) = (stream.as_raw_fd(), self.id);
+        let mut writes = 0;
+        let written = self
+            .output
+            .flush_to(|iov| {
+                let n = if iov.len() == 1 {
+                    // The common case: one piece, one send(2).
+                    io::Write::write(&mut &*stream, &iov[0])
+                } else {
+                    sys::send_vectored(fd, iov)
+                }?;
+                probes::write(worker, fd, id, n);
+                writes += 1;
+                Ok(n)
+            })
+            .map_err(|e| classify(&e))?;
+        if written > 0 {
+            self.last_progress = now;
+        }
+        Ok((writes, written as u64))
+    }
+
+    // ----- closing --------------------------------------------------------------
+
+    /// What to do once this turn's I/O is done. `drain_idle`: a drain is
+    /// closing idle keep-alive connections.
+    pub(crate) fn next(&self, drain_idle: bool) -> Next {
+        if !self.output.is_empty() {
+            return Next::Keep;
+        }
+        match self.phase {
+            Phase::Open if drain_idle && self.is_idle_keepalive() => {
+                Next::Close(CloseReason::Shutdown)
+            }
+            Phase::Open | Phase::Lingering { .. } => Next::Keep,
+            Phase::PeerClosed => Next::Close(CloseReason::PeerClosed),
+            Phase::Closing { linger: true, .. } => Next::Linger,
+            Phase::Closing { reason, .. } => Next::Close(reason),
+        }
+    }
+
+    /// Sends FIN and starts discarding what the peer still sends, so unread
+    /// request bytes do not turn our close into a reset that destroys the
+    /// reply.
+    ///
+    /// # Errors
+    ///
+    /// `shutdown(2)` failed: close at once.
+    pub(crate) fn start_linger(&mut self, now: Instant) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)?;
+        self.phase = Phase::Lingering { since: now };
+        self.readable = Readable::Yes;
+        Ok(())
+    }
+
+    /// Returns the buffers the connection no longer needs to the pool: an
+    /// idle connection holds none.
+    pub(crate) fn release_buffers(&mut self, pool: &mut BufferPool, now: Instant) {
+        if self.input.is_empty() && self.input.capacity() != 0 {
+            pool.give(std::mem::take(&mut self.input), now);
+        }
+        if self.output.is_empty() {
+            if let Some(buf) = self.output.take_buffer() {
+                pool.give(buf, now);
+            }
+        }
+    }
+
+    /// Closing: drops unwritten output, returns every buffer to the pool and
+    /// hands back the handler's state. Dropping the connection then closes
+    /// the descriptor (which also removes it from the epoll set).
+    pub(crate) fn finish(&mut self, pool: &mut BufferPool, now: Instant) -> Option<S> {
+        if self.input.capacity() != 0 {
+            pool.give(std::mem::take(&mut self.input), now);
+        }
+        if let Some(buf) = self.output.discard() {
+            pool.give(buf, now);
+        }
+        self.user.take()
+    }
+
+    // ----- deadlines ------------------------------------------------------------
+
+    /// Between messages with nothing to write: a keep-alive connection a
+    /// drain may close.
+    pub(crate) fn is_idle_keepalive(&self) -> bool {
+        matches!(self.activity, Activity::Idle { .. })
+            && self.input.is_empty()
+            && self.output.is_empty()
+            && !matches!(self.phase, Phase::Lingering { .. })
+    }
+
+    /// The deadline in force and the reason to close at it: lingering,
+    /// stalled output, a message in progress, or idle between messages.
+    /// `grace`: during a drain, an idle keep-alive connection closes at the
+    /// end of the drain grace.
+    pub(crate) fn deadline(
+        &self,
+        opts: &ServerOptions,
+        grace: Option<Instant>,
+    ) -> Option<(Instant, CloseReason)> {
+        let own = self.own_deadline(opts);
+        match grace {
+            Some(g) if self.is_idle_keepalive() => match own {
+                Some((at, reason)) if at < g => Some((at, reason)),
+                _ => Some((g, CloseReason::Shutdown)),
+            },
+            _ => own,
+        }
+    }
+
+    fn own_deadline(&self, opts: &ServerOptions) -> Option<(Instant, CloseReason)> {
+        if let Phase::Lingering { since } = self.phase {
+            return Some((since + opts.linger_timeout, CloseReason::Handler));
         }
         if !self.output.is_empty() {
             return opts
                 .write_timeout
                 .map(|t| (self.last_progress + t, CloseReason::WriteTimeout));
         }
-        if let Some(start) = self.message_start {
-            return opts
+        match self.activity {
+            Activity::New { since } | Activity::Receiving { since } => opts
                 .header_timeout
-                .map(|t| (start + t, CloseReason::HeaderTimeout));
+                .map(|t| (since + t, CloseReason::HeaderTimeout)),
+            Activity::Idle { since } => opts
+                .idle_timeout
+                .map(|t| (since + t, CloseReason::IdleTimeout)),
         }
-        opts.idle_timeout
-            .map(|t| (self.last_active + t, CloseReason::IdleTimeout))
+    }
+
+    /// Makes sure the wheel holds an entry for `key` no later than `at`.
+    /// Deadlines that move later need no new entry: the old one fires, finds
+    /// the deadline moved, and reschedules.
+    pub(crate) fn arm(&mut self, wheel: &mut TimerWheel, key: usize, at: Instant) {
+        let tick = wheel.tick_for(at);
+        if self.scheduled.is_none_or(|s| tick < s) {
+            self.scheduled = Some(wheel.schedule(key, self.generation, at));
+        }
+    }
+
+    /// A wheel entry fired: whether it is this connection's live one (not
+    /// superseded by an earlier entry, nor for an older connection in the
+    /// slot). The connection then has no entry until re-armed.
+    pub(crate) fn fired(&mut self, entry: &Entry) -> bool {
+        if self.generation != entry.generation || self.scheduled != Some(entry.tick) {
+            return false;
+        }
+        self.scheduled = None;
+        true
+    }
+
+    /// Its wheel entry names an old slab key: forget it, to be re-armed.
+    pub(crate) fn forget_timer(&mut self) {
+        self.scheduled = None;
+    }
+}
+
+fn classify(e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => CloseReason::Reset,
+        _ => CloseReason::Error,
     }
 }
 

@@ -88,7 +88,7 @@ pub enum Error {
     },
     /// Another corelane process serves the address, and
     /// [`takeover`](crate::ServerOptions::takeover) was not asked for.
-    #[error("{addr} is already served by corelane (pid {pid}); to replace it without dropping connections, start the new server with takeover (corelane-http --takeover)")]
+    #[error("{addr} is already served by corelane (pid {pid}); to replace it without dropping connections, start the new server with takeover (`ServerBuilder::takeover`)")]
     Served {
         /// The address.
         addr: SocketAddr,

@@ -97,6 +97,7 @@ mod metrics;
 mod options;
 mod probes;
 mod server;
+mod shutdown;
 mod steering;
 pub mod sys;
 mod takeover;
@@ -108,8 +109,10 @@ pub use error::{Error, Result};
 pub use handler::{Accepted, Action, CloseReason, Handler};
 pub use metrics::{Metrics, WorkerMetrics};
 pub use options::{ServerOptions, Workers};
-pub use server::{Server, ServerBuilder, ShutdownHandle, WorkerInfo};
+pub use server::{Server, ServerBuilder};
+pub use shutdown::ShutdownHandle;
 pub use steering::{Policy, Steering, SteeringStats};
+pub use worker::WorkerInfo;
 
 /// Re-exported so handlers can queue shared chunks with [`Output::push_bytes`].
 pub use bytes::Bytes;

@@ -199,6 +199,24 @@ pub(crate) fn peer_credentials(fd: RawFd) -> io::Result<PeerCredentials> {
     })
 }
 
+/// The effective uid of this process.
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable; `false` on
+/// timeout or error (the caller simply tries again).
+pub(crate) fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
+}
+
 /// The CPU the calling thread is running on right now.
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: sched_getcpu takes no arguments and only returns a number.
@@ -308,8 +326,7 @@ pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
     let (uid, gid) = lookup_user(user)?;
     // SAFETY: getuid cannot fail.
     let ruid = unsafe { libc::getuid() };
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = effective_uid();
     if ruid == uid && euid == uid {
         return Ok((uid, gid));
     }

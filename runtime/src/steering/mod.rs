@@ -1,12 +1,24 @@
 //! How the kernel picks a worker for each new connection.
 
 use std::fmt;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 pub use corelane_steering_common::Policy;
 
-use crate::takeover::Predecessor;
+use crate::sys;
+
+// The one place the `ebpf` feature is looked at, as mio picks its
+// `sys/shell` backend: both files offer the same items.
+#[cfg(feature = "ebpf")]
+#[path = "ebpf.rs"]
+mod backend;
+#[cfg(not(feature = "ebpf"))]
+#[path = "shell.rs"]
+mod backend;
+
+pub(crate) use backend::{Ebpf, WorkerSteer};
 
 /// The steering of the reuseport group: which worker's listener the kernel
 /// puts each new connection on, decided in the kernel before any userspace
@@ -14,7 +26,7 @@ use crate::takeover::Predecessor;
 ///
 /// Set it with [`ServerBuilder::steering`](crate::ServerBuilder::steering);
 /// the mode actually in force is in [`WorkerInfo::steering`](crate::WorkerInfo),
-/// the start-up log line and [`Metrics::steering`](crate::Metrics::steering).
+/// the start-up log line and [`Metrics::steering_mode`](crate::Metrics::steering_mode).
 /// When a mode cannot be set up, the server steps down the ladder eBPF →
 /// classic BPF by CPU → the kernel's hash, logging each step with its reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,154 +133,15 @@ pub struct SteeringStats {
     pub generation: u32,
 }
 
-/// The eBPF program attached to this server's group, if any.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Ebpf {
-    #[cfg(feature = "ebpf")]
-    inner: Option<Arc<corelane_steering::EbpfSteering>>,
-    #[cfg(not(feature = "ebpf"))]
-    inner: Option<Arc<()>>,
-}
-
-/// One worker's handle on the program: publishes its load, sets its drain
-/// flag. Does nothing when no eBPF program is in force.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct WorkerSteer {
-    #[cfg(feature = "ebpf")]
-    handle: Option<corelane_steering::WorkerHandle>,
-    /// Whether the loop must stamp its turns (stall detection is on).
-    stamp_turns: bool,
-    /// When the current turn began (stamping only).
-    turn_start: u64,
-    #[cfg(feature = "ebpf")]
-    lag: corelane_steering::TurnLag,
-    /// The recent longest turn last published.
-    published_lag: u64,
-}
-
-impl Ebpf {
-    pub(crate) fn is_some(&self) -> bool {
-        self.inner.is_some()
-    }
-
-    /// The handle of worker `index`.
-    pub(crate) fn worker(&self, index: usize) -> WorkerSteer {
-        #[cfg(feature = "ebpf")]
-        if let Some(s) = &self.inner {
-            return WorkerSteer {
-                stamp_turns: s.policy() == Policy::LeastLoaded,
-                handle: Some(s.worker(index)),
-                ..WorkerSteer::default()
-            };
-        }
-        let _ = index;
-        WorkerSteer::default()
-    }
-
-    /// At the end of the last process serving the address: removes the
-    /// pins (not after a handover, nor when another process took over).
-    pub(crate) fn unpin(&self) {
-        #[cfg(feature = "ebpf")]
-        if let Some(s) = &self.inner {
-            match s.unpin() {
-                Ok(true) => tracing::debug!("unpinned the steering program"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "removing the steering pins failed"),
-            }
-        }
-    }
-
-    /// Makes the pins `uid`'s (before dropping privileges to it).
-    pub(crate) fn give_pins_to(&self, uid: u32, gid: u32) {
-        #[cfg(feature = "ebpf")]
-        if let Some(s) = &self.inner {
-            if let Err(e) = s.chown_pins(uid, gid) {
-                tracing::warn!(error = %e, uid, "handing the steering pins to the user failed");
-            }
-        }
-        let _ = (uid, gid);
-    }
-
-    /// The program's counters, if a program is in force.
-    pub(crate) fn stats(&self, mode: Steering) -> Option<SteeringStats> {
-        #[cfg(feature = "ebpf")]
-        if let Some(s) = &self.inner {
-            return match s.stats() {
-                Ok(st) => Some(SteeringStats {
-                    mode,
-                    selected: st.selected,
-                    fallbacks: st.fallbacks,
-                    migrated: st.migrated,
-                    generation: s.generation(),
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the steering counters failed");
-                    None
-                }
-            };
-        }
-        let _ = mode;
-        None
-    }
-}
-
-impl WorkerSteer {
-    /// The loop woke up with work.
-    #[inline]
-    pub(crate) fn turn_started(&mut self) {
-        #[cfg(feature = "ebpf")]
-        if self.stamp_turns {
-            if let Some(h) = &self.handle {
-                self.turn_start = corelane_steering::monotonic_ns();
-                h.turn_started(self.turn_start);
-            }
-        }
-    }
-
-    /// The loop goes back to waiting, serving `conns` connections.
-    #[inline]
-    pub(crate) fn turn_ended(&mut self, conns: usize) {
-        #[cfg(feature = "ebpf")]
-        if let Some(h) = &self.handle {
-            h.set_connections(conns);
-            if self.stamp_turns && self.turn_start != 0 {
-                h.turn_ended();
-                let end = corelane_steering::monotonic_ns();
-                let lag = self.lag.record(self.turn_start, end);
-                if lag != self.published_lag {
-                    self.published_lag = lag;
-                    h.set_recent_turn(lag);
-                }
-            }
-        }
-        let _ = conns;
-    }
-
-    /// The listener's accept queue is empty.
-    #[inline]
-    pub(crate) fn accept_queue_empty(&self) {
-        #[cfg(feature = "ebpf")]
-        if let Some(h) = &self.handle {
-            h.accept_queue_empty();
-        }
-    }
-
-    /// Excludes the worker from new connections.
-    pub(crate) fn set_draining(&self) {
-        #[cfg(feature = "ebpf")]
-        if let Some(h) = &self.handle {
-            h.set_draining(true);
-        }
-    }
-
-    /// Whether connections queued on the worker's listener migrate to other
-    /// workers when it closes (eBPF `SELECT_OR_MIGRATE` in force).
-    pub(crate) fn migrates(&self) -> bool {
-        #[cfg(feature = "ebpf")]
-        return self.handle.is_some();
-        #[cfg(not(feature = "ebpf"))]
-        false
-    }
+/// What the process being taken over steers with.
+#[derive(Debug, Clone)]
+pub(crate) struct PreviousSteering {
+    /// Its pid (the owner recorded in its pinned program).
+    pub(crate) pid: u32,
+    /// Whether it steers with eBPF (so its pinned program can be joined).
+    pub(crate) ebpf: bool,
+    /// Its mode's name, for the logs.
+    pub(crate) mode: String,
 }
 
 /// What [`apply`] set up.
@@ -290,8 +163,8 @@ pub(crate) fn apply(
     listeners: &[mio::net::TcpListener],
     cpus: &[Option<usize>],
     stall: Option<Duration>,
-    addr: std::net::SocketAddr,
-    previous: Option<&Predecessor>,
+    addr: SocketAddr,
+    previous: Option<&PreviousSteering>,
 ) -> Applied {
     let policy = match requested {
         // One listener: there is nothing to choose between (but in a
@@ -302,7 +175,7 @@ pub(crate) fn apply(
         Steering::ClassicCpu | Steering::Kernel => None,
     };
     if let Some(policy) = policy {
-        match attach_ebpf(policy, listeners, cpus, stall, addr, previous) {
+        match backend::attach(policy, listeners, cpus, stall, addr, previous) {
             Ok(ebpf) => {
                 return Applied {
                     mode: Steering::Ebpf(policy),
@@ -368,27 +241,26 @@ fn kernel(migrates: bool) -> Applied {
 /// their queues); otherwise whatever program the group has is detached.
 fn take_over_without_ebpf(
     listeners: &[mio::net::TcpListener],
-    previous: &Predecessor,
+    previous: &PreviousSteering,
     fell_back: bool,
 ) -> Applied {
-    use std::os::fd::AsRawFd;
-    if fell_back && previous.is_ebpf() {
+    if fell_back && previous.ebpf {
         tracing::info!(
             pid = previous.pid,
             "the previous process's eBPF program keeps steering to its listeners until they close; their queues then migrate here"
         );
         return kernel(true);
     }
-    match crate::sys::detach_reuseport_program(listeners[0].as_raw_fd()) {
+    match sys::detach_reuseport_program(listeners[0].as_raw_fd()) {
         Ok(true) => tracing::info!(
             pid = previous.pid,
-            steering = %previous.steering,
+            steering = %previous.mode,
             "detached the previous process's steering program"
         ),
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "detaching the previous steering program failed"),
     }
-    if crate::sys::tcp_migrate_req() {
+    if sys::tcp_migrate_req() {
         tracing::info!(
             "no eBPF steering: the previous process's listeners close with migration (net.ipv4.tcp_migrate_req=1)"
         );
@@ -402,9 +274,8 @@ fn take_over_without_ebpf(
 }
 
 fn classic_cpu(listeners: &[mio::net::TcpListener], cpus: &[Option<usize>]) -> Steering {
-    use std::os::fd::AsRawFd;
-    let prog = crate::sys::cpu_steering_program(cpus);
-    match crate::sys::attach_reuseport_cbpf(listeners[0].as_raw_fd(), &prog) {
+    let prog = sys::cpu_steering_program(cpus);
+    match sys::attach_reuseport_cbpf(listeners[0].as_raw_fd(), &prog) {
         Ok(()) => Steering::ClassicCpu,
         Err(e) => {
             tracing::warn!(
@@ -413,75 +284,6 @@ fn classic_cpu(listeners: &[mio::net::TcpListener], cpus: &[Option<usize>]) -> S
             Steering::Kernel
         }
     }
-}
-
-#[cfg(feature = "ebpf")]
-fn attach_ebpf(
-    policy: Policy,
-    listeners: &[mio::net::TcpListener],
-    cpus: &[Option<usize>],
-    stall: Option<Duration>,
-    addr: std::net::SocketAddr,
-    previous: Option<&Predecessor>,
-) -> Result<Ebpf, String> {
-    use corelane_steering::EbpfSteering;
-    use std::os::fd::AsFd;
-    let fds: Vec<_> = listeners.iter().map(|l| l.as_fd()).collect();
-    let mut settings = corelane_steering::Settings::new(policy);
-    settings.stall = stall;
-    let dir = corelane_steering::pin_dir(addr);
-    match corelane_steering::ensure_bpffs() {
-        Ok(()) => {
-            settings.pin = Some(dir.clone());
-            let stale = corelane_steering::remove_stale_pins();
-            if stale > 0 {
-                tracing::info!(
-                    stale,
-                    "removed the steering pins of servers that were killed"
-                );
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "not pinning the steering program"),
-    }
-    let wrap = |s: EbpfSteering| Ebpf {
-        inner: Some(Arc::new(s)),
-    };
-    if let Some(previous) = previous.filter(|p| p.is_ebpf() && settings.pin.is_some()) {
-        match EbpfSteering::join(&dir, &fds, cpus, &settings, previous.pid) {
-            Ok(s) => {
-                tracing::info!(
-                    pinned = %dir.display(),
-                    generation = s.generation(),
-                    "took over the pinned steering program: new connections come here"
-                );
-                return Ok(wrap(s));
-            }
-            Err(e) => tracing::info!(
-                "cannot take over the pinned steering program ({e}); loading a new one"
-            ),
-        }
-    }
-    let s = EbpfSteering::attach(&fds, cpus, &settings).map_err(|e| e.to_string())?;
-    if settings.pin.is_some() {
-        if let Err(e) = s.pinned() {
-            tracing::warn!(
-                "steering program not pinned ({e}): a process taking over {addr} will load its own"
-            );
-        }
-    }
-    Ok(wrap(s))
-}
-
-#[cfg(not(feature = "ebpf"))]
-fn attach_ebpf(
-    _: Policy,
-    _: &[mio::net::TcpListener],
-    _: &[Option<usize>],
-    _: Option<Duration>,
-    _: std::net::SocketAddr,
-    _: Option<&Predecessor>,
-) -> Result<Ebpf, String> {
-    Err("corelane was built without its `ebpf` feature".into())
 }
 
 #[cfg(test)]

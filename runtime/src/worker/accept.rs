@@ -1,0 +1,167 @@
+//! Accepting: until the listener's queue is empty or the turn's budget is
+//! spent, pausing (and serving what it has) when descriptors or memory run
+//! out, and stopping at the connection cap.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::Worker;
+use crate::conn::{Conn, ConnToken};
+use crate::handler::{Accepted, Handler};
+use crate::probes;
+use crate::sys;
+
+/// Why a worker is, or is not, accepting right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AcceptState {
+    /// Accepting; `pending` means connections may be queued (an event came,
+    /// or the last turn stopped on its budget).
+    Open { pending: bool },
+    /// Out of descriptors or memory: retry at this instant.
+    Paused { until: Instant },
+    /// At the connection cap: retry when a connection closes.
+    AtCap,
+    /// Listener closed for shutdown.
+    Closed,
+}
+
+impl AcceptState {
+    /// Whether the next turn must not wait: connections are queued.
+    pub(super) fn is_pending(self) -> bool {
+        self == AcceptState::Open { pending: true }
+    }
+
+    pub(super) fn paused_until(self) -> Option<Instant> {
+        match self {
+            AcceptState::Paused { until } => Some(until),
+            _ => None,
+        }
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// The listener reported new connections.
+    pub(super) fn listener_ready(&mut self) {
+        if let AcceptState::Open { .. } = self.accept {
+            self.accept = AcceptState::Open { pending: true };
+        }
+    }
+
+    /// A connection closed: a worker at its cap may accept again.
+    pub(super) fn room_freed(&mut self) {
+        if self.accept == AcceptState::AtCap {
+            self.accept = AcceptState::Open { pending: true };
+        }
+    }
+
+    pub(super) fn accept_connections(&mut self, now: Instant) {
+        match self.accept {
+            AcceptState::Open { pending: true } => {}
+            AcceptState::Paused { until } if now >= until => {}
+            AcceptState::AtCap if self.conns.len() < self.opts.max_connections_per_worker => {}
+            _ => return,
+        }
+        for _ in 0..self.opts.accept_budget {
+            if self.conns.len() >= self.opts.max_connections_per_worker {
+                self.accept = AcceptState::AtCap;
+                return;
+            }
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.recovered();
+                    self.insert(stream, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.recovered();
+                    self.steer.accept_queue_empty();
+                    self.accept = AcceptState::Open { pending: false };
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if sys::is_accept_connection_error(&e) => {}
+                Err(e) => {
+                    self.pause_accepting(&e, now);
+                    return;
+                }
+            }
+        }
+        // Budget spent with connections maybe still queued: resume next turn.
+        self.accept = AcceptState::Open { pending: true };
+    }
+
+    /// Out of descriptors or memory (or something unexpected): retrying now
+    /// would spin. Pause, keep serving, retry.
+    fn pause_accepting(&mut self, e: &io::Error, now: Instant) {
+        if !self.accept_warned {
+            self.accept_warned = true;
+            let kind = if sys::is_accept_resource_error(e) {
+                "out of resources"
+            } else {
+                "unexpected error"
+            };
+            tracing::warn!(
+                kind,
+                worker = self.info.index,
+                error = %e,
+                connections = self.conns.len(),
+                pause_ms = self.opts.accept_pause.as_millis() as u64,
+                "accept failed; pausing accepts and serving existing connections"
+            );
+        }
+        self.counters.accept_pauses += 1;
+        self.accept = AcceptState::Paused {
+            until: now + self.opts.accept_pause,
+        };
+    }
+
+    fn recovered(&mut self) {
+        if self.accept_warned {
+            self.accept_warned = false;
+            tracing::warn!(worker = self.info.index, "accepting again");
+        }
+    }
+
+    /// Puts an accepted connection in the table: slab entry first, then
+    /// registration under its token (key + generation); a registration that
+    /// fails leaves no entry behind.
+    pub(super) fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & ConnToken::GENERATION_MASK;
+        let token = ConnToken { key, generation }.into();
+        // WRITABLE is registered once, edge-triggered, so a partial write never
+        // needs an epoll_ctl: the next edge comes when the buffer drains.
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(worker = self.info.index, error = %e, %peer, "registering a connection failed; closing it");
+            return;
+        }
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        probes::accept(
+            self.info.index,
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            id,
+        );
+        let state = self.handler.on_accept(&Accepted {
+            peer,
+            worker: self.info.index,
+            id,
+        });
+        entry.insert(Conn::new(stream, state, generation, id, now));
+        self.counters.accepted += 1;
+        self.counters.active += 1;
+        self.update_timer(key);
+    }
+}

@@ -1,0 +1,130 @@
+//! Serving one connection in a turn: flush what is pending, read and hand
+//! the bytes to the handler under the read budget and the output high-water
+//! mark, flush the replies, then do what the connection says comes next.
+
+use std::time::Instant;
+
+use super::Worker;
+use crate::conn::{Next, ReadOutcome};
+use crate::handler::{CloseReason, Handler};
+use crate::probes;
+
+impl<H: Handler> Worker<H> {
+    /// Does all the work a connection has: flush pending output, read and
+    /// hand bytes to the handler, flush the replies, close if it is done.
+    pub(super) fn drive(&mut self, key: usize, now: Instant) {
+        if let Err(reason) = self.drive_io(key, now) {
+            self.close(key, reason, now);
+            return;
+        }
+        let drain_idle =
+            self.draining_until.is_some() && self.drain_grace_until.is_none_or(|g| now >= g);
+        match self.conns[key].next(drain_idle) {
+            Next::Keep => {}
+            Next::Close(reason) => return self.close(key, reason, now),
+            Next::Linger => return self.start_linger(key, now),
+        }
+        self.conns[key].release_buffers(&mut self.pool, now);
+        self.update_timer(key);
+    }
+
+    fn drive_io(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+        let high_water = self.opts.output_high_water;
+        let mut reads = 0;
+        loop {
+            self.flush(key, now)?;
+            let backpressure = self.read_some(key, now, &mut reads)?;
+            self.flush(key, now)?;
+            // Reading stopped at the high-water mark with bytes possibly left
+            // in the socket, for which no new edge will come. If the flush
+            // made room, read on now; if not, the writable edge resumes us.
+            if !backpressure || self.conns[key].pending_output() >= high_water {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads and hands bytes to the handler until the socket drains, the
+    /// budget runs out (the connection is requeued) or the output reaches the
+    /// high-water mark (returns `true`).
+    fn read_some(
+        &mut self,
+        key: usize,
+        now: Instant,
+        reads: &mut usize,
+    ) -> Result<bool, CloseReason> {
+        loop {
+            let conn = &mut self.conns[key];
+            if !conn.wants_read() {
+                return Ok(false);
+            }
+            if conn.pending_output() >= self.opts.output_high_water {
+                // Backpressure: the connection stays readable.
+                return Ok(true);
+            }
+            if *reads == self.opts.read_budget {
+                self.requeue.push(key);
+                return Ok(false);
+            }
+            *reads += 1;
+            match conn.read(&mut self.pool, self.opts.max_input)? {
+                ReadOutcome::Bytes(n) => {
+                    self.counters.bytes_read += n as u64;
+                    self.counters.reads += 1;
+                    probes::read(self.info.index, conn.fd(), conn.id(), n);
+                    self.call_handler(key, now);
+                }
+                ReadOutcome::Eof => {
+                    if conn.has_input() {
+                        // Let the handler see that no more bytes will come.
+                        self.call_handler(key, now);
+                    }
+                    return Ok(false);
+                }
+                ReadOutcome::Drained => return Ok(false),
+                ReadOutcome::Again => {}
+            }
+        }
+    }
+
+    fn call_handler(&mut self, key: usize, now: Instant) {
+        let draining = self.draining_until.is_some();
+        let handler = &mut self.handler;
+        self.conns[key].call(&mut self.pool, draining, now, |state, input, output| {
+            handler.on_data(state, input, output)
+        });
+    }
+
+    fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+        let (writes, bytes) = self.conns[key].flush(self.info.index, now)?;
+        self.counters.writes += writes;
+        self.counters.bytes_written += bytes;
+        Ok(())
+    }
+
+    fn start_linger(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        if conn.start_linger(now).is_err() {
+            self.close(key, CloseReason::Handler, now);
+            return;
+        }
+        conn.release_buffers(&mut self.pool, now);
+        self.update_timer(key);
+        self.requeue.push(key);
+    }
+
+    pub(super) fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
+        let mut conn = self.conns.remove(key);
+        probes::close(self.info.index, conn.fd(), conn.id(), reason.as_cstr());
+        let state = conn.finish(&mut self.pool, now);
+        // Closes the descriptor, which also removes it from the epoll set:
+        // no epoll_ctl(DEL) needed.
+        drop(conn);
+        self.counters.active -= 1;
+        self.counters.closed[reason.index()] += 1;
+        if let Some(state) = state {
+            self.handler.on_close(state, reason);
+        }
+        self.room_freed();
+    }
+}

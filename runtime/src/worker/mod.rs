@@ -1,0 +1,312 @@
+//! One worker: a pinned thread running an edge-triggered epoll loop over its
+//! own listener and its connections.
+//!
+//! The loop waits, dispatches each event to the connection it names (see
+//! [`conn`](crate::conn): the connection decides what it does), then does the
+//! turn's own work: budgets carried over, drain, accepting, deadlines, the
+//! tick, and publishing metrics. Each part lives in a file named for it:
+//!
+//! | file | what |
+//! |---|---|
+//! | `accept.rs` | accepting under a budget, pausing on descriptor exhaustion |
+//! | `io.rs` | one connection's reads, handler calls, flushes and close |
+//! | `drain.rs` | graceful shutdown, stopping alone, handing over |
+//! | `idle_sweep.rs` | deadlines on the timer wheel and the expiry pass |
+//! | `pool_trim.rs` | freeing idle pooled buffers |
+//! | `slab_shrink.rs` | compacting the connection table after a spike |
+//!
+//! The edge-triggered contract: after a readiness event, the operation is
+//! repeated until it returns `WouldBlock` (or a short read proves the socket
+//! drained), because epoll will not report the same readiness again. Where a
+//! budget stops the repetition early (accepts per turn, reads per connection
+//! per turn) the worker remembers the unfinished work and resumes it itself on
+//! the next turn, with a zero poll timeout.
+
+mod accept;
+mod drain;
+mod idle_sweep;
+mod io;
+mod pool_trim;
+mod slab_shrink;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::buffer::BufferPool;
+use crate::conn::{Conn, ConnToken};
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::metrics::{Counters, Metrics};
+use crate::options::ServerOptions;
+use crate::probes;
+use crate::shutdown::ShutdownHandle;
+use crate::steering::{Steering, WorkerSteer};
+use crate::sys;
+use crate::timer::{Entry, TimerWheel};
+
+use accept::AcceptState;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Where a worker runs, given to the handler factory on the worker's thread.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Worker index, `0..workers`.
+    pub index: usize,
+    /// Number of workers of the server.
+    pub workers: usize,
+    /// The CPU the worker is pinned to, if pinned.
+    pub cpu: Option<usize>,
+    /// The server's metrics (every worker's), e.g. for a metrics endpoint.
+    pub metrics: Metrics,
+    /// The steering mode in force.
+    pub steering: Steering,
+}
+
+impl WorkerInfo {
+    /// Describes worker `index` of `workers` outside any server, with fresh
+    /// metrics and kernel steering: for building a handler directly in tests,
+    /// benches and fuzzers.
+    #[must_use]
+    pub fn detached(index: usize, workers: usize) -> Self {
+        WorkerInfo {
+            index,
+            workers,
+            cpu: None,
+            metrics: Metrics::new(workers),
+            steering: Steering::Kernel,
+        }
+    }
+}
+
+pub(crate) struct Worker<H: Handler> {
+    info: WorkerInfo,
+    opts: Arc<ServerOptions>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    handler: H,
+    conns: Slab<Conn<H::Conn>>,
+    next_generation: u32,
+    next_conn_id: u64,
+    pool: BufferPool,
+    wheel: TimerWheel,
+    /// Connections whose read budget ran out: to be driven again next turn.
+    requeue: Vec<usize>,
+    accept: AcceptState,
+    /// Logged the current resource episode already.
+    accept_warned: bool,
+    counters: Counters,
+    shared: Metrics,
+    shutdown: ShutdownHandle,
+    /// This worker's handle on the eBPF steering program (a no-op without).
+    steer: WorkerSteer,
+    /// Set when a graceful shutdown started: the deadline for connections.
+    draining_until: Option<Instant>,
+    /// During a drain: until when idle keep-alive connections stay open for
+    /// a request already on its way.
+    drain_grace_until: Option<Instant>,
+    next_tick: Instant,
+    /// Timer entries that fired and are not yet dealt with.
+    due: Vec<Entry>,
+    /// Since when the connection table has been under a quarter full.
+    slab_low_since: Option<Instant>,
+}
+
+impl<H: Handler> std::fmt::Debug for Worker<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.info.index)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// Pins the thread, creates the epoll instance and builds the handler, on
+    /// the worker's own thread.
+    pub(crate) fn start(
+        info: WorkerInfo,
+        mut listener: TcpListener,
+        opts: Arc<ServerOptions>,
+        shutdown: ShutdownHandle,
+        steer: WorkerSteer,
+        factory: impl FnOnce(&WorkerInfo) -> H,
+    ) -> Result<Self> {
+        let worker = info.index;
+        if let Some(cpu) = info.cpu {
+            sys::pin_current_thread(cpu).map_err(|source| Error::Pin {
+                worker,
+                cpu,
+                source,
+            })?;
+        }
+        let shared = info.metrics.clone();
+        shared.worker(worker).set_cpu(info.cpu);
+        let failed = |source| Error::Worker { worker, source };
+        let poll = Poll::new().map_err(failed)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(failed)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(failed)?;
+        shutdown.register(worker, Arc::new(waker));
+        let now = Instant::now();
+        let mut handler = factory(&info);
+        handler.on_tick(SystemTime::now());
+        probes::steer(worker, opts.steering.as_cstr());
+        Ok(Worker {
+            info,
+            poll,
+            listener: Some(listener),
+            handler,
+            conns: Slab::new(),
+            next_generation: 0,
+            next_conn_id: 0,
+            pool: BufferPool::new(opts.buffer_size, opts.pool_max_idle, opts.reclaim_after),
+            wheel: TimerWheel::new(now, opts.timer_resolution, 1024),
+            requeue: Vec::new(),
+            // Connections may have queued before the loop started.
+            accept: AcceptState::Open { pending: true },
+            accept_warned: false,
+            counters: Counters::default(),
+            shutdown,
+            steer,
+            draining_until: None,
+            drain_grace_until: None,
+            next_tick: now + opts.tick_interval,
+            due: Vec::new(),
+            slab_low_since: None,
+            shared,
+            opts,
+        })
+    }
+
+    /// Runs the event loop until shutdown completes.
+    pub(crate) fn run(mut self) -> Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            self.steer.turn_ended(self.conns.len());
+            let polled = self.poll.poll(&mut events, timeout);
+            self.steer.turn_started();
+            if let Err(e) = polled {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(Error::Worker {
+                        worker: self.info.index,
+                        source: e,
+                    });
+                }
+            }
+            let now = Instant::now();
+            self.counters.loop_iterations += 1;
+            for event in events.iter() {
+                self.counters.events += 1;
+                self.dispatch(event, now);
+            }
+            self.resume_requeued(now);
+            self.check_shutdown(now);
+            self.accept_connections(now);
+            self.expire_timers(now);
+            if now >= self.next_tick {
+                self.tick(now);
+            }
+            self.publish();
+            if self.listener.is_none() && self.conns.is_empty() {
+                tracing::debug!(worker = self.info.index, "worker stopped");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands one event to what it names.
+    fn dispatch(&mut self, event: &mio::event::Event, now: Instant) {
+        match event.token() {
+            WAKER => {}
+            LISTENER => self.listener_ready(),
+            token => {
+                let Some(key) = self.live_key(ConnToken::from(token)) else {
+                    // An event for a connection that is gone, or for an older
+                    // connection in a reused slot: drop it.
+                    return;
+                };
+                let hangup = event.is_read_closed() || event.is_error();
+                self.conns[key].on_event(event.is_readable(), hangup);
+                self.drive(key, now);
+            }
+        }
+    }
+
+    fn live_key(&self, token: ConnToken) -> Option<usize> {
+        let conn = self.conns.get(token.key)?;
+        (conn.generation() == token.generation).then_some(token.key)
+    }
+
+    fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
+        if !self.requeue.is_empty() || !self.due.is_empty() || self.accept.is_pending() {
+            return Some(Duration::ZERO);
+        }
+        let mut t = self.next_tick.saturating_duration_since(now);
+        if let Some(w) = self.wheel.next_timeout(now) {
+            t = t.min(w);
+        }
+        if let Some(until) = self.accept.paused_until() {
+            t = t.min(until.saturating_duration_since(now));
+        }
+        if let Some(d) = self.draining_until {
+            t = t.min(d.saturating_duration_since(now));
+        }
+        Some(t)
+    }
+
+    fn resume_requeued(&mut self, now: Instant) {
+        if self.requeue.is_empty() {
+            return;
+        }
+        let mut keys = std::mem::take(&mut self.requeue);
+        for &key in &keys {
+            // The slot may have been closed (and even reused) since; driving a
+            // reused slot is harmless, it only reads what is there.
+            if self.conns.contains(key) {
+                self.drive(key, now);
+            }
+        }
+        // Keep the allocation for next time.
+        keys.clear();
+        if self.requeue.is_empty() {
+            self.requeue = keys;
+        }
+    }
+
+    /// Once per tick interval: the handler's tick, and the reclamation
+    /// passes that are due.
+    fn tick(&mut self, now: Instant) {
+        while self.next_tick <= now {
+            self.next_tick += self.opts.tick_interval;
+        }
+        self.handler.on_tick(SystemTime::now());
+        if self.pool.trim_due(now) {
+            self.trim_pool();
+        }
+        self.maybe_shrink_slab(now);
+    }
+
+    fn publish(&mut self) {
+        self.counters.pool_idle = self.pool.idle() as u64;
+        self.counters.pool_outstanding = self.pool.outstanding() as u64;
+        self.counters.slab_capacity = self.conns.capacity() as u64;
+        self.shared.worker(self.info.index).publish(&self.counters);
+    }
+}
+
+fn elapsed_nanos(since: Instant) -> u64 {
+    since.elapsed().as_nanos().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests;
