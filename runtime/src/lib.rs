@@ -87,6 +87,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod buffer;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod conn;
 mod error;
 mod handler;
@@ -127,7 +129,8 @@ pub mod internals {
     pub use crate::timer::{Entry, Tick, TimerWheel};
 }
 
-/// The README's examples, compiled and run as doctests so they stay true.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests so they stay true
+/// (they use the `cli` feature, which the workspace's binaries turn on).
+#[cfg(all(doctest, feature = "cli"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

@@ -41,6 +41,12 @@ impl ServerBuilder {
         self
     }
 
+    /// The options set so far.
+    #[must_use]
+    pub fn into_options(self) -> ServerOptions {
+        self.opts
+    }
+
     /// Starts one worker per CPU of the affinity mask (the default).
     pub fn workers_per_cpu(mut self) -> Self {
         self.opts.workers = Workers::PerCpu;
