@@ -101,7 +101,7 @@ mod probes;
 mod server;
 mod shutdown;
 mod steering;
-pub mod sys;
+mod sys;
 mod takeover;
 mod timer;
 mod worker;

@@ -131,19 +131,9 @@ mod tests {
         let listeners =
             bind_group("127.0.0.1:0".parse().unwrap(), 2, 128, true, Some(wait)).unwrap();
         for l in &listeners {
-            let mut v: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: valid out-pointers of the sizes given.
-            let rc = unsafe {
-                libc::getsockopt(
-                    l.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_DEFER_ACCEPT,
-                    (&raw mut v).cast(),
-                    &mut len,
-                )
-            };
-            assert_eq!(rc, 0);
+            let v =
+                crate::sys::int_option(l.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT)
+                    .unwrap();
             // The kernel rounds up to its SYN-ACK retransmission schedule.
             assert!(v >= 3, "{v}");
         }

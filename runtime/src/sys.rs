@@ -49,7 +49,7 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
 ///
 /// Returns the error of `sched_setaffinity(2)`, e.g. `EINVAL` for a CPU the
 /// process may not use.
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -147,6 +147,16 @@ fn set_int_option(
     Ok(())
 }
 
+/// Reads an integer socket option.
+#[cfg(test)]
+pub(crate) fn int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the sizes given.
+    syscall!(getsockopt(fd, level, name, (&raw mut v).cast(), &mut len))?;
+    Ok(v)
+}
+
 /// Detaches whatever steering program (classic or eBPF) the reuseport group
 /// of `fd` has; `Ok(false)` when it had none.
 pub(crate) fn detach_reuseport_program(fd: RawFd) -> io::Result<bool> {
@@ -217,13 +227,6 @@ pub(crate) fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
 }
 
-/// The CPU the calling thread is running on right now.
-pub fn current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu takes no arguments and only returns a number.
-    let cpu = unsafe { libc::sched_getcpu() };
-    usize::try_from(cpu).ok()
-}
-
 /// Writes several slices to a socket with one `sendmsg(2)` (a `writev(2)`
 /// that cannot raise SIGPIPE).
 ///
@@ -267,7 +270,7 @@ pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
 /// # Errors
 ///
 /// Returns the error of `getrlimit(2)`.
-pub fn nofile_limit() -> io::Result<(u64, u64)> {
+pub(crate) fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -282,7 +285,7 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
 /// # Errors
 ///
 /// Returns the error of `setrlimit(2)`, e.g. `EINVAL` above the hard limit.
-pub fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
+pub(crate) fn set_nofile_soft_limit(soft: u64) -> io::Result<()> {
     let (_, hard) = nofile_limit()?;
     let lim = libc::rlimit {
         rlim_cur: soft,
@@ -322,7 +325,7 @@ pub(crate) fn is_accept_connection_error(err: &io::Error) -> bool {
 /// `NotFound` if there is no such user; the error of `setgroups(2)`,
 /// `setgid(2)` or `setuid(2)` (`EPERM` when not root); `PermissionDenied` if
 /// root could still be regained afterwards.
-pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
+pub(crate) fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
     let (uid, gid) = lookup_user(user)?;
     // SAFETY: getuid cannot fail.
     let ruid = unsafe { libc::getuid() };
@@ -351,7 +354,7 @@ pub fn drop_privileges(user: &str) -> io::Result<(u32, u32)> {
 /// # Errors
 ///
 /// `NotFound` when there is no such user.
-pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
+pub(crate) fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
     let name = std::ffi::CString::new(user)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
     // SAFETY: an all-zero passwd is a valid out-parameter.
@@ -390,6 +393,12 @@ mod tests {
     }
 
     use super::*;
+
+    fn current_cpu() -> Option<usize> {
+        // SAFETY: sched_getcpu takes no arguments and only returns a number.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).ok()
+    }
 
     #[test]
     fn allowed_cpus_are_not_empty_and_include_the_current_one() {

@@ -70,7 +70,7 @@ fn server(policy: Policy, workers: usize) -> Option<TestServer> {
 /// Opens `n` connections from a thread pinned to `cpu`.
 fn connect_from(addr: SocketAddr, cpu: usize, n: usize) -> Vec<TcpStream> {
     std::thread::spawn(move || {
-        corelane::sys::pin_current_thread(cpu).unwrap();
+        corelane_test_support::pin_current_thread(cpu);
         (0..n)
             .map(|_| {
                 let s = TcpStream::connect(addr).unwrap();

@@ -25,7 +25,7 @@ fn emfile_server_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    corelane::sys::set_nofile_soft_limit(NOFILE).expect("lowering RLIMIT_NOFILE");
+    corelane_test_support::proc::set_nofile_soft_limit(NOFILE);
     let server = Server::builder()
         .addr("127.0.0.1:0".parse().unwrap())
         .workers(1)
@@ -56,13 +56,6 @@ fn emfile_server_child() {
         shutdown.shutdown_now();
     });
     server.run().unwrap();
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap() // utime + stime
 }
 
 #[test]
@@ -131,10 +124,10 @@ fn accept_under_emfile_pauses_keeps_serving_and_recovers() {
     assert!(pauses >= 1, "EMFILE was never hit");
 
     // It does not spin while at the limit.
-    let before = cpu_ticks(pid);
+    let before = corelane_test_support::proc::cpu_ticks(pid);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(pid) - before;
+    let used = corelane_test_support::proc::cpu_ticks(pid) - before;
     let ticks_per_sec = 100; // USER_HZ
     let share = used as f64 / (t0.elapsed().as_secs_f64() * ticks_per_sec as f64);
     assert!(

@@ -70,9 +70,9 @@ fn idle_sweep_closes_timed_out_connections_and_is_counted() {
 
 #[test]
 fn slab_shrink_gives_back_the_table_after_a_spike_and_keeps_serving() {
-    let (soft, hard) = corelane::sys::nofile_limit().unwrap();
+    let (soft, hard) = corelane_test_support::proc::nofile_limit();
     if soft < 4096 {
-        corelane::sys::set_nofile_soft_limit(hard.min(8192)).unwrap();
+        corelane_test_support::proc::set_nofile_soft_limit(hard.min(8192));
     }
     let server = TestServer::start(
         Server::builder()

@@ -13,7 +13,7 @@ use util::{roundtrip, Echo, TestServer};
 fn connect_from_cpu(server: &TestServer, cpu: usize, n: usize) -> Vec<TcpStream> {
     let addr = server.addr;
     std::thread::spawn(move || {
-        corelane::sys::pin_current_thread(cpu).unwrap();
+        corelane_test_support::pin_current_thread(cpu);
         (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect()
     })
     .join()

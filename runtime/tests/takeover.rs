@@ -16,20 +16,6 @@ fn builder() -> corelane::ServerBuilder {
     Server::builder().workers(2)
 }
 
-/// TCP sockets listening on `port` (IPv4), from `/proc/net/tcp`.
-fn listening_on(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
-        })
-        .count()
-}
-
 /// The first line the control socket of `addr` answers with.
 fn control_banner(addr: std::net::SocketAddr) -> Option<String> {
     use std::io::BufRead;
@@ -107,7 +93,7 @@ fn a_served_address_is_refused_without_takeover_and_handed_over_with_it() {
     // (once its workers have closed their listeners: only the new one's
     // listens).
     assert!(util::eventually(Duration::from_secs(5), || {
-        listening_on(addr.port()) == 1
+        corelane_test_support::proc::listening_on(addr.port()) == 1
     }));
     inflight.write_all(b" world\n").unwrap();
     assert_eq!(read_line(&mut inflight), "hello world\n");

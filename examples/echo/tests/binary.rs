@@ -3,8 +3,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use corelane_test_support::binary;
+use corelane_test_support::require::{is_root, needs_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_corelane-echo");
 
@@ -32,7 +36,12 @@ impl Running {
     /// Starts it on `addr`.
     fn start_at(addr: &str, args: &[&str], uid: Option<u32>) -> Running {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(BIN);
+        // Another user must be able to reach the binary wherever the clone is.
+        let bin = match uid {
+            Some(_) => binary::reachable_by_all(Path::new(BIN)),
+            None => BIN.into(),
+        };
+        let mut cmd = Command::new(bin);
         cmd.args(["--addr", addr])
             .args(args)
             .env("RUST_LOG", "info")
@@ -152,14 +161,6 @@ fn help_explains_the_options() {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
-    })
-}
-
 /// Opens `n` connections and checks each one echoes.
 fn serves_all(addr: SocketAddr, n: usize) {
     let mut conns: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -196,12 +197,7 @@ fn without_privilege_ebpf_steering_falls_back_to_classic_bpf_and_serves_everyone
 
 #[test]
 fn as_root_the_default_is_ebpf_least_loaded() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must run this test"
-        );
-        eprintln!("skipping: needs root (CAP_BPF)");
+    if !needs_root() {
         return;
     }
     let server = Running::start(&["--workers", "2"]);
@@ -279,4 +275,109 @@ fn a_second_server_is_refused_and_takeover_replaces_the_first_closing_cleanly() 
     let mut buf = [0u8; 6];
     c.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"after\n");
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_the_moment_the_port_accepts_stops_it_gracefully() {
+    // Two workers: as root the eBPF program is loaded after the listeners
+    // are open, which leaves time for a signal before `run`.
+    for round in 0..3 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--addr", &addr.to_string(), "--workers", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Connected: the port accepts; closed at once, so the drain has
+            // nothing to wait for.
+            if TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the port never accepted");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        corelane_test_support::proc::signal(child.id(), libc::SIGTERM);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}: {status:?}");
+    }
+}
+
+#[test]
+fn a_control_name_squatted_by_another_user_neither_stops_a_start_nor_is_believed() {
+    use std::os::unix::process::CommandExt;
+    if !needs_root() {
+        return;
+    }
+    let port = free_port();
+    // As `nobody`: bind the control name first and claim to be corelane
+    // (this test binary, re-run as the squatter).
+    let exe = binary::reachable_by_all(&std::env::current_exe().unwrap());
+    let mut squat = Command::new(exe)
+        .args(["--exact", "squatter_child", "--nocapture"])
+        .env("CORELANE_SQUAT_PORT", port.to_string())
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(squat.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("squatting") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the squatter failed");
+    }
+    let addr = format!("127.0.0.1:{port}");
+    for args in [&["--workers", "1"][..], &["--workers", "1", "--takeover"]] {
+        let mut server = Running::start_at(&addr, args, None);
+        serves_all(server.addr, 10);
+        assert!(
+            server
+                .early_log
+                .contains("held by a process of another user")
+                && server.early_log.contains("uid=65534"),
+            "the squatter is logged: {}",
+            server.early_log
+        );
+        assert!(
+            !server.early_log.contains("pid=1 "),
+            "the squatter's pid is not believed: {}",
+            server.early_log
+        );
+        server.signal("-TERM");
+        let status = server.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+    let _ = squat.kill();
+    let _ = squat.wait();
+}
+
+/// The squatter of the test above, run as its own process (and user); does
+/// nothing in a normal test run.
+#[test]
+fn squatter_child() {
+    use std::os::linux::net::SocketAddrExt;
+    let Ok(port) = std::env::var("CORELANE_SQUAT_PORT") else {
+        return;
+    };
+    let name = format!("corelane/127.0.0.1:{port}");
+    let name = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind_addr(&name).unwrap();
+    println!("squatting");
+    for conn in listener.incoming() {
+        let _ = conn
+            .unwrap()
+            .write_all(b"corelane-control 1 pid=1 steering=kernel workers=1\n");
+    }
 }

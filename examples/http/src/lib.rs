@@ -26,6 +26,9 @@ use corelane::{
 };
 
 pub mod date;
+/// The fuzz target's property, shared with `tests/fuzz_corpus.rs`: test
+/// support, not API.
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod request;
 pub mod status;

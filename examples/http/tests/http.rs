@@ -8,15 +8,10 @@ use std::time::Duration;
 
 use corelane::{CloseReason, Server};
 use corelane_http::HttpOptions;
-use util::{curl, has_curl, one_shot_then_closed, read_response, TestServer};
+use util::{curl, one_shot_then_closed, read_response};
 
 fn needs_curl() -> bool {
-    if has_curl() {
-        return true;
-    }
-    assert!(std::env::var("CI").is_err(), "CI must have curl");
-    eprintln!("skipping: curl is not installed");
-    false
+    util::needs(util::has_tool("curl"), "curl")
 }
 
 #[test]
@@ -24,11 +19,11 @@ fn curl_keep_alive_head_and_post() {
     if !needs_curl() {
         return;
     }
-    let server = TestServer::start();
+    let server = util::start();
     // Two URLs in one curl run share one keep-alive connection.
     let out = curl(&[&server.url("/plaintext"), &server.url("/json")]);
     assert_eq!(out, "Hello, World!{\"message\":\"Hello, World!\"}");
-    server.wait_for("one connection", |m| m.accepted == 1);
+    server.wait_for("one connection", util::WAIT, |m| m.accepted == 1);
 
     let head = curl(&["-I", &server.url("/plaintext")]);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -82,14 +77,14 @@ fn curl_keep_alive_head_and_post() {
 
 #[test]
 fn sixteen_pipelined_requests_are_answered_in_order_with_one_write() {
-    let server = TestServer::with(Server::builder().workers(1), HttpOptions::default());
+    let server = util::start_with(Server::builder().workers(1), HttpOptions::default());
     let mut s = server.connect();
     // Warm up so the connection is accepted and idle.
     s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut buf = Vec::new();
     assert_eq!(read_response(&mut s, &mut buf, false).status, 200);
-    server.wait_for("first reply written", |m| m.writes == 1);
+    server.wait_for("first reply written", util::WAIT, |m| m.writes == 1);
 
     let mut batch = Vec::new();
     for i in 0..16 {
@@ -109,7 +104,9 @@ fn sixteen_pipelined_requests_are_answered_in_order_with_one_write() {
     }
     // Metrics are published at the end of the worker's loop turn, which may
     // come after the client has read the replies.
-    server.wait_for("the turn's metrics", |m| m.reads >= 2 && m.writes >= 2);
+    server.wait_for("the turn's metrics", util::WAIT, |m| {
+        m.reads >= 2 && m.writes >= 2
+    });
     std::thread::sleep(Duration::from_millis(50));
     let m = server.metrics.total();
     assert_eq!(m.reads, 2, "the 16 requests arrived in one read");
@@ -118,7 +115,7 @@ fn sixteen_pipelined_requests_are_answered_in_order_with_one_write() {
 
 #[test]
 fn a_request_split_across_many_writes_is_served() {
-    let server = TestServer::start();
+    let server = util::start();
     let mut s = server.connect();
     s.set_nodelay(true).unwrap();
     let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world";
@@ -134,7 +131,7 @@ fn a_request_split_across_many_writes_is_served() {
 
 #[test]
 fn chunked_bodies_with_extensions_and_trailers() {
-    let server = TestServer::start();
+    let server = util::start();
     let mut s = server.connect();
     s.write_all(
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -152,7 +149,7 @@ fn chunked_bodies_with_extensions_and_trailers() {
 
 #[test]
 fn head_routes_statuses_and_allow() {
-    let server = TestServer::start();
+    let server = util::start();
     let mut s = server.connect();
     let mut buf = Vec::new();
     let mut ask = |req: &str, head_only: bool| {
@@ -181,7 +178,7 @@ fn head_routes_statuses_and_allow() {
 
 #[test]
 fn connection_close_both_ways_and_http_1_0() {
-    let server = TestServer::start();
+    let server = util::start();
     // Client asks to close: the response says so and the server closes.
     let r = one_shot_then_closed(
         &server,
@@ -207,7 +204,7 @@ fn connection_close_both_ways_and_http_1_0() {
 
 #[test]
 fn expect_100_continue_is_answered_before_the_body() {
-    let server = TestServer::start();
+    let server = util::start();
     let mut s = server.connect();
     s.write_all(
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
@@ -227,7 +224,7 @@ fn bad_input_gets_its_status_and_the_connection_closes() {
     let mut opts = HttpOptions::default();
     opts.limits.max_head = 4096;
     opts.limits.max_body = 1000;
-    let server = TestServer::with(Server::builder().workers(2), opts);
+    let server = util::start_with(Server::builder().workers(2), opts);
     let mut bystander = server.connect();
     let mut bbuf = Vec::new();
     let long_header = format!(
@@ -306,7 +303,7 @@ fn bad_input_gets_its_status_and_the_connection_closes() {
 
 #[test]
 fn silent_and_byte_at_a_time_clients_are_closed_at_the_header_timeout() {
-    let server = TestServer::with(
+    let server = util::start_with(
         Server::builder()
             .workers(1)
             .header_timeout(Some(Duration::from_millis(300))),
@@ -327,7 +324,7 @@ fn silent_and_byte_at_a_time_clients_are_closed_at_the_header_timeout() {
     let mut rest = Vec::new();
     let _ = silent.read_to_end(&mut rest);
     assert!(rest.is_empty());
-    server.wait_for("both closed at the header timeout", |m| {
+    server.wait_for("both closed at the header timeout", util::WAIT, |m| {
         m.closed(CloseReason::HeaderTimeout) == 2
     });
     assert!(start.elapsed() < Duration::from_secs(3));

@@ -8,8 +8,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use corelane_loadtest::{run, Report, RunOptions, Target};
+use corelane_test_support::{on_cpu, proc};
 
 /// One system test at a time: each loads the whole machine.
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -21,42 +24,13 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// `target/release/corelane-http`, built (or found up to date) once.
 pub fn http_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-q", "-p", "corelane-http"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building corelane-http failed");
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target.join("release").join("corelane-http")
-    })
-    .clone()
+    corelane_test_support::binary::release("corelane-http", "corelane-http")
 }
 
-/// Whether this process runs as root.
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
-    })
-}
-
-/// For tests that need root: skip with a reason, or fail under CI.
-pub fn needs_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI runs as root and must run this test"
-    );
-    eprintln!("skipping: needs root");
-    false
+/// A copy of [`http_binary`] that another user (`setpriv --reuid=nobody`)
+/// can run, wherever the clone is.
+pub fn http_binary_for_all() -> PathBuf {
+    corelane_test_support::binary::reachable_by_all(&http_binary())
 }
 
 /// A running `corelane-http`.
@@ -141,30 +115,17 @@ impl Http {
 
     /// Open descriptors of the server process.
     pub fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        proc::fds(self.pid())
     }
 
     /// Resident memory, bytes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
+        proc::rss(self.pid())
     }
 
     /// User + system CPU seconds of the server so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        proc::cpu_seconds(self.pid())
     }
 
     /// `GET path` on a fresh connection; the whole response.
@@ -193,9 +154,7 @@ impl Http {
 
     /// Sends `sig` to the server.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.pid() as i32, sig) };
-        assert_eq!(rc, 0);
+        proc::signal(self.pid(), sig);
     }
 
     /// Waits for it to exit, at most `limit`.
@@ -222,31 +181,37 @@ impl Drop for Http {
     }
 }
 
-/// Runs `f` on a thread pinned to `cpu` and returns its result.
-pub fn on_cpu<T: Send + 'static>(cpu: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        corelane::sys::pin_current_thread(cpu).expect("pin");
-        f()
-    })
-    .join()
-    .unwrap()
+/// A load run from a thread pinned to CPU 1 (the server's workers run on
+/// both CPUs; the generator is the same for every run compared).
+pub fn load(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    close: bool,
+    rate: Option<f64>,
+) -> Report {
+    load_on(1, url, connections, duration, close, rate)
 }
 
-/// Waits until `cond` holds, at most `limit`.
-pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-/// Raises this process's soft descriptor limit to the hard one.
-pub fn raise_nofile() -> u64 {
-    let (_, hard) = corelane::sys::nofile_limit().unwrap();
-    corelane::sys::set_nofile_soft_limit(hard).unwrap();
-    hard
+/// [`load`] from a thread pinned to `cpu`.
+pub fn load_on(
+    cpu: usize,
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    close: bool,
+    rate: Option<f64>,
+) -> Report {
+    let target = Target::parse(url).unwrap();
+    let opts = RunOptions {
+        threads: 1,
+        connections,
+        duration,
+        pipeline: 1,
+        close,
+        timeout: Duration::from_secs(5),
+        progress: false,
+        rate,
+    };
+    on_cpu(cpu, move || run(&target, &opts).expect("load run"))
 }

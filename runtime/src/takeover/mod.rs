@@ -315,10 +315,12 @@ pub(crate) fn start(
     local_addr: SocketAddr,
     workers: usize,
 ) -> Option<Control> {
+    let taking_over = previous.is_some();
     if let Some(previous) = previous {
         hand_over_from(&previous, migrates, shutdown);
     }
-    if !opts.control_socket {
+    if !opts.control_socket || claimed.is_none() && !taking_over {
+        // Not wanted, or its name is taken (logged in `build`).
         return None;
     }
     let describe = control::Describe {

@@ -1,76 +1,30 @@
 //! Helpers for the HTTP server's tests: an in-process server on an ephemeral
 //! port, raw-socket clients, and a response reader.
 
-#![allow(dead_code)]
+// Each test binary uses a different part.
+#![allow(dead_code, unused_imports)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::thread::JoinHandle;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use corelane::{Metrics, Server, ServerBuilder, ShutdownHandle};
+use corelane::{Server, ServerBuilder};
 use corelane_http::{Http, HttpOptions};
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub metrics: Metrics,
-    shutdown: ShutdownHandle,
-    thread: Option<JoinHandle<corelane::Result<()>>>,
+pub use corelane_test_support::require::{has_tool, needs};
+pub use corelane_test_support::TestServer;
+
+/// How long a test waits for the server's metrics to show something.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// corelane-http with the default options and two workers.
+pub fn start() -> TestServer {
+    start_with(Server::builder().workers(2), HttpOptions::default())
 }
 
-impl TestServer {
-    pub fn start() -> TestServer {
-        Self::with(Server::builder().workers(2), HttpOptions::default())
-    }
-
-    pub fn with(builder: ServerBuilder, opts: HttpOptions) -> TestServer {
-        let server = builder
-            .addr("127.0.0.1:0".parse().unwrap())
-            .handle_signals(false)
-            .max_input(opts.max_input())
-            .build(Http::factory(opts))
-            .unwrap();
-        let addr = server.local_addr();
-        let metrics = server.metrics();
-        let shutdown = server.shutdown_handle();
-        let thread = Some(std::thread::spawn(move || server.run()));
-        TestServer {
-            addr,
-            metrics,
-            shutdown,
-            thread,
-        }
-    }
-
-    pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub fn wait_for(&self, what: &str, cond: impl Fn(&corelane::WorkerMetrics) -> bool) {
-        let start = Instant::now();
-        while !cond(&self.metrics.total()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.shutdown_now();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-    }
+/// corelane-http on `builder` with `opts`.
+pub fn start_with(builder: ServerBuilder, opts: HttpOptions) -> TestServer {
+    TestServer::start(builder.max_input(opts.max_input()), Http::factory(opts))
 }
 
 /// One parsed response.
@@ -178,11 +132,4 @@ pub fn curl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn has_curl() -> bool {
-    std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
