@@ -68,29 +68,7 @@ impl EbpfSteering {
             maps.table
         };
 
-        let program: &mut SkReuseport = ebpf
-            .program_mut(common::maps::PROGRAM)
-            .ok_or_else(|| Error::missing(common::maps::PROGRAM))?
-            .try_into()
-            .map_err(|e| Error::new("opening the program", e))?;
-        program.load().map_err(|e| {
-            let step = match &e {
-                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
-                    let log = verifier_log.to_string();
-                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    format!(
-                        "loading the program (BPF_PROG_LOAD; verifier says: {})",
-                        tail.join(" | ")
-                    )
-                }
-                _ => "loading the program (BPF_PROG_LOAD)".to_owned(),
-            };
-            Error::new(step, e)
-        })?;
-        program
-            .attach(listeners[0])
-            .map_err(|e| Error::new("attaching to the group (SO_ATTACH_REUSEPORT_EBPF)", e))?;
+        load_and_attach(&mut ebpf, listeners[0])?;
 
         // Pinned only once attached: a joiner must never find maps that no
         // attached program reads.
@@ -129,4 +107,33 @@ fn load_step(e: &aya::EbpfError) -> String {
         }
         _ => "loading the steering object".into(),
     }
+}
+
+/// Loads the program into the kernel (the verifier's last words in the
+/// error when it refuses) and attaches it to the group of `listener`.
+fn load_and_attach(ebpf: &mut Ebpf, listener: BorrowedFd<'_>) -> Result<(), Error> {
+    let program: &mut SkReuseport = ebpf
+        .program_mut(common::maps::PROGRAM)
+        .ok_or_else(|| Error::missing(common::maps::PROGRAM))?
+        .try_into()
+        .map_err(|e| Error::new("opening the program", e))?;
+    program.load().map_err(|e| {
+        let step = match &e {
+            aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                let log = verifier_log.to_string();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!(
+                    "loading the program (BPF_PROG_LOAD; verifier says: {})",
+                    tail.join(" | ")
+                )
+            }
+            _ => "loading the program (BPF_PROG_LOAD)".to_owned(),
+        };
+        Error::new(step, e)
+    })?;
+    program
+        .attach(listener)
+        .map_err(|e| Error::new("attaching to the group (SO_ATTACH_REUSEPORT_EBPF)", e))?;
+    Ok(())
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Client half of the scale system test (loadtest/tests/system.rs).
+"""Client half of the scale system test (loadtest/tests/scale.rs).
 
     scale_client.py HOST PORT N SRC_IP
 

@@ -91,6 +91,15 @@ pub struct ServerArgs {
     pub takeover: bool,
 }
 
+/// Parses this process's command line into `A` (a clap parser that
+/// flattens [`ServerArgs`]), with `default_addr` as `--addr`'s default (shown
+/// in `--help`); prints the error or help and exits when it does not parse.
+#[must_use]
+pub fn parse<A: clap::Parser>(default_addr: &'static str) -> A {
+    let cli = A::command().mut_arg("addr", |a| a.default_value(default_addr));
+    A::from_arg_matches(&cli.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 impl ServerArgs {
     /// Sets these options on `builder`; options not given keep the
     /// builder's values (the address) or the defaults shown in `--help`.

@@ -315,7 +315,7 @@ where
     ///
     /// The first worker error: [`Error::Pin`], [`Error::Spawn`],
     /// [`Error::Worker`], [`Error::Panic`].
-    pub fn run(self) -> Result<()> {
+    pub fn run(mut self) -> Result<()> {
         let cpu_list: Vec<String> = self
             .cpus
             .iter()
@@ -329,10 +329,40 @@ where
             "corelane listening"
         );
 
-        let mut threads = Vec::with_capacity(self.listeners.len());
-        let mut first_error = None;
         let workers = self.listeners.len();
-        for (index, listener) in self.listeners.into_iter().enumerate() {
+        let (threads, spawn_error) = self.spawn_workers();
+        let control = takeover::start(
+            self.previous,
+            self.control,
+            self.migrates,
+            &self.shutdown,
+            &self.opts,
+            self.local_addr,
+            workers,
+        );
+
+        // Joined even after a failed spawn: the started workers are stopping.
+        let joined = join_workers(threads, &self.shutdown);
+        let first_error = spawn_error.or(joined);
+        drop(self.signals);
+        if let Some(c) = control {
+            c.close();
+        }
+        if self.shutdown.handed_over() {
+            tracing::info!(addr = %self.local_addr, "corelane stopped: handed over");
+            self.shutdown.release_successor();
+            return first_error.map_or(Ok(()), Err);
+        }
+        self.ebpf.unpin();
+        tracing::info!(addr = %self.local_addr, "corelane stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts one thread per worker, each taking its listener. A failed
+    /// spawn stops the ones started (gracefully) and is returned.
+    fn spawn_workers(&mut self) -> (Vec<WorkerThread>, Option<Error>) {
+        let mut threads = Vec::with_capacity(self.listeners.len());
+        for (index, listener) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
             let steer = self.ebpf.worker(index);
             let info = WorkerInfo {
                 index,
@@ -361,55 +391,45 @@ where
             match spawned {
                 Ok(t) => threads.push((index, t)),
                 Err(source) => {
-                    first_error = Some(Error::Spawn {
-                        worker: index,
-                        source,
-                    });
                     self.shutdown.shutdown();
-                    break;
+                    return (
+                        threads,
+                        Some(Error::Spawn {
+                            worker: index,
+                            source,
+                        }),
+                    );
                 }
             }
         }
-
-        let control = takeover::start(
-            self.previous,
-            self.control,
-            self.migrates,
-            &self.shutdown,
-            &self.opts,
-            self.local_addr,
-            workers,
-        );
-
-        for (index, t) in threads {
-            let result = match t.join() {
-                Ok(r) => r,
-                Err(payload) => {
-                    self.shutdown.shutdown();
-                    Err(Error::Panic {
-                        worker: index,
-                        message: panic_message(&payload),
-                    })
-                }
-            };
-            if let Err(e) = result {
-                tracing::error!(worker = index, error = %e, "worker stopped with an error");
-                first_error.get_or_insert(e);
-            }
-        }
-        drop(self.signals);
-        if let Some(c) = control {
-            c.close();
-        }
-        if self.shutdown.handed_over() {
-            tracing::info!(addr = %self.local_addr, "corelane stopped: handed over");
-            self.shutdown.release_successor();
-            return first_error.map_or(Ok(()), Err);
-        }
-        self.ebpf.unpin();
-        tracing::info!(addr = %self.local_addr, "corelane stopped");
-        first_error.map_or(Ok(()), Err)
+        (threads, None)
     }
+}
+
+/// A worker's index and thread.
+type WorkerThread = (usize, thread::JoinHandle<Result<()>>);
+
+/// Waits for every worker; returns the first error (a panic is one, and
+/// stops the others).
+fn join_workers(threads: Vec<WorkerThread>, shutdown: &ShutdownHandle) -> Option<Error> {
+    let mut first_error = None;
+    for (index, t) in threads {
+        let result = match t.join() {
+            Ok(r) => r,
+            Err(payload) => {
+                shutdown.shutdown();
+                Err(Error::Panic {
+                    worker: index,
+                    message: panic_message(&payload),
+                })
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(worker = index, error = %e, "worker stopped with an error");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error
 }
 
 fn raise_nofile_limit() {

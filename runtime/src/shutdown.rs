@@ -218,7 +218,7 @@ impl ShutdownHandle {
         }
     }
 
-    pub(crate) fn phase(&self) -> u8 {
+    fn phase(&self) -> u8 {
         self.state.phase.load(Ordering::SeqCst)
     }
 

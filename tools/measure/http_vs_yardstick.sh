@@ -5,6 +5,11 @@
 # describes it); ratios are to the SIMD one.
 #
 #   tools/measure/http_vs_yardstick.sh [rounds] [seconds]
+#   BASELINE=/tmp/old/corelane-http tools/measure/http_vs_yardstick.sh 5 8
+#
+# With BASELINE, another corelane-http binary (an earlier build) runs in the
+# same rounds, and the table adds each server's CPU ratio to it: the check
+# that a change left the cost per request where it was.
 #
 # Each server runs one worker pinned to CPU 0; wrk -t1 -c64 runs pinned to
 # CPU 1 with TechEmpower's headers, plain and pipelined 16 deep
@@ -24,12 +29,14 @@ H=(-H 'Host: localhost' -H 'Accept: text/plain,text/html;q=0.9,application/xhtml
 port=8200
 for r in $(seq 1 "$rounds"); do
   for mode in ${MODES:-plain pipelined}; do
-    for server in yardstick yardstick-bytes corelane-http; do
+    for server in yardstick yardstick-bytes corelane-http ${BASELINE:+baseline}; do
       port=$((port + 1))
       if [ $server = yardstick ]; then
         taskset -c 0 target/release/yardstick --addr 127.0.0.1:$port 2>/dev/null & pid=$!
       elif [ $server = yardstick-bytes ]; then
         taskset -c 0 target/release/yardstick --scan bytes --addr 127.0.0.1:$port 2>/dev/null & pid=$!
+      elif [ $server = baseline ]; then
+        taskset -c 0 "$BASELINE" --addr 127.0.0.1:$port --workers 1 2>/dev/null & pid=$!
       else
         taskset -c 0 target/release/corelane-http --addr 127.0.0.1:$port --workers 1 2>/dev/null & pid=$!
       fi
@@ -55,15 +62,20 @@ for row in rows:
     r, mode, server, rps, cpu = row[:5]
     by.setdefault((mode, server), []).append((float(rps), float(cpu)))
     per_round.setdefault((mode, r), {})[server] = float(cpu)
-print("| mode | server | req/s | server CPU µs/request | CPU vs SIMD yardstick | CPU vs byte-scan yardstick |")
-print("|---|---|---|---|---|---|")
+base = any(s == "baseline" for (_, s) in by)
+print("| mode | server | req/s | server CPU µs/request | CPU vs SIMD yardstick | CPU vs byte-scan yardstick |" + (" CPU vs baseline (min–max) |" if base else ""))
+print("|---|---|---|---|---|---|" + ("---|" if base else ""))
 for mode in [m for m in ("plain", "pipelined") if (m, "yardstick") in by]:
-    for server in ("yardstick", "yardstick-bytes", "corelane-http"):
+    for server in ("yardstick", "yardstick-bytes", "corelane-http") + (("baseline",) if base else ()):
         xs = by[(mode, server)]
         rps = statistics.median(x[0] for x in xs)
         cpu = statistics.median(x[1] for x in xs)
         # Ratios are taken within each round, then the median over rounds.
         simd = [v[server] / v["yardstick"] for (m, _), v in per_round.items() if m == mode]
         byte = [v[server] / v["yardstick-bytes"] for (m, _), v in per_round.items() if m == mode]
-        print(f"| {mode} | {server} | {rps:,.0f} | {cpu:.3f} | {statistics.median(simd):.3f} | {statistics.median(byte):.3f} |")
+        row = f"| {mode} | {server} | {rps:,.0f} | {cpu:.3f} | {statistics.median(simd):.3f} | {statistics.median(byte):.3f} |"
+        if base:
+            rb = [v[server] / v["baseline"] for (m, _), v in per_round.items() if m == mode]
+            row += f" {statistics.median(rb):.3f} ({min(rb):.3f}–{max(rb):.3f}) |"
+        print(row)
 PY

@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use corelane::cli::ServerArgs;
 use corelane::{Accepted, Action, Handler, Input, Output, Server};
 
@@ -40,8 +40,7 @@ impl Handler for Echo {
 
 fn main() -> ExitCode {
     corelane::logging::init();
-    let cli = Args::command().mut_arg("addr", |a| a.default_value("127.0.0.1:7000"));
-    let args = Args::from_arg_matches(&cli.get_matches()).unwrap_or_else(|e| e.exit());
+    let args: Args = corelane::cli::parse("127.0.0.1:7000");
     corelane::logging::exit_code(serve(args))
 }
 

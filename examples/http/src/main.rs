@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use corelane::cli::ServerArgs;
 use corelane::Server;
 use corelane_http::{Http, HttpOptions};
@@ -37,8 +37,7 @@ struct Args {
 
 fn main() -> ExitCode {
     corelane::logging::init();
-    let cli = Args::command().mut_arg("addr", |a| a.default_value("127.0.0.1:8080"));
-    let args = Args::from_arg_matches(&cli.get_matches()).unwrap_or_else(|e| e.exit());
+    let args: Args = corelane::cli::parse("127.0.0.1:8080");
     corelane::logging::exit_code(serve(args))
 }
 
