@@ -19,7 +19,12 @@ sysroot="$(rustc --print sysroot)"
 if ! command -v bpf-linker >/dev/null 2>&1 || [[ "$(bpf-linker --version 2>/dev/null)" != *"0.13.0"* ]]; then
     echo "build-program: installing bpf-linker 0.13.0 (a few minutes)" >&2
     if [[ -z "${LLVM_PREFIX:-}" ]]; then
-        libllvm="$(ls "$sysroot"/lib/libLLVM*.so* | head -n1)"
+        # The shared object itself (`libLLVM.so.22.1-rust-...`), not the
+        # linker script some toolchains ship beside it
+        # (`libLLVM-22-rust-....so`, `INPUT(...)`), which names it relative
+        # to the sysroot and so cannot be linked from here.
+        libllvm="$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1)"
+        [[ -n "$libllvm" ]] || libllvm="$(ls -S "$sysroot"/lib/libLLVM*.so* | head -n1)"
         prefix="$(mktemp -d)"
         mkdir -p "$prefix/lib"
         ln -s "$libllvm" "$prefix/lib/libLLVM.so"
