@@ -11,6 +11,8 @@ pub struct TurnLag {
 }
 
 impl TurnLag {
+    /// The length of a window.
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
     const WINDOW_NS: u64 = 250_000_000;
 
     /// Records a turn from `start` to `end` (nanoseconds of

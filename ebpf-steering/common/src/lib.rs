@@ -68,12 +68,17 @@ const fn wrap(k: u32, i: u32, n: u32) -> u32 {
 /// slot (of every generation), then [`STAT_FALLBACK`] and [`STAT_MIGRATED`].
 pub const STAT_ENTRIES: u32 = SLOTS + 2;
 
-/// A worker whose loop has been inside one turn for longer than the
-/// configured stall time (now, or lately) counts this much extra load under
-/// `least-loaded`, plus 4,096 per ~millisecond of its longest turn: it is
-/// picked only when every eligible worker is stalled, and then the one
-/// stalled least.
-pub const STALL_PENALTY: u32 = 1 << 24;
+/// A worker that has made no progress for longer than the configured stall
+/// time (now, or in the last quarter to half second) counts this many
+/// connections more under `least-loaded`, plus one per ~millisecond of its
+/// longest stretch without progress (at most `STALL_PENALTY - 1` more): it
+/// gets no new connection until the others hold that many more than it
+/// does. A stall diverts a bounded number of connections, so a worker that
+/// only looked stalled (preempted on a busy machine) costs at most that much
+/// imbalance, while one really stuck in a handler, whose connections are
+/// short-lived or few, keeps being avoided; among workers that all look
+/// stalled, the one stalled longest is avoided.
+pub const STALL_PENALTY: u32 = 32;
 
 /// Map and program names in the object file.
 pub mod maps {
@@ -225,12 +230,14 @@ pub struct WorkerSlot {
     /// bpf target has atomics for); the worker resets it to 0 when its
     /// accept queue is empty.
     pub pending: u64,
-    /// `CLOCK_MONOTONIC` nanoseconds at which the worker's current loop turn
-    /// began; 0 while it waits for events.
+    /// `CLOCK_MONOTONIC` nanoseconds of the worker's last sign of progress
+    /// in its current loop turn (the turn's start, an accepted connection,
+    /// every few events handled); 0 while it waits for events.
     pub busy_since_ns: u64,
-    /// The longest loop turn of the worker's recent past (the current and
-    /// the previous quarter second), nanoseconds: a worker that stalls
-    /// repeatedly stays avoided between its stalls, not only during them.
+    /// The longest stretch without progress of the worker's recent past
+    /// (the current and the previous quarter second), nanoseconds: a worker
+    /// that stalls repeatedly stays avoided between its stalls, not only
+    /// during them.
     pub recent_turn_ns: u64,
 }
 
@@ -257,12 +264,16 @@ impl WorkerSlot {
             self.recent_turn_ns
         };
         if stall_ns != 0 && lag > stall_ns {
-            // Graded by how long (in ~ms, capped at ~1 s): when every
-            // candidate looks stalled (a busy machine also stretches healthy
-            // turns), the one stuck longest is the one avoided.
+            // Graded by how long (in ~ms): when every candidate looks
+            // stalled, the one stuck longest is the one avoided. Bounded:
+            // see `STALL_PENALTY`.
             let ms = lag >> 20;
-            let ms = if ms > 1023 { 1023 } else { ms as u32 };
-            load = load.saturating_add(STALL_PENALTY + (ms << 12));
+            let ms = if ms >= u64::from(STALL_PENALTY) {
+                STALL_PENALTY - 1
+            } else {
+                ms as u32
+            };
+            load = load.saturating_add(STALL_PENALTY + ms);
         }
         load
     }

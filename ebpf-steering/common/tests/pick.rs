@@ -136,7 +136,7 @@ fn least_loaded_takes_the_lighter_of_two_and_rotates_ties() {
 }
 
 #[test]
-fn a_stalled_worker_is_avoided_unless_all_are() {
+fn a_stalled_worker_is_avoided_for_a_bounded_number_of_connections() {
     let now = 1_000_000_000;
     let stall = 10_000_000;
     let busy = WorkerSlot {
@@ -144,8 +144,13 @@ fn a_stalled_worker_is_avoided_unless_all_are() {
         busy_since_ns: now - 50_000_000,
         ..WorkerSlot::default()
     };
-    // 50 ms stuck: 47 units of 2^20 ns.
-    assert_eq!(busy.load(now, stall), 1 + STALL_PENALTY + (47 << 12));
+    // 50 ms stuck: 47 units of 2^20 ns, graded up to STALL_PENALTY - 1.
+    assert_eq!(busy.load(now, stall), 1 + STALL_PENALTY + 31);
+    let brief_stall = WorkerSlot {
+        busy_since_ns: now - 20_000_000,
+        ..busy
+    };
+    assert_eq!(brief_stall.load(now, stall), 1 + STALL_PENALTY + 19);
     assert_eq!(busy.load(now, 0), 1, "0 disables the check");
     let short = WorkerSlot {
         busy_since_ns: now - 1_000_000,
@@ -164,17 +169,27 @@ fn a_stalled_worker_is_avoided_unless_all_are() {
     };
     assert_eq!(
         lately.load(now, stall),
-        4 + STALL_PENALTY + (47 << 12),
-        "a recent long turn counts while the worker is between stalls"
+        4 + STALL_PENALTY + 31,
+        "a recent long stretch without progress counts between stalls"
     );
 
+    // Avoided while the other holds fewer than STALL_PENALTY (+ its grade)
+    // more connections.
     let m = Model {
         draining: vec![false; 2],
-        load: vec![1 + STALL_PENALTY, 100],
+        load: vec![1 + STALL_PENALTY, 20],
     };
     assert_eq!(pick_any(&input(Policy::LeastLoaded, 2), &m), Some(1));
-    // Both stalled: the one stalled longer loses, whatever its connections.
+    // The diversion is bounded: once the others hold STALL_PENALTY + 31
+    // more, the stalled worker is picked again.
+    let m = Model {
+        draining: vec![false; 2],
+        load: vec![busy.load(now, stall), 1 + STALL_PENALTY + 32],
+    };
+    assert_eq!(pick_any(&input(Policy::LeastLoaded, 2), &m), Some(0));
+    // Both stalled with as many connections: the one stalled longer loses.
     let long = WorkerSlot {
+        conns: 30,
         recent_turn_ns: 50_000_000,
         ..WorkerSlot::default()
     };

@@ -152,6 +152,19 @@ impl Http {
             .sum()
     }
 
+    /// A per-worker metric's series (`name{worker="i"}`), in worker order.
+    pub fn metric_per_worker(&self, name: &str, workers: usize) -> Vec<u64> {
+        let page = self.get("/metrics");
+        (0..workers)
+            .map(|w| {
+                let series = format!("{name}{{worker=\"{w}\"}} ");
+                page.lines()
+                    .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
     /// Sends `sig` to the server.
     pub fn signal(&self, sig: i32) {
         proc::signal(self.pid(), sig);

@@ -18,6 +18,8 @@ pub(crate) type AttachError = corelane_steering::Error;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Ebpf {
     inner: Option<Arc<EbpfSteering>>,
+    /// The stall time in force (0: no stall check).
+    stall_ns: u64,
 }
 
 /// One worker's handle on the program: publishes its load, sets its drain
@@ -30,8 +32,10 @@ pub(crate) struct WorkerSteer {
     /// When the current turn began (stamping only).
     turn_start: u64,
     lag: TurnLag,
-    /// The recent longest turn last published.
+    /// The recent longest stretch without progress last published.
     published_lag: u64,
+    /// The stall time in force (0: no stall check).
+    stall_ns: u64,
 }
 
 impl Ebpf {
@@ -43,8 +47,9 @@ impl Ebpf {
     pub(crate) fn worker(&self, index: usize) -> WorkerSteer {
         match &self.inner {
             Some(s) => WorkerSteer {
-                stamp_turns: s.policy() == Policy::LeastLoaded,
+                stamp_turns: s.policy() == Policy::LeastLoaded && self.stall_ns != 0,
                 handle: Some(s.worker(index)),
+                stall_ns: self.stall_ns,
                 ..WorkerSteer::default()
             },
             None => WorkerSteer::default(),
@@ -102,6 +107,29 @@ impl WorkerSteer {
         }
     }
 
+    /// The loop made progress inside its turn (accepted a connection,
+    /// handled a batch of events): the stall signal is time without
+    /// progress, so a worker busy with a burst, or preempted for a moment,
+    /// does not look stuck the way one blocked in a handler does.
+    #[inline]
+    pub(crate) fn progress(&mut self) {
+        if !self.stamp_turns || self.turn_start == 0 {
+            return;
+        }
+        if let Some(h) = &self.handle {
+            let now = corelane_steering::monotonic_ns();
+            record_lag(
+                &mut self.lag,
+                &mut self.published_lag,
+                h,
+                self.turn_start,
+                now,
+            );
+            self.turn_start = now;
+            h.turn_started(now);
+        }
+    }
+
     /// The loop goes back to waiting, serving `conns` connections.
     #[inline]
     pub(crate) fn turn_ended(&mut self, conns: usize) {
@@ -110,20 +138,34 @@ impl WorkerSteer {
         if self.stamp_turns && self.turn_start != 0 {
             h.turn_ended();
             let end = corelane_steering::monotonic_ns();
-            let lag = self.lag.record(self.turn_start, end);
-            if lag != self.published_lag {
-                self.published_lag = lag;
-                h.set_recent_turn(lag);
-            }
+            record_lag(
+                &mut self.lag,
+                &mut self.published_lag,
+                h,
+                self.turn_start,
+                end,
+            );
+            self.turn_start = 0;
         }
     }
 
-    /// The listener's accept queue is empty.
+    /// The listener's accept queue is empty, and the worker serves `conns`
+    /// connections: both published together, so the program never sees the
+    /// just-accepted connections neither pending nor counted.
     #[inline]
-    pub(crate) fn accept_queue_empty(&self) {
+    pub(crate) fn accept_queue_empty(&self, conns: usize) {
         if let Some(h) = &self.handle {
+            h.set_connections(conns);
             h.accept_queue_empty();
         }
+    }
+
+    /// How soon the loop must wake, even with nothing to do, so that a long
+    /// stretch it published ages out (the program reads no clock of its
+    /// own for it): a worker steered around because it looked stalled gets
+    /// no events, and would otherwise keep looking stalled.
+    pub(crate) fn wake_within(&self) -> Option<Duration> {
+        (self.stall_ns != 0 && self.published_lag > self.stall_ns).then_some(TurnLag::WINDOW)
     }
 
     /// Excludes the worker from new connections.
@@ -137,6 +179,17 @@ impl WorkerSteer {
     /// workers when it closes (`SELECT_OR_MIGRATE` in force).
     pub(crate) fn migrates(&self) -> bool {
         self.handle.is_some()
+    }
+}
+
+/// Records the stretch without progress from `start` to `now` in `lag`,
+/// publishing the recent longest when it changes.
+#[inline]
+fn record_lag(lag: &mut TurnLag, published: &mut u64, h: &WorkerHandle, start: u64, now: u64) {
+    let longest = lag.record(start, now);
+    if longest != *published {
+        *published = longest;
+        h.set_recent_turn(longest);
     }
 }
 
@@ -173,8 +226,10 @@ pub(crate) fn attach(
         }
         Err(e) => tracing::debug!(error = %e, "not pinning the steering program"),
     }
+    let stall_ns = stall.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let wrap = |s: EbpfSteering| Ebpf {
         inner: Some(Arc::new(s)),
+        stall_ns,
     };
     if let Some(previous) = previous.filter(|p| p.ebpf && settings.pin.is_some()) {
         if let Some(s) = join(&dir, &fds, cpus, &settings, previous.pid) {

@@ -48,10 +48,17 @@ impl WorkerSteer {
     pub(crate) fn turn_started(&mut self) {}
 
     #[inline]
+    pub(crate) fn progress(&mut self) {}
+
+    #[inline]
     pub(crate) fn turn_ended(&mut self, _conns: usize) {}
 
     #[inline]
-    pub(crate) fn accept_queue_empty(&self) {}
+    pub(crate) fn accept_queue_empty(&self, _conns: usize) {}
+
+    pub(crate) fn wake_within(&self) -> Option<Duration> {
+        None
+    }
 
     pub(crate) fn set_draining(&self) {}
 

@@ -77,10 +77,11 @@ impl<H: Handler> Worker<H> {
                 Ok((stream, peer)) => {
                     self.recovered();
                     self.insert(stream, peer, now);
+                    self.steer.progress();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.recovered();
-                    self.steer.accept_queue_empty();
+                    self.steer.accept_queue_empty(self.conns.len());
                     self.accept = AcceptState::Open { pending: false };
                     return;
                 }

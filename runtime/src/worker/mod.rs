@@ -53,6 +53,9 @@ use accept::AcceptState;
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const EVENTS_CAPACITY: usize = 1024;
+/// Events handled between two signs of progress for least-loaded steering's
+/// stall check (a clock read each).
+const PROGRESS_EVERY: u64 = 32;
 
 /// Where a worker runs, given to the handler factory on the worker's thread.
 #[derive(Debug, Clone)]
@@ -207,6 +210,9 @@ impl<H: Handler> Worker<H> {
             self.counters.loop_iterations += 1;
             for event in events.iter() {
                 self.counters.events += 1;
+                if self.counters.events.is_multiple_of(PROGRESS_EVERY) {
+                    self.steer.progress();
+                }
                 self.dispatch(event, now);
             }
             self.resume_requeued(now);
@@ -260,6 +266,9 @@ impl<H: Handler> Worker<H> {
         }
         if let Some(d) = self.draining_until {
             t = t.min(d.saturating_duration_since(now));
+        }
+        if let Some(w) = self.steer.wake_within() {
+            t = t.min(w);
         }
         Some(t)
     }
