@@ -68,7 +68,10 @@ pub enum Error {
         /// The operating system's reason.
         source: io::Error,
     },
-    /// A worker's handler panicked; the other workers were shut down.
+    /// A worker panicked outside a handler callback (in the handler
+    /// factory, or a bug in the runtime); the other workers were shut down.
+    /// A panic inside a callback only closes its connection (see
+    /// [`Handler`](crate::Handler#panics)).
     #[error("worker {worker} panicked: {message}")]
     Panic {
         /// Worker index.

@@ -16,6 +16,19 @@ use crate::buffer::{Input, Output};
 /// The worker calls the handler for one connection at a time:
 /// [`on_accept`](Handler::on_accept) once, [`on_data`](Handler::on_data) each
 /// time new bytes arrive, and [`on_close`](Handler::on_close) once at the end.
+///
+/// # Panics
+///
+/// A panic in a callback is caught on the worker's thread: the connection it
+/// was handling is closed at once with [`CloseReason::Panic`] (in
+/// `on_accept` and `on_data`; `on_close` still runs for it), the panic is
+/// counted ([`WorkerMetrics::handler_panics`](crate::WorkerMetrics::handler_panics),
+/// the `panic` probe) and logged with the worker and connection, and the
+/// worker goes on serving every other connection. The handler itself is
+/// kept, so it must not be left in a state its other connections cannot
+/// live with (as with any `catch_unwind`). Built with `panic = "abort"`, a
+/// panic aborts the whole process instead: run it under a supervisor
+/// (systemd `Restart=`) that restarts it.
 pub trait Handler {
     /// Per-connection state, created by [`on_accept`](Handler::on_accept).
     type Conn;
@@ -93,11 +106,15 @@ pub enum CloseReason {
     Shutdown,
     /// Another I/O error.
     Error,
+    /// A handler callback panicked while handling the connection: it was
+    /// closed at once (its unwritten output dropped), and the worker went on
+    /// serving the others.
+    Panic,
 }
 
 impl CloseReason {
     /// Every reason, in the order of [`index`](CloseReason::index).
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::Handler,
@@ -107,6 +124,7 @@ impl CloseReason {
         CloseReason::InputTooLarge,
         CloseReason::Shutdown,
         CloseReason::Error,
+        CloseReason::Panic,
     ];
 
     /// A short, stable name (`peer_closed`, `idle_timeout`, ...), used in
@@ -129,6 +147,7 @@ impl CloseReason {
             CloseReason::InputTooLarge => c"input_too_large",
             CloseReason::Shutdown => c"shutdown",
             CloseReason::Error => c"error",
+            CloseReason::Panic => c"panic",
         }
     }
 

@@ -72,6 +72,7 @@
 //! | `gc_start` | worker, kind | a reclamation pass begins: `pool_trim`, `idle_sweep` or `slab_shrink` |
 //! | `gc_done` | worker, kind, freed, nanoseconds | it ended, freeing `freed` buffers / timed-out connections / table slots |
 //! | `steer` | worker, mode | the steering mode in force, at worker start |
+//! | `panic` | worker, conn_id | a handler callback panicked (`conn_id` is `u64::MAX` in `on_tick`); the connection is closed with reason `panic` |
 //!
 //! The reclamation passes are the runtime's GC-like events: `pool_trim`
 //! returns idle pooled buffers beyond
@@ -97,6 +98,7 @@ mod listener;
 pub mod logging;
 mod metrics;
 mod options;
+mod panic;
 mod probes;
 mod server;
 mod shutdown;

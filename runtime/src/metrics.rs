@@ -100,6 +100,9 @@ worker_counters! {
     loop_iterations,
     /// Times accepting was paused for lack of descriptors or memory.
     accept_pauses,
+    /// Handler callbacks that panicked (and were caught: the worker kept
+    /// serving).
+    handler_panics,
     /// Buffers idle in the worker's pool.
     pool_idle,
     /// Buffers lent to connections.

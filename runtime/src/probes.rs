@@ -17,6 +17,7 @@
 //! | `gc_start` | worker, kind |
 //! | `gc_done` | worker, kind, freed, nanoseconds |
 //! | `steer` | worker, mode |
+//! | `panic` | worker, conn_id (`u64::MAX` outside a connection) |
 //!
 //! Built without the `probes` feature, every function here is empty.
 
@@ -93,4 +94,11 @@ pub(crate) fn gc_done(worker: usize, kind: GcKind, freed: usize, nanos: u64) {
 #[inline(always)]
 pub(crate) fn steer(worker: usize, mode: &'static CStr) {
     fire!(steer, worker, mode.as_ptr());
+}
+
+/// A handler callback panicked; `conn_id` is `u64::MAX` for a callback
+/// outside any connection (`on_tick`).
+#[inline(always)]
+pub(crate) fn panic(worker: usize, conn_id: u64) {
+    fire!(panic, worker, conn_id);
 }

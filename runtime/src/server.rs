@@ -10,6 +10,7 @@ use crate::handler::Handler;
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::options::{ServerOptions, Workers};
+use crate::panic;
 use crate::shutdown::{ShutdownHandle, SignalThread};
 use crate::steering::{self, Steering};
 use crate::sys;
@@ -377,11 +378,21 @@ where
             let spawned = thread::Builder::new()
                 .name(format!("corelane-w{index}"))
                 .spawn(move || {
-                    let result =
+                    // Handler callbacks catch their own panics; this catches
+                    // one in the factory or in the runtime, so that every
+                    // worker's end is seen, whichever it is.
+                    let result = panic::catch(|| {
                         Worker::start(info, listener, opts, shutdown.clone(), steer, |i| {
                             factory(i)
                         })
-                        .and_then(Worker::run);
+                        .and_then(Worker::run)
+                    })
+                    .unwrap_or_else(|message| {
+                        Err(Error::Panic {
+                            worker: index,
+                            message,
+                        })
+                    });
                     if result.is_err() {
                         // One worker down takes the server down, gracefully.
                         shutdown.shutdown();
@@ -420,7 +431,7 @@ fn join_workers(threads: Vec<WorkerThread>, shutdown: &ShutdownHandle) -> Option
                 shutdown.shutdown();
                 Err(Error::Panic {
                     worker: index,
-                    message: panic_message(&payload),
+                    message: panic::message(&*payload),
                 })
             }
         };
@@ -442,15 +453,5 @@ fn raise_nofile_limit() {
         },
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not read the descriptor limit"),
-    }
-}
-
-fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

@@ -9,7 +9,7 @@ use object::{Object, ObjectSection};
 const BIN: &str = env!("CARGO_BIN_EXE_corelane-echo");
 
 /// The probes of DESIGN.md and the README, with their argument counts.
-const DOCUMENTED: [(&str, usize); 7] = [
+const DOCUMENTED: [(&str, usize); 8] = [
     ("accept", 3),
     ("read", 4),
     ("write", 4),
@@ -17,6 +17,7 @@ const DOCUMENTED: [(&str, usize); 7] = [
     ("gc_start", 2),
     ("gc_done", 4),
     ("steer", 2),
+    ("panic", 2),
 ];
 
 /// (provider, name, argument spec) of every SDT note.

@@ -422,6 +422,12 @@ impl Http {
             &|w| w.accept_pauses,
         );
         family(
+            "handler_panics_total",
+            "counter",
+            "Handler callbacks that panicked (caught; the worker kept serving).",
+            &|w| w.handler_panics,
+        );
+        family(
             "pool_idle_buffers",
             "gauge",
             "Buffers idle in the worker's pool.",

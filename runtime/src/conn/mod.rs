@@ -34,6 +34,7 @@ use mio::net::TcpStream;
 use crate::buffer::{BufferPool, Input, Output};
 use crate::handler::{Action, CloseReason};
 use crate::options::ServerOptions;
+use crate::panic;
 use crate::probes;
 use crate::sys;
 use crate::timer::{Entry, Tick, TimerWheel};
@@ -265,27 +266,34 @@ impl<S> Conn<S> {
 
     /// Hands the unconsumed input to `on_data` (with an output buffer from
     /// `pool`), then applies what it consumed and the action it returned.
+    ///
+    /// # Errors
+    ///
+    /// `on_data` panicked: the panic's message (nothing is applied; the
+    /// connection is to be closed).
     pub(crate) fn call(
         &mut self,
         pool: &mut BufferPool,
         draining: bool,
         now: Instant,
         on_data: impl FnOnce(&mut S, &mut Input<'_>, &mut Output) -> Action,
-    ) {
+    ) -> Result<(), String> {
         if !self.output.has_buffer() {
             self.output.set_buffer(pool.take());
         }
         let Some(user) = self.user.as_mut() else {
-            return;
+            return Ok(());
         };
         let peer_closed = self.phase == Phase::PeerClosed;
         let mut input = Input::new(&self.input, peer_closed, draining);
-        let action = on_data(user, &mut input, &mut self.output);
+        let output = &mut self.output;
+        let action = panic::catch(|| on_data(user, &mut input, output))?;
         let consumed = input.consumed();
         self.consumed(consumed, now);
         if action == Action::Close {
             self.close_after_flush(CloseReason::Handler);
         }
+        Ok(())
     }
 
     fn consumed(&mut self, consumed: usize, now: Instant) {

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -11,7 +12,8 @@ use mio::Interest;
 
 use super::Worker;
 use crate::conn::{Conn, ConnToken};
-use crate::handler::{Accepted, Handler};
+use crate::handler::{Accepted, CloseReason, Handler};
+use crate::panic;
 use crate::probes;
 use crate::sys;
 
@@ -133,8 +135,7 @@ impl<H: Handler> Worker<H> {
     /// registration under its token (key + generation); a registration that
     /// fails leaves no entry behind.
     pub(super) fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let key = self.conns.vacant_key();
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ConnToken::GENERATION_MASK;
         let token = ConnToken { key, generation }.into();
@@ -150,18 +151,29 @@ impl<H: Handler> Worker<H> {
         }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        probes::accept(
-            self.info.index,
-            std::os::fd::AsRawFd::as_raw_fd(&stream),
-            id,
-        );
-        let state = self.handler.on_accept(&Accepted {
+        let fd = stream.as_raw_fd();
+        probes::accept(self.info.index, fd, id);
+        self.counters.accepted += 1;
+        let accepted = Accepted {
             peer,
             worker: self.info.index,
             id,
-        });
-        entry.insert(Conn::new(stream, state, generation, id, now));
-        self.counters.accepted += 1;
+        };
+        let handler = &mut self.handler;
+        let state = match panic::catch(|| handler.on_accept(&accepted)) {
+            Ok(state) => state,
+            Err(message) => {
+                // No state to keep: dropping the stream closes it.
+                self.handler_panicked(Some(id), "on_accept", &message);
+                probes::close(self.info.index, fd, id, CloseReason::Panic.as_cstr());
+                self.counters.closed[CloseReason::Panic.index()] += 1;
+                return;
+            }
+        };
+        let inserted = self
+            .conns
+            .insert(Conn::new(stream, state, generation, id, now));
+        debug_assert_eq!(inserted, key);
         self.counters.active += 1;
         self.update_timer(key);
     }

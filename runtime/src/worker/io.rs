@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::Worker;
 use crate::conn::{Next, ReadOutcome};
 use crate::handler::{CloseReason, Handler};
+use crate::panic;
 use crate::probes;
 
 impl<H: Handler> Worker<H> {
@@ -72,12 +73,12 @@ impl<H: Handler> Worker<H> {
                     self.counters.bytes_read += n as u64;
                     self.counters.reads += 1;
                     probes::read(self.info.index, conn.fd(), conn.id(), n);
-                    self.call_handler(key, now);
+                    self.call_handler(key, now)?;
                 }
                 ReadOutcome::Eof => {
                     if conn.has_input() {
                         // Let the handler see that no more bytes will come.
-                        self.call_handler(key, now);
+                        self.call_handler(key, now)?;
                     }
                     return Ok(false);
                 }
@@ -87,12 +88,20 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn call_handler(&mut self, key: usize, now: Instant) {
+    /// `on_data` for connection `key`; a panic in it closes the connection.
+    fn call_handler(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
         let draining = self.draining_until.is_some();
         let handler = &mut self.handler;
-        self.conns[key].call(&mut self.pool, draining, now, |state, input, output| {
+        let conn = &mut self.conns[key];
+        let called = conn.call(&mut self.pool, draining, now, |state, input, output| {
             handler.on_data(state, input, output)
         });
+        if let Err(message) = called {
+            let id = conn.id();
+            self.handler_panicked(Some(id), "on_data", &message);
+            return Err(CloseReason::Panic);
+        }
+        Ok(())
     }
 
     fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
@@ -115,7 +124,8 @@ impl<H: Handler> Worker<H> {
 
     pub(super) fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
         let mut conn = self.conns.remove(key);
-        probes::close(self.info.index, conn.fd(), conn.id(), reason.as_cstr());
+        let id = conn.id();
+        probes::close(self.info.index, conn.fd(), id, reason.as_cstr());
         let state = conn.finish(&mut self.pool, now);
         // Closes the descriptor, which also removes it from the epoll set:
         // no epoll_ctl(DEL) needed.
@@ -123,7 +133,10 @@ impl<H: Handler> Worker<H> {
         self.counters.active -= 1;
         self.counters.closed[reason.index()] += 1;
         if let Some(state) = state {
-            self.handler.on_close(state, reason);
+            let handler = &mut self.handler;
+            if let Err(message) = panic::catch(|| handler.on_close(state, reason)) {
+                self.handler_panicked(Some(id), "on_close", &message);
+            }
         }
         self.room_freed();
     }

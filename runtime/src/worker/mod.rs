@@ -42,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::metrics::{Counters, Metrics};
 use crate::options::ServerOptions;
+use crate::panic;
 use crate::probes;
 use crate::shutdown::ShutdownHandle;
 use crate::steering::{Steering, WorkerSteer};
@@ -160,10 +161,9 @@ impl<H: Handler> Worker<H> {
         let waker = Waker::new(poll.registry(), WAKER).map_err(failed)?;
         shutdown.register(worker, Arc::new(waker));
         let now = Instant::now();
-        let mut handler = factory(&info);
-        handler.on_tick(SystemTime::now());
+        let handler = factory(&info);
         probes::steer(worker, opts.steering.as_cstr());
-        Ok(Worker {
+        let mut started = Worker {
             info,
             poll,
             listener: Some(listener),
@@ -187,7 +187,9 @@ impl<H: Handler> Worker<H> {
             slab_low_since: None,
             shared,
             opts,
-        })
+        };
+        started.handler_tick();
+        Ok(started)
     }
 
     /// Runs the event loop until shutdown completes.
@@ -298,11 +300,33 @@ impl<H: Handler> Worker<H> {
         while self.next_tick <= now {
             self.next_tick += self.opts.tick_interval;
         }
-        self.handler.on_tick(SystemTime::now());
+        self.handler_tick();
         if self.pool.trim_due(now) {
             self.trim_pool();
         }
         self.maybe_shrink_slab(now);
+    }
+
+    /// The handler's `on_tick`; a panic in it is counted and logged.
+    fn handler_tick(&mut self) {
+        let handler = &mut self.handler;
+        if let Err(message) = panic::catch(|| handler.on_tick(SystemTime::now())) {
+            self.handler_panicked(None, "on_tick", &message);
+        }
+    }
+
+    /// A handler callback panicked (and was caught): counted, traced and
+    /// logged; the caller closes the connection, if there is one.
+    fn handler_panicked(&mut self, conn: Option<u64>, callback: &str, message: &str) {
+        self.counters.handler_panics += 1;
+        probes::panic(self.info.index, conn.unwrap_or(u64::MAX));
+        tracing::error!(
+            worker = self.info.index,
+            conn = conn.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            callback,
+            message,
+            "handler panicked; closing its connection, the worker goes on serving"
+        );
     }
 
     fn publish(&mut self) {
