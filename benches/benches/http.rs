@@ -17,7 +17,7 @@ Connection: keep-alive\r\n\r\n";
 
 fn serve(http: &mut Http, conn: &mut <Http as Handler>::Conn, bytes: &[u8], out: &mut Output) {
     let mut input = Input::new(bytes, false, false);
-    black_box(http.on_data(conn, &mut input, out));
+    black_box(http.serve(conn, &mut input, out));
     assert_eq!(input.consumed(), bytes.len());
     out.clear();
 }

@@ -5,12 +5,12 @@
 //! ```no_run
 //! use clap::Parser;
 //! use corelane::cli::ServerArgs;
-//! # use corelane::{Accepted, Action, Handler, Input, Output, Server};
+//! # use corelane::{Accepted, Action, Context, Handler, Input, Output, Server};
 //! # struct Echo;
 //! # impl Handler for Echo {
 //! #     type Conn = ();
-//! #     fn on_accept(&mut self, _: &Accepted) {}
-//! #     fn on_data(&mut self, _: &mut (), i: &mut Input<'_>, _: &mut Output) -> Action {
+//! #     fn on_accept(&mut self, _: &Accepted, _cx: &mut Context<'_>) {}
+//! #     fn on_data(&mut self, _: &mut (), i: &mut Input<'_>, _: &mut Output, _: &mut Context<'_>) -> Action {
 //! #         i.consume(i.bytes().len());
 //! #         Action::Continue
 //! #     }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::buffer::{Input, Output};
+use crate::context::{ConnHandle, Context};
 
 /// A protocol implementation, one instance per worker.
 ///
@@ -34,7 +35,10 @@ pub trait Handler {
     type Conn;
 
     /// A new connection was accepted. Returns its state.
-    fn on_accept(&mut self, conn: &Accepted) -> Self::Conn;
+    ///
+    /// `cx` acts on this worker's connections and sets timers (see
+    /// [`Context`]); [`Accepted::handle`] names this connection for later.
+    fn on_accept(&mut self, conn: &Accepted, cx: &mut Context<'_>) -> Self::Conn;
 
     /// Bytes arrived. Consume whole messages from `input` (what is left is
     /// presented again with more bytes on the next call), append replies to
@@ -47,18 +51,34 @@ pub trait Handler {
         conn: &mut Self::Conn,
         input: &mut Input<'_>,
         output: &mut Output,
+        cx: &mut Context<'_>,
     ) -> Action;
 
     /// The connection was closed, for `reason`. Its output, if any was left,
     /// has been flushed or dropped as the reason says.
-    fn on_close(&mut self, conn: Self::Conn, reason: CloseReason) {
-        let _ = (conn, reason);
+    fn on_close(&mut self, conn: Self::Conn, reason: CloseReason, cx: &mut Context<'_>) {
+        let _ = (conn, reason, cx);
     }
 
     /// Called on every worker at the tick interval (one second by default),
     /// and once when the worker starts: refresh per-worker caches here.
-    fn on_tick(&mut self, now: SystemTime) {
-        let _ = now;
+    fn on_tick(&mut self, now: SystemTime, cx: &mut Context<'_>) {
+        let _ = (now, cx);
+    }
+
+    /// A timer set with [`Context::set_timer`] fired, with its `tag`: for
+    /// a connection (`conn` is its state, [`Context::conn`] its handle), or
+    /// for the worker (`None`).
+    fn on_timer(&mut self, conn: Option<&mut Self::Conn>, tag: u64, cx: &mut Context<'_>) {
+        let _ = (conn, tag, cx);
+    }
+
+    /// The connection's unwritten output fell below the low-water mark
+    /// ([`output_low_water`](crate::ServerOptions::output_low_water)) after
+    /// having reached it: append the next part of a large body to
+    /// `output` here, instead of queueing all of it at once.
+    fn on_writable(&mut self, conn: &mut Self::Conn, output: &mut Output, cx: &mut Context<'_>) {
+        let _ = (conn, output, cx);
     }
 }
 
@@ -72,6 +92,8 @@ pub struct Accepted {
     pub worker: usize,
     /// An id unique within the worker (also the `conn_id` of the probes).
     pub id: u64,
+    /// Names the connection from any later callback of this worker.
+    pub handle: ConnHandle,
 }
 
 /// What the handler wants done with the connection after [`Handler::on_data`].

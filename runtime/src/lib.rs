@@ -15,16 +15,22 @@
 //! # Example: an echo server
 //!
 //! ```no_run
-//! use corelane::{Accepted, Action, Handler, Input, Output, Server};
+//! use corelane::{Accepted, Action, Context, Handler, Input, Output, Server};
 //!
 //! struct Echo;
 //!
 //! impl Handler for Echo {
 //!     type Conn = ();
 //!
-//!     fn on_accept(&mut self, _conn: &Accepted) {}
+//!     fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
 //!
-//!     fn on_data(&mut self, _conn: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
+//!     fn on_data(
+//!         &mut self,
+//!         _conn: &mut (),
+//!         input: &mut Input<'_>,
+//!         output: &mut Output,
+//!         _cx: &mut Context<'_>,
+//!     ) -> Action {
 //!         let bytes = input.bytes();
 //!         output.extend_from_slice(bytes);
 //!         input.consume(bytes.len());
@@ -91,6 +97,7 @@ mod buffer;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod conn;
+mod context;
 mod error;
 mod handler;
 mod listener;
@@ -109,6 +116,7 @@ mod timer;
 mod worker;
 
 pub use buffer::{Input, Output};
+pub use context::{ConnHandle, Context, DetachedContext, HandleError, TimerId};
 pub use error::{Error, Result};
 pub use handler::{Accepted, Action, CloseReason, Handler};
 pub use metrics::{Metrics, WorkerMetrics};

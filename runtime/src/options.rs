@@ -71,6 +71,11 @@ pub struct ServerOptions {
     /// Output high-water mark: a connection with this much unwritten output is
     /// not read until it drains (backpressure). Default 256 KiB.
     pub output_high_water: usize,
+    /// Output low-water mark: a connection whose unwritten output reached
+    /// it gets [`Handler::on_writable`](crate::Handler::on_writable) once
+    /// it falls below it again. Capped at `output_high_water`. Default
+    /// 64 KiB.
+    pub output_low_water: usize,
     /// Time for a message to arrive in full, from its first byte (or, for a
     /// new connection, from accept). `None` disables it. Default 10 s.
     pub header_timeout: Option<Duration>,
@@ -158,6 +163,7 @@ impl Default for ServerOptions {
             buffer_size: 16 * 1024,
             max_input: 1024 * 1024,
             output_high_water: 256 * 1024,
+            output_low_water: 64 * 1024,
             header_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(60)),
             write_timeout: Some(Duration::from_secs(30)),
@@ -209,6 +215,9 @@ impl ServerOptions {
         }
         if self.output_high_water == 0 {
             return bad("output_high_water must be positive");
+        }
+        if self.output_low_water == 0 {
+            return bad("output_low_water must be positive");
         }
         if self.tick_interval.is_zero() || self.timer_resolution.is_zero() {
             return bad("tick_interval and timer_resolution must be positive");

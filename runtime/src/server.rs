@@ -91,6 +91,8 @@ impl ServerBuilder {
         max_input: usize,
         /// Output high-water mark (see [`ServerOptions::output_high_water`]).
         output_high_water: usize,
+        /// Output low-water mark (see [`ServerOptions::output_low_water`]).
+        output_low_water: usize,
         /// Header / first-byte timeout (see [`ServerOptions::header_timeout`]).
         header_timeout: Option<Duration>,
         /// Idle keep-alive timeout (see [`ServerOptions::idle_timeout`]).
@@ -149,6 +151,7 @@ impl ServerBuilder {
     {
         let mut opts = self.opts;
         opts.validate()?;
+        opts.output_low_water = opts.output_low_water.min(opts.output_high_water);
         let cpus = worker_cpus(&opts)?;
         let shutdown = ShutdownHandle::new(cpus.len());
         // Before the port accepts anything: a signal from here on stops the

@@ -13,7 +13,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use corelane::{Accepted, Action, Handler, Input, Output, Policy, Server, Steering, WorkerInfo};
+use corelane::{
+    Accepted, Action, Context, Handler, Input, Output, Policy, Server, Steering, WorkerInfo,
+};
 use util::TestServer;
 
 /// One eBPF test at a time: they count connections per worker, and CPU
@@ -29,9 +31,15 @@ struct Who {
 impl Handler for Who {
     type Conn = ();
 
-    fn on_accept(&mut self, _: &Accepted) {}
+    fn on_accept(&mut self, _: &Accepted, _cx: &mut Context<'_>) {}
 
-    fn on_data(&mut self, _: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
+    fn on_data(
+        &mut self,
+        _: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
         while let Some(end) = input.bytes().iter().position(|&b| b == b'\n') {
             if &input.bytes()[..end] == b"stall" {
                 std::thread::sleep(Duration::from_millis(700));

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use corelane::{Accepted, Action, CloseReason, Handler, Input, Output, Server};
+use corelane::{Accepted, Action, CloseReason, Context, Handler, Input, Output, Server};
 use util::{roundtrip, TestServer};
 
 /// Echoes; panics on `boom`, and when asked to, on the third accept and
@@ -24,12 +24,18 @@ struct Fragile {
 impl Handler for Fragile {
     type Conn = ();
 
-    fn on_accept(&mut self, _conn: &Accepted) {
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {
         self.accepts += 1;
         assert!(!self.more_panics || self.accepts != 3, "the third accept");
     }
 
-    fn on_data(&mut self, _conn: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
+    fn on_data(
+        &mut self,
+        _conn: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
         let bytes = input.bytes();
         if bytes.starts_with(b"boom") {
             // Output appended before the panic must not reach the client.
@@ -41,13 +47,13 @@ impl Handler for Fragile {
         Action::Continue
     }
 
-    fn on_close(&mut self, _conn: (), reason: CloseReason) {
+    fn on_close(&mut self, _conn: (), reason: CloseReason, _cx: &mut Context<'_>) {
         if reason == CloseReason::Panic {
             self.closes.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    fn on_tick(&mut self, _now: SystemTime) {
+    fn on_tick(&mut self, _now: SystemTime, _cx: &mut Context<'_>) {
         if self.tick_panics {
             self.tick_panics = false;
             panic!("tick");

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use corelane::cli::ServerArgs;
-use corelane::{Accepted, Action, Handler, Input, Output, Server};
+use corelane::{Accepted, Action, Context, Handler, Input, Output, Server};
 
 /// TCP echo server: one pinned worker per CPU, each with its own epoll loop
 /// and SO_REUSEPORT listener.
@@ -28,9 +28,15 @@ struct Echo;
 impl Handler for Echo {
     type Conn = ();
 
-    fn on_accept(&mut self, _conn: &Accepted) {}
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
 
-    fn on_data(&mut self, _conn: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
+    fn on_data(
+        &mut self,
+        _conn: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
         let bytes = input.bytes();
         output.extend_from_slice(bytes);
         input.consume(bytes.len());

@@ -4,7 +4,7 @@
 //! Shared by the cargo-fuzz target (`examples/http/fuzz`) and by a regular
 //! test that replays the seed corpus, so CI checks the same properties.
 
-use corelane::{Action, Handler, Input, Output, WorkerInfo};
+use corelane::{Action, Input, Output, WorkerInfo};
 
 use crate::{Http, HttpOptions};
 
@@ -19,7 +19,7 @@ pub fn feed(pieces: &[&[u8]], opts: HttpOptions) -> (Vec<u8>, bool) {
         std::sync::Arc::new(crate::RequestCounters::new(1)),
     );
     // A fixed clock: both feeds must format the same Date.
-    http.on_tick(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
+    http.tick(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
     let mut conn = http.on_accept_detached();
     let mut buffered: Vec<u8> = Vec::new();
     let mut out = Output::default();
@@ -27,7 +27,7 @@ pub fn feed(pieces: &[&[u8]], opts: HttpOptions) -> (Vec<u8>, bool) {
     for piece in pieces {
         buffered.extend_from_slice(piece);
         let mut input = Input::new(&buffered, false, false);
-        let action = http.on_data(&mut conn, &mut input, &mut out);
+        let action = http.serve(&mut conn, &mut input, &mut out);
         let consumed = input.consumed();
         assert!(consumed <= buffered.len());
         buffered.drain(..consumed);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use corelane::{
-    Accepted, Action, CloseReason, Handler, Input, Metrics, Output, Steering, WorkerInfo,
+    Accepted, Action, CloseReason, Context, Handler, Input, Metrics, Output, Steering, WorkerInfo,
 };
 
 pub mod date;
@@ -169,7 +169,7 @@ impl Http {
             test_routes: opts.test_routes,
             scratch: Vec::new(),
         };
-        http.on_tick(SystemTime::now());
+        http.tick(SystemTime::now());
         http
     }
 
@@ -530,16 +530,11 @@ impl Http {
         self.plaintext = plaintext;
         self.json = json;
     }
-}
 
-impl Handler for Http {
-    type Conn = HttpConn;
-
-    fn on_accept(&mut self, _conn: &Accepted) -> HttpConn {
-        HttpConn::default()
-    }
-
-    fn on_data(
+    /// Answers the whole requests in `input` into `output` (what
+    /// [`Handler::on_data`] does; public so benches and fuzzers can drive
+    /// it without a server).
+    pub fn serve(
         &mut self,
         conn: &mut HttpConn,
         input: &mut Input<'_>,
@@ -588,8 +583,32 @@ impl Handler for Http {
         action
     }
 
-    fn on_tick(&mut self, now: SystemTime) {
+    /// Refreshes the `Date` header and the cached responses for `now` (what
+    /// [`Handler::on_tick`] does).
+    pub fn tick(&mut self, now: SystemTime) {
         format_http_date(now, &mut self.date);
         self.rebuild_cached();
+    }
+}
+
+impl Handler for Http {
+    type Conn = HttpConn;
+
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) -> HttpConn {
+        HttpConn::default()
+    }
+
+    fn on_data(
+        &mut self,
+        conn: &mut HttpConn,
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
+        self.serve(conn, input, output)
+    }
+
+    fn on_tick(&mut self, now: SystemTime, _cx: &mut Context<'_>) {
+        self.tick(now);
     }
 }

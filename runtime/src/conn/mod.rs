@@ -121,6 +121,11 @@ pub(crate) struct Conn<S> {
     activity: Activity,
     /// When output last made progress.
     last_progress: Instant,
+    /// The handler paused reading ([`Context::pause_reading`](crate::Context::pause_reading)).
+    paused: bool,
+    /// Unwritten output reached the low-water mark: tell the handler when
+    /// it falls below.
+    above_low_water: bool,
     /// The tick of this connection's live timer-wheel entry.
     scheduled: Option<Tick>,
 }
@@ -138,8 +143,60 @@ impl<S> Conn<S> {
             readable: Readable::No,
             activity: Activity::New { since: now },
             last_progress: now,
+            paused: false,
+            above_low_water: false,
             scheduled: None,
         }
+    }
+
+    /// The handler's state (`None` only while it is being closed).
+    pub(crate) fn state_mut(&mut self) -> Option<&mut S> {
+        self.user.as_mut()
+    }
+
+    /// Stops reading until [`resume`](Self::resume).
+    pub(crate) fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Reads again, at once: bytes may have arrived while paused.
+    pub(crate) fn resume(&mut self) {
+        self.paused = false;
+        self.recheck_readable();
+    }
+
+    /// Appends bytes a callback queued for this connection.
+    pub(crate) fn append(&mut self, pool: &mut BufferPool, bytes: &[u8]) {
+        if !self.output.has_buffer() {
+            self.output.set_buffer(pool.take());
+        }
+        self.output.extend_from_slice(bytes);
+    }
+
+    /// After output was appended: remember whether it reached `low_water`.
+    pub(crate) fn note_output(&mut self, low_water: usize) {
+        if self.output.len() >= low_water {
+            self.above_low_water = true;
+        }
+    }
+
+    /// Whether the output just fell below `low_water` after having reached
+    /// it (then the handler hears of it once, and an output buffer is
+    /// ready for it to append to).
+    pub(crate) fn drained_below(&mut self, pool: &mut BufferPool, low_water: usize) -> bool {
+        if !self.above_low_water || self.output.len() >= low_water {
+            return false;
+        }
+        self.above_low_water = false;
+        if !self.output.has_buffer() {
+            self.output.set_buffer(pool.take());
+        }
+        true
+    }
+
+    /// The state and output, for `on_writable`.
+    pub(crate) fn state_and_output(&mut self) -> Option<(&mut S, &mut Output)> {
+        Some((self.user.as_mut()?, &mut self.output))
     }
 
     pub(crate) fn generation(&self) -> u32 {
@@ -187,7 +244,9 @@ impl<S> Conn<S> {
 
     /// Whether the socket should be read now.
     pub(crate) fn wants_read(&self) -> bool {
-        self.readable != Readable::No && matches!(self.phase, Phase::Open | Phase::Lingering { .. })
+        self.readable != Readable::No
+            && !self.paused
+            && matches!(self.phase, Phase::Open | Phase::Lingering { .. })
     }
 
     // ----- reading ------------------------------------------------------------

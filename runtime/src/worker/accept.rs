@@ -12,6 +12,7 @@ use mio::Interest;
 
 use super::Worker;
 use crate::conn::{Conn, ConnToken};
+use crate::context::{ConnHandle, Context};
 use crate::handler::{Accepted, CloseReason, Handler};
 use crate::panic;
 use crate::probes;
@@ -158,12 +159,24 @@ impl<H: Handler> Worker<H> {
             peer,
             worker: self.info.index,
             id,
+            handle: ConnHandle::new(self.info.index, id),
         };
+        // The connection is live for handles from here on.
+        self.live.insert(id, key);
         let handler = &mut self.handler;
-        let state = match panic::catch(|| handler.on_accept(&accepted)) {
+        let mut cx = Context::new(
+            self.info.index,
+            Some(accepted.handle),
+            now,
+            &self.live,
+            &mut self.ops,
+            &mut self.timers,
+        );
+        let state = match panic::catch(|| handler.on_accept(&accepted, &mut cx)) {
             Ok(state) => state,
             Err(message) => {
                 // No state to keep: dropping the stream closes it.
+                self.live.remove(&id);
                 self.handler_panicked(Some(id), "on_accept", &message);
                 probes::close(self.info.index, fd, id, CloseReason::Panic.as_cstr());
                 self.counters.closed[CloseReason::Panic.index()] += 1;

@@ -6,9 +6,13 @@ use std::time::Instant;
 
 use super::Worker;
 use crate::conn::{Next, ReadOutcome};
+use crate::context::{ConnHandle, Context};
 use crate::handler::{CloseReason, Handler};
 use crate::panic;
 use crate::probes;
+
+/// Most `on_writable` calls for one connection per turn.
+const WRITABLE_BUDGET: usize = 16;
 
 impl<H: Handler> Worker<H> {
     /// Does all the work a connection has: flush pending output, read and
@@ -93,14 +97,24 @@ impl<H: Handler> Worker<H> {
         let draining = self.draining_until.is_some();
         let handler = &mut self.handler;
         let conn = &mut self.conns[key];
+        let handle = ConnHandle::new(self.info.index, conn.id());
+        let mut cx = Context::new(
+            self.info.index,
+            Some(handle),
+            now,
+            &self.live,
+            &mut self.ops,
+            &mut self.timers,
+        );
         let called = conn.call(&mut self.pool, draining, now, |state, input, output| {
-            handler.on_data(state, input, output)
+            handler.on_data(state, input, output, &mut cx)
         });
         if let Err(message) = called {
             let id = conn.id();
             self.handler_panicked(Some(id), "on_data", &message);
             return Err(CloseReason::Panic);
         }
+        conn.note_output(self.opts.output_low_water);
         Ok(())
     }
 
@@ -108,6 +122,45 @@ impl<H: Handler> Worker<H> {
         let (writes, bytes) = self.conns[key].flush(self.info.index, now)?;
         self.counters.writes += writes;
         self.counters.bytes_written += bytes;
+        // Streaming: while the socket takes what `on_writable` adds, ask for
+        // more, a bounded number of times per turn (then resume next turn).
+        for _ in 0..WRITABLE_BUDGET {
+            let low_water = self.opts.output_low_water;
+            if !self.conns[key].drained_below(&mut self.pool, low_water) {
+                return Ok(());
+            }
+            self.call_writable(key, now)?;
+            let (writes, bytes) = self.conns[key].flush(self.info.index, now)?;
+            self.counters.writes += writes;
+            self.counters.bytes_written += bytes;
+        }
+        self.requeue.push(key);
+        Ok(())
+    }
+
+    /// `on_writable` for connection `key`; a panic in it closes the
+    /// connection.
+    fn call_writable(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+        let conn = &mut self.conns[key];
+        let id = conn.id();
+        let handle = ConnHandle::new(self.info.index, id);
+        let Some((state, output)) = conn.state_and_output() else {
+            return Ok(());
+        };
+        let handler = &mut self.handler;
+        let mut cx = Context::new(
+            self.info.index,
+            Some(handle),
+            now,
+            &self.live,
+            &mut self.ops,
+            &mut self.timers,
+        );
+        if let Err(message) = panic::catch(|| handler.on_writable(state, output, &mut cx)) {
+            self.handler_panicked(Some(id), "on_writable", &message);
+            return Err(CloseReason::Panic);
+        }
+        self.conns[key].note_output(self.opts.output_low_water);
         Ok(())
     }
 
@@ -125,6 +178,7 @@ impl<H: Handler> Worker<H> {
     pub(super) fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
         let mut conn = self.conns.remove(key);
         let id = conn.id();
+        self.live.remove(&id);
         probes::close(self.info.index, conn.fd(), id, reason.as_cstr());
         let state = conn.finish(&mut self.pool, now);
         // Closes the descriptor, which also removes it from the epoll set:
@@ -134,7 +188,15 @@ impl<H: Handler> Worker<H> {
         self.counters.closed[reason.index()] += 1;
         if let Some(state) = state {
             let handler = &mut self.handler;
-            if let Err(message) = panic::catch(|| handler.on_close(state, reason)) {
+            let mut cx = Context::new(
+                self.info.index,
+                None,
+                now,
+                &self.live,
+                &mut self.ops,
+                &mut self.timers,
+            );
+            if let Err(message) = panic::catch(|| handler.on_close(state, reason, &mut cx)) {
                 self.handler_panicked(Some(id), "on_close", &message);
             }
         }

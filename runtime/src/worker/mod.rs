@@ -26,6 +26,7 @@ mod accept;
 mod drain;
 mod idle_sweep;
 mod io;
+mod ops;
 mod pool_trim;
 mod slab_shrink;
 
@@ -38,6 +39,7 @@ use slab::Slab;
 
 use crate::buffer::BufferPool;
 use crate::conn::{Conn, ConnToken};
+use crate::context::{Context, Live, Ops, Timers};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::metrics::{Counters, Metrics};
@@ -121,6 +123,15 @@ pub(crate) struct Worker<H: Handler> {
     due: Vec<Entry>,
     /// Since when the connection table has been under a quarter full.
     slab_low_since: Option<Instant>,
+    /// The open connections by id: what a [`Context`] checks and resolves
+    /// handles with.
+    live: Live,
+    /// Operations callbacks queued on connections, carried out after them.
+    ops: Ops,
+    /// The handler's timers.
+    timers: Timers,
+    /// Handler timer entries that fired and are not yet dealt with.
+    due_timers: Vec<Entry>,
 }
 
 impl<H: Handler> std::fmt::Debug for Worker<H> {
@@ -185,6 +196,10 @@ impl<H: Handler> Worker<H> {
             next_tick: now + opts.tick_interval,
             due: Vec::new(),
             slab_low_since: None,
+            live: Live::default(),
+            ops: Ops::default(),
+            timers: Timers::new(now, opts.timer_resolution),
+            due_timers: Vec::new(),
             shared,
             opts,
         };
@@ -216,11 +231,14 @@ impl<H: Handler> Worker<H> {
                     self.steer.progress();
                 }
                 self.dispatch(event, now);
+                self.apply_ops(now);
             }
             self.resume_requeued(now);
             self.check_shutdown(now);
             self.accept_connections(now);
             self.expire_timers(now);
+            self.fire_handler_timers(now);
+            self.apply_ops(now);
             if now >= self.next_tick {
                 self.tick(now);
             }
@@ -256,11 +274,19 @@ impl<H: Handler> Worker<H> {
     }
 
     fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
-        if !self.requeue.is_empty() || !self.due.is_empty() || self.accept.is_pending() {
+        if !self.requeue.is_empty()
+            || !self.due.is_empty()
+            || !self.due_timers.is_empty()
+            || !self.ops.queue.is_empty()
+            || self.accept.is_pending()
+        {
             return Some(Duration::ZERO);
         }
         let mut t = self.next_tick.saturating_duration_since(now);
         if let Some(w) = self.wheel.next_timeout(now) {
+            t = t.min(w);
+        }
+        if let Some(w) = self.timers.wheel.next_timeout(now) {
             t = t.min(w);
         }
         if let Some(until) = self.accept.paused_until() {
@@ -310,7 +336,15 @@ impl<H: Handler> Worker<H> {
     /// The handler's `on_tick`; a panic in it is counted and logged.
     fn handler_tick(&mut self) {
         let handler = &mut self.handler;
-        if let Err(message) = panic::catch(|| handler.on_tick(SystemTime::now())) {
+        let mut cx = Context::new(
+            self.info.index,
+            None,
+            Instant::now(),
+            &self.live,
+            &mut self.ops,
+            &mut self.timers,
+        );
+        if let Err(message) = panic::catch(|| handler.on_tick(SystemTime::now(), &mut cx)) {
             self.handler_panicked(None, "on_tick", &message);
         }
     }

@@ -32,6 +32,7 @@ impl<H: Handler> Worker<H> {
         probes::gc_start(self.info.index, GcKind::SlabShrink);
         let before = self.conns.capacity();
         let registry = self.poll.registry();
+        let live = &mut self.live;
         let mut moved = Vec::new();
         self.conns.compact(|conn, _from, to| {
             let token = ConnToken {
@@ -46,11 +47,14 @@ impl<H: Handler> Worker<H> {
             {
                 return false; // keep it where it is; its old token still works
             }
-            // Timer entries name the old key: file a new one.
+            // Timer entries name the old key: file a new one. Handles name
+            // the connection's id, which now resolves to the new key.
             conn.forget_timer();
+            live.insert(conn.id(), to);
             moved.push(to);
             true
         });
+        self.live.shrink_to_fit();
         for key in moved {
             self.update_timer(key);
         }

@@ -2,6 +2,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::buffer::Input;
+use crate::context::Context;
 use crate::handler::{Accepted, Action, CloseReason};
 use crate::listener::bind_group;
 
@@ -9,8 +10,14 @@ struct Nop;
 
 impl Handler for Nop {
     type Conn = ();
-    fn on_accept(&mut self, _: &Accepted) {}
-    fn on_data(&mut self, _: &mut (), input: &mut Input<'_>, _: &mut crate::Output) -> Action {
+    fn on_accept(&mut self, _: &Accepted, _cx: &mut Context<'_>) {}
+    fn on_data(
+        &mut self,
+        _: &mut (),
+        input: &mut Input<'_>,
+        _: &mut crate::Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
         input.consume(input.bytes().len());
         Action::Continue
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corelane::{Accepted, Action, CloseReason, Handler, Input, Output};
+use corelane::{Accepted, Action, CloseReason, Context, Handler, Input, Output};
 pub use corelane_test_support::require::{has_tool, is_root, needs};
 pub use corelane_test_support::{eventually, TestServer};
 
@@ -23,9 +23,15 @@ pub struct Echo {
 impl Handler for Echo {
     type Conn = ();
 
-    fn on_accept(&mut self, _conn: &Accepted) {}
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
 
-    fn on_data(&mut self, _conn: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
+    fn on_data(
+        &mut self,
+        _conn: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
         let bytes = input.bytes();
         output.extend_from_slice(bytes);
         input.consume(bytes.len());
@@ -47,9 +53,15 @@ pub struct Lines {
 impl Handler for Lines {
     type Conn = ();
 
-    fn on_accept(&mut self, _conn: &Accepted) {}
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
 
-    fn on_data(&mut self, _conn: &mut (), input: &mut Input<'_>, output: &mut Output) -> Action {
+    fn on_data(
+        &mut self,
+        _conn: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
         while let Some(end) = input.bytes().iter().position(|&b| b == b'\n') {
             let line = &input.bytes()[..=end];
             if line == b"stall\n" {
@@ -69,7 +81,7 @@ impl Handler for Lines {
         Action::Continue
     }
 
-    fn on_close(&mut self, _conn: (), reason: CloseReason) {
+    fn on_close(&mut self, _conn: (), reason: CloseReason, _cx: &mut Context<'_>) {
         self.closed.lock().unwrap().push(reason);
     }
 }

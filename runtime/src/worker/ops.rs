@@ -1,0 +1,130 @@
+//! What callbacks asked for besides their own connection's reply: queued
+//! operations on connections by handle, and the handler's timers.
+
+use std::time::Instant;
+
+use super::Worker;
+use crate::context::{ConnHandle, Context, Op};
+use crate::handler::{CloseReason, Handler};
+use crate::panic;
+
+/// Most queued operations carried out in one go; the rest waits for the
+/// next turn, which comes at once (callbacks that keep writing to each
+/// other cannot hold the loop).
+const OPS_BUDGET: usize = 1024;
+/// Most handler timers fired in one turn.
+const TIMER_BUDGET: usize = 256;
+
+impl<H: Handler> Worker<H> {
+    /// The slab key of connection `id`, if it is still open.
+    fn live_conn(&self, id: u64) -> Option<usize> {
+        self.live.get(&id).copied()
+    }
+
+    /// Carries out the operations callbacks queued, in order.
+    pub(super) fn apply_ops(&mut self, now: Instant) {
+        if self.ops.queue.is_empty() {
+            return;
+        }
+        let mut queue = std::mem::take(&mut self.ops.queue);
+        let mut bytes = std::mem::take(&mut self.ops.bytes);
+        let done = queue.len().min(OPS_BUDGET);
+        for op in queue.drain(..done) {
+            self.apply(op, &bytes, now);
+        }
+        // What the operations' own callbacks queued comes after the rest.
+        queue.append(&mut self.ops.queue);
+        if queue.is_empty() {
+            bytes.clear();
+        } else {
+            bytes.append(&mut self.ops.bytes);
+        }
+        self.ops.queue = queue;
+        self.ops.bytes = bytes;
+    }
+
+    fn apply(&mut self, op: Op, bytes: &[u8], now: Instant) {
+        let id = match op {
+            Op::Write { conn, .. } | Op::Close(conn) | Op::Pause(conn) | Op::Resume(conn) => conn,
+        };
+        // Closed since the operation was queued: nothing to do.
+        let Some(key) = self.live_conn(id) else {
+            return;
+        };
+        let conn = &mut self.conns[key];
+        match op {
+            Op::Write { at, len, .. } => {
+                conn.append(&mut self.pool, &bytes[at..at + len]);
+                conn.note_output(self.opts.output_low_water);
+            }
+            Op::Close(_) => conn.close_after_flush(CloseReason::Handler),
+            Op::Pause(_) => {
+                conn.pause();
+                return;
+            }
+            Op::Resume(_) => conn.resume(),
+        }
+        self.drive(key, now);
+    }
+
+    /// Fires the handler timers that are due, at most `TIMER_BUDGET` a turn.
+    pub(super) fn fire_handler_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due_timers);
+        self.timers.wheel.expire(now, &mut due);
+        let done = due.len().min(TIMER_BUDGET);
+        for entry in due.drain(..done) {
+            let Some(timer) = self.timers.take(&entry) else {
+                continue; // cancelled
+            };
+            match timer.conn {
+                None => self.call_timer(None, timer.tag, now),
+                // A timer of a closed connection never fires.
+                Some(id) => {
+                    if let Some(key) = self.live_conn(id) {
+                        self.call_timer(Some(key), timer.tag, now);
+                    }
+                }
+            }
+            self.apply_ops(now);
+        }
+        self.due_timers = due;
+    }
+
+    /// `on_timer` for connection `key` (or the worker); a panic in it closes
+    /// the connection.
+    fn call_timer(&mut self, key: Option<usize>, tag: u64, now: Instant) {
+        let worker = self.info.index;
+        let (state, handle, id) = match key {
+            Some(key) => {
+                let conn = &mut self.conns[key];
+                let id = conn.id();
+                (
+                    conn.state_mut(),
+                    Some(ConnHandle::new(worker, id)),
+                    Some(id),
+                )
+            }
+            None => (None, None, None),
+        };
+        let handler = &mut self.handler;
+        let mut cx = Context::new(
+            worker,
+            handle,
+            now,
+            &self.live,
+            &mut self.ops,
+            &mut self.timers,
+        );
+        if let Err(message) = panic::catch(|| handler.on_timer(state, tag, &mut cx)) {
+            self.handler_panicked(id, "on_timer", &message);
+            if let Some(key) = key {
+                self.close(key, CloseReason::Panic, now);
+            }
+            return;
+        }
+        if let Some(key) = key {
+            // What it wrote to its own connection goes out now.
+            self.drive(key, now);
+        }
+    }
+}
