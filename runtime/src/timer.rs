@@ -122,6 +122,11 @@ impl TimerWheel {
         }
     }
 
+    /// Whether no entry is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// How long from `now` until the next tick boundary at which an entry may
     /// be due, or `None` when the wheel is empty. Used as the poll timeout.
     ///

@@ -180,6 +180,13 @@ impl<S> Conn<S> {
         }
     }
 
+    /// Whether the output reached the low-water mark and the handler waits
+    /// to hear when it falls below.
+    #[inline]
+    pub(crate) fn awaits_writable(&self) -> bool {
+        self.above_low_water
+    }
+
     /// Whether the output just fell below `low_water` after having reached
     /// it (then the handler hears of it once, and an output buffer is
     /// ready for it to append to).

@@ -119,11 +119,21 @@ impl<H: Handler> Worker<H> {
     }
 
     fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
-        let (writes, bytes) = self.conns[key].flush(self.info.index, now)?;
+        let conn = &mut self.conns[key];
+        let (writes, bytes) = conn.flush(self.info.index, now)?;
         self.counters.writes += writes;
         self.counters.bytes_written += bytes;
-        // Streaming: while the socket takes what `on_writable` adds, ask for
-        // more, a bounded number of times per turn (then resume next turn).
+        if conn.awaits_writable() {
+            self.stream_more(key, now)?;
+        }
+        Ok(())
+    }
+
+    /// Streaming: while the output is below the low-water mark and the
+    /// socket takes what `on_writable` adds, asks for more, a bounded
+    /// number of times per turn (then resumes next turn).
+    #[inline(never)]
+    fn stream_more(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
         for _ in 0..WRITABLE_BUDGET {
             let low_water = self.opts.output_low_water;
             if !self.conns[key].drained_below(&mut self.pool, low_water) {

@@ -22,10 +22,15 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Carries out the operations callbacks queued, in order.
+    #[inline]
     pub(super) fn apply_ops(&mut self, now: Instant) {
-        if self.ops.queue.is_empty() {
-            return;
+        if !self.ops.queue.is_empty() {
+            self.apply_queued(now);
         }
+    }
+
+    #[inline(never)]
+    fn apply_queued(&mut self, now: Instant) {
         let mut queue = std::mem::take(&mut self.ops.queue);
         let mut bytes = std::mem::take(&mut self.ops.bytes);
         let done = queue.len().min(OPS_BUDGET);
@@ -69,6 +74,10 @@ impl<H: Handler> Worker<H> {
 
     /// Fires the handler timers that are due, at most `TIMER_BUDGET` a turn.
     pub(super) fn fire_handler_timers(&mut self, now: Instant) {
+        // Most servers set no timer: not even a look at the clock's tick.
+        if self.timers.wheel.is_empty() && self.due_timers.is_empty() {
+            return;
+        }
         let mut due = std::mem::take(&mut self.due_timers);
         self.timers.wheel.expire(now, &mut due);
         let done = due.len().min(TIMER_BUDGET);
