@@ -12,7 +12,7 @@ use mio::Interest;
 
 use super::Worker;
 use crate::conn::{Conn, ConnToken};
-use crate::context::{ConnHandle, Context};
+use crate::context::ConnHandle;
 use crate::handler::{Accepted, CloseReason, Handler};
 use crate::panic;
 use crate::probes;
@@ -164,14 +164,7 @@ impl<H: Handler> Worker<H> {
         // The connection is live for handles from here on.
         self.live.insert(id, key);
         let handler = &mut self.handler;
-        let mut cx = Context::new(
-            self.info.index,
-            Some(accepted.handle),
-            now,
-            &self.live,
-            &mut self.ops,
-            &mut self.timers,
-        );
+        let mut cx = context!(self, Some(accepted.handle), now);
         let state = match panic::catch(|| handler.on_accept(&accepted, &mut cx)) {
             Ok(state) => state,
             Err(message) => {

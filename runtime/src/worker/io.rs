@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::Worker;
 use crate::conn::{Next, ReadOutcome};
-use crate::context::{ConnHandle, Context};
+use crate::context::ConnHandle;
 use crate::handler::{CloseReason, Handler};
 use crate::panic;
 use crate::probes;
@@ -98,14 +98,7 @@ impl<H: Handler> Worker<H> {
         let handler = &mut self.handler;
         let conn = &mut self.conns[key];
         let handle = ConnHandle::new(self.info.index, conn.id());
-        let mut cx = Context::new(
-            self.info.index,
-            Some(handle),
-            now,
-            &self.live,
-            &mut self.ops,
-            &mut self.timers,
-        );
+        let mut cx = context!(self, Some(handle), now);
         let called = conn.call(&mut self.pool, draining, now, |state, input, output| {
             handler.on_data(state, input, output, &mut cx)
         });
@@ -158,14 +151,7 @@ impl<H: Handler> Worker<H> {
             return Ok(());
         };
         let handler = &mut self.handler;
-        let mut cx = Context::new(
-            self.info.index,
-            Some(handle),
-            now,
-            &self.live,
-            &mut self.ops,
-            &mut self.timers,
-        );
+        let mut cx = context!(self, Some(handle), now);
         if let Err(message) = panic::catch(|| handler.on_writable(state, output, &mut cx)) {
             self.handler_panicked(Some(id), "on_writable", &message);
             return Err(CloseReason::Panic);
@@ -198,14 +184,7 @@ impl<H: Handler> Worker<H> {
         self.counters.closed[reason.index()] += 1;
         if let Some(state) = state {
             let handler = &mut self.handler;
-            let mut cx = Context::new(
-                self.info.index,
-                None,
-                now,
-                &self.live,
-                &mut self.ops,
-                &mut self.timers,
-            );
+            let mut cx = context!(self, None, now);
             if let Err(message) = panic::catch(|| handler.on_close(state, reason, &mut cx)) {
                 self.handler_panicked(Some(id), "on_close", &message);
             }

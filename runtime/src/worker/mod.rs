@@ -22,6 +22,22 @@
 //! per turn) the worker remembers the unfinished work and resumes it itself on
 //! the next turn, with a zero poll timeout.
 
+/// A [`Context`] for one callback of worker `$w` (borrowing only the
+/// fields a context needs, so the handler and a connection can be borrowed
+/// beside it).
+macro_rules! context {
+    ($w:ident, $conn:expr, $now:expr) => {
+        $crate::context::Context::new(
+            $w.info.index,
+            $conn,
+            $now,
+            &$w.live,
+            &mut $w.ops,
+            &mut $w.timers,
+        )
+    };
+}
+
 mod accept;
 mod drain;
 mod idle_sweep;
@@ -39,7 +55,7 @@ use slab::Slab;
 
 use crate::buffer::BufferPool;
 use crate::conn::{Conn, ConnToken};
-use crate::context::{Context, Live, Ops, Timers};
+use crate::context::{Live, Ops, Timers};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::metrics::{Counters, Metrics};
@@ -336,14 +352,7 @@ impl<H: Handler> Worker<H> {
     /// The handler's `on_tick`; a panic in it is counted and logged.
     fn handler_tick(&mut self) {
         let handler = &mut self.handler;
-        let mut cx = Context::new(
-            self.info.index,
-            None,
-            Instant::now(),
-            &self.live,
-            &mut self.ops,
-            &mut self.timers,
-        );
+        let mut cx = context!(self, None, Instant::now());
         if let Err(message) = panic::catch(|| handler.on_tick(SystemTime::now(), &mut cx)) {
             self.handler_panicked(None, "on_tick", &message);
         }

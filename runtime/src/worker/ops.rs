@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Worker;
-use crate::context::{ConnHandle, Context, Op};
+use crate::context::{ConnHandle, Op};
 use crate::handler::{CloseReason, Handler};
 use crate::panic;
 
@@ -116,14 +116,7 @@ impl<H: Handler> Worker<H> {
             None => (None, None, None),
         };
         let handler = &mut self.handler;
-        let mut cx = Context::new(
-            worker,
-            handle,
-            now,
-            &self.live,
-            &mut self.ops,
-            &mut self.timers,
-        );
+        let mut cx = context!(self, handle, now);
         if let Err(message) = panic::catch(|| handler.on_timer(state, tag, &mut cx)) {
             self.handler_panicked(id, "on_timer", &message);
             if let Some(key) = key {
