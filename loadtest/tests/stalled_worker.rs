@@ -47,6 +47,60 @@ fn stall(c: &mut TcpStream, ms: u64) -> usize {
     }
 }
 
+/// Calm p99.9 above this is the machine's noise, not the server's.
+const NOISY_US: u64 = 10_000;
+
+/// One server in `mode`: new-connection p99.9 calm, with a worker stalled,
+/// and calm again right after (µs).
+fn measure(mode: &str) -> (u64, u64, u64) {
+    let s = Http::start(&["--workers", "2", "--test-routes", "--steering", mode]);
+    assert!(
+        s.start_line.contains(&format!("steering={mode}")),
+        "{}",
+        s.start_line
+    );
+    let url = s.url("/plaintext");
+    // The worker to stall, and its CPU (workers are pinned 0, 1): the
+    // generator runs there, so it never competes with the worker left to
+    // serve (that CPU is idle while its worker sleeps in the stall).
+    let mut conn = TcpStream::connect(s.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let cpu = stall(&mut conn, 0);
+    // New connections: one per request, on a fixed schedule.
+    let rate = Some(1000.0);
+    let run = || load_on(cpu, &url, 32, Duration::from_secs(3), true, rate);
+    // A calm baseline first: p99.9 is the third worst of 3,000; a hiccup
+    // makes it meaningless, so measure again, at most three times.
+    let mut calm = run();
+    for _ in 0..2 {
+        if calm.latency_us.p999 < NOISY_US {
+            break;
+        }
+        eprintln!(
+            "stalled worker, {mode}: calm p99.9 {} µs is not calm; measuring again",
+            calm.latency_us.p999
+        );
+        calm = run();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = staller(conn, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(200));
+    let stalled = run();
+    stop.store(true, Ordering::Relaxed);
+    let stalls = st.join().unwrap();
+    let after = run();
+    eprintln!(
+        "stalled worker, {mode}: new-connection p99.9 {} µs calm, {} µs with a worker stalled ({stalls} stalls of 50 ms), {} µs after; errors {:?}",
+        calm.latency_us.p999, stalled.latency_us.p999, after.latency_us.p999, stalled.errors
+    );
+    assert_eq!(stalled.errors.total(), 0, "{stalled:?}");
+    (
+        calm.latency_us.p999,
+        stalled.latency_us.p999,
+        after.latency_us.p999,
+    )
+}
+
 #[test]
 fn a_stalled_worker_is_avoided_by_least_loaded_but_not_by_the_kernel_hash() {
     if !needs_root() {
@@ -55,47 +109,22 @@ fn a_stalled_worker_is_avoided_by_least_loaded_but_not_by_the_kernel_hash() {
     let _g = serial();
     let mut figures = Vec::new();
     for mode in ["least-loaded", "kernel"] {
-        let s = Http::start(&["--workers", "2", "--test-routes", "--steering", mode]);
-        assert!(
-            s.start_line.contains(&format!("steering={mode}")),
-            "{}",
-            s.start_line
-        );
-        let url = s.url("/plaintext");
-        // The worker to stall, and its CPU (workers are pinned 0, 1): the
-        // generator runs there, so it never competes with the worker left
-        // to serve (that CPU is idle while its worker sleeps in the stall).
-        let mut conn = TcpStream::connect(s.addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let cpu = stall(&mut conn, 0);
-        // New connections: one per request, on a fixed schedule.
-        let rate = Some(1000.0);
-        // A calm baseline first: p99.9 is the third worst of 3,000, and a
-        // machine-wide hiccup (seen in CI: 48 ms) makes the comparison
-        // meaningless, so measure again, at most three times.
-        let mut calm = load_on(cpu, &url, 32, Duration::from_secs(3), true, rate);
-        for _ in 0..2 {
-            if calm.latency_us.p999 < 10_000 {
-                break;
+        // A machine-wide hiccup (this VM has shown calm p99.9 of 43 to 600
+        // ms for seconds at a time) makes the figures meaningless: when
+        // the machine is not calm again right after the stalled run, the
+        // whole measurement is repeated, at most three times.
+        let mut attempt = 0;
+        let (calm, stalled) = loop {
+            attempt += 1;
+            let (calm, stalled, after) = measure(mode);
+            if after < NOISY_US || attempt == 3 {
+                break (calm, stalled);
             }
             eprintln!(
-                "stalled worker, {mode}: calm p99.9 {} µs is not calm; measuring again",
-                calm.latency_us.p999
+                "stalled worker, {mode}: p99.9 {after} µs without a stall right after: the machine was not calm; measuring again"
             );
-            calm = load_on(cpu, &url, 32, Duration::from_secs(3), true, rate);
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = staller(conn, Arc::clone(&stop));
-        std::thread::sleep(Duration::from_millis(200));
-        let stalled = load_on(cpu, &url, 32, Duration::from_secs(3), true, rate);
-        stop.store(true, Ordering::Relaxed);
-        let stalls = st.join().unwrap();
-        eprintln!(
-            "stalled worker, {mode}: new-connection p99.9 {} µs calm, {} µs with a worker stalled ({stalls} stalls of 50 ms); errors {:?}",
-            calm.latency_us.p999, stalled.latency_us.p999, stalled.errors
-        );
-        assert_eq!(stalled.errors.total(), 0, "{stalled:?}");
-        figures.push((calm.latency_us.p999, stalled.latency_us.p999));
+        };
+        figures.push((calm, stalled));
     }
     let (ll, kernel) = (figures[0], figures[1]);
     // p99.9 of 3,000 connections is the third worst: below 2 ms it is the
