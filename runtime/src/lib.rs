@@ -7,7 +7,9 @@
 //! connections, buffers and timers outright.
 //!
 //! You write a [`Handler`]: per-connection state, what to do with bytes that
-//! arrived, and optionally what to do on close and on each tick. The runtime
+//! arrived, and optionally what to do on close, on each tick, when a timer
+//! fires and when output drains. Every callback gets a [`Context`], which
+//! acts on any connection of the worker by [`ConnHandle`] and sets timers. The runtime
 //! does the rest: accepting under budgets, reading until the socket drains,
 //! flushing replies in one write, backpressure, header/idle/write timeouts,
 //! descriptor exhaustion, graceful shutdown and per-worker metrics.
