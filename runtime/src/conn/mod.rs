@@ -165,11 +165,17 @@ impl<S> Conn<S> {
         self.recheck_readable();
     }
 
-    /// Appends bytes a callback queued for this connection.
-    pub(crate) fn append(&mut self, pool: &mut BufferPool, bytes: &[u8]) {
+    /// Gives the output a pooled buffer to append to, if it holds none.
+    #[inline]
+    fn output_buffer(&mut self, pool: &mut BufferPool) {
         if !self.output.has_buffer() {
             self.output.set_buffer(pool.take());
         }
+    }
+
+    /// Appends bytes a callback queued for this connection.
+    pub(crate) fn append(&mut self, pool: &mut BufferPool, bytes: &[u8]) {
+        self.output_buffer(pool);
         self.output.extend_from_slice(bytes);
     }
 
@@ -195,9 +201,7 @@ impl<S> Conn<S> {
             return false;
         }
         self.above_low_water = false;
-        if !self.output.has_buffer() {
-            self.output.set_buffer(pool.take());
-        }
+        self.output_buffer(pool);
         true
     }
 
@@ -344,9 +348,7 @@ impl<S> Conn<S> {
         now: Instant,
         on_data: impl FnOnce(&mut S, &mut Input<'_>, &mut Output) -> Action,
     ) -> Result<(), String> {
-        if !self.output.has_buffer() {
-            self.output.set_buffer(pool.take());
-        }
+        self.output_buffer(pool);
         let Some(user) = self.user.as_mut() else {
             return Ok(());
         };
