@@ -320,3 +320,63 @@ fn a_large_body_streams_to_a_slow_reader_through_writable_events() {
     );
     server.stop().unwrap();
 }
+
+/// `hold` pauses the sender; `wake` answers `ok` and resumes the held
+/// connection, whose held lines then go to the waker: operations queued by
+/// callbacks that operations ran.
+#[derive(Default)]
+struct Relay {
+    held: Option<ConnHandle>,
+    waker: Option<ConnHandle>,
+}
+
+impl Handler for Relay {
+    type Conn = ();
+
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
+
+    fn on_data(
+        &mut self,
+        _conn: &mut (),
+        input: &mut Input<'_>,
+        _output: &mut Output,
+        cx: &mut Context<'_>,
+    ) -> Action {
+        let me = cx.conn().unwrap();
+        while let Some(end) = input.bytes().iter().position(|&b| b == b'\n') {
+            match &input.bytes()[..end] {
+                b"hold" => {
+                    cx.pause_reading(me).unwrap();
+                    self.held = Some(me);
+                }
+                b"wake" => {
+                    self.waker = Some(me);
+                    cx.write(me, b"ok\n").unwrap();
+                    cx.resume_reading(self.held.take().unwrap()).unwrap();
+                }
+                line => {
+                    let line = [line, b"\n"].concat();
+                    cx.write(self.waker.unwrap(), &line).unwrap();
+                }
+            }
+            input.consume(end + 1);
+        }
+        Action::Continue
+    }
+}
+
+#[test]
+fn operations_queued_while_operations_run_carry_their_own_bytes() {
+    let server = TestServer::start(Server::builder().workers(1), |_| Relay::default());
+    let mut held = server.connect();
+    held.write_all(b"hold\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    held.write_all(b"data\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut waker = BufReader::new(server.connect());
+    waker.get_mut().write_all(b"wake\n").unwrap();
+    assert_eq!(line(&mut waker), "ok\n");
+    assert_eq!(line(&mut waker), "data\n");
+    drop((held, waker));
+    server.stop().unwrap();
+}

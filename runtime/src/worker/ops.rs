@@ -37,13 +37,20 @@ impl<H: Handler> Worker<H> {
         for op in queue.drain(..done) {
             self.apply(op, &bytes, now);
         }
-        // What the operations' own callbacks queued comes after the rest.
-        queue.append(&mut self.ops.queue);
         if queue.is_empty() {
             bytes.clear();
-        } else {
-            bytes.append(&mut self.ops.bytes);
         }
+        // What the operations' own callbacks queued comes after the rest;
+        // its bytes were put in a fresh arena, so its offsets move by what
+        // stays of this one.
+        let shift = bytes.len();
+        for op in &mut self.ops.queue {
+            if let Op::Write { at, .. } = op {
+                *at += shift;
+            }
+        }
+        queue.append(&mut self.ops.queue);
+        bytes.append(&mut self.ops.bytes);
         self.ops.queue = queue;
         self.ops.bytes = bytes;
     }
