@@ -42,6 +42,7 @@ impl BufferPool {
     }
 
     /// An empty buffer with at least the pool's buffer size of capacity.
+    #[inline]
     pub fn take(&mut self) -> Vec<u8> {
         self.outstanding += 1;
         match self.free.pop() {
@@ -57,6 +58,7 @@ impl BufferPool {
 
     /// Returns a buffer taken with [`take`](Self::take). A buffer that grew past
     /// twice the pool size goes back to the allocator instead of being kept.
+    #[inline]
     pub fn give(&mut self, mut buf: Vec<u8>, now: Instant) {
         self.outstanding = self.outstanding.saturating_sub(1);
         if buf.capacity() < self.buf_size || buf.capacity() > 2 * self.buf_size {

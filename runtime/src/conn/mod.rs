@@ -461,6 +461,7 @@ impl<S> Conn<S> {
 
     /// Returns the buffers the connection no longer needs to the pool: an
     /// idle connection holds none.
+    #[inline]
     pub(crate) fn release_buffers(&mut self, pool: &mut BufferPool, now: Instant) {
         if self.input.is_empty() && self.input.capacity() != 0 {
             pool.give(std::mem::take(&mut self.input), now);
