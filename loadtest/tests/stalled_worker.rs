@@ -50,9 +50,28 @@ fn stall(c: &mut TcpStream, ms: u64) -> usize {
 /// Calm p99.9 above this is the machine's noise, not the server's.
 const NOISY_US: u64 = 10_000;
 
-/// One server in `mode`: new-connection p99.9 calm, with a worker stalled,
-/// and calm again right after (µs).
-fn measure(mode: &str) -> (u64, u64, u64) {
+/// What one server in one mode showed.
+struct Figures {
+    /// New-connection p99.9 (µs) calm, with a worker stalled, and calm
+    /// again right after.
+    calm: u64,
+    stalled: u64,
+    after: u64,
+    /// Of the connections opened while a worker was stalled, the share
+    /// that the stalled worker accepted.
+    share: f64,
+}
+
+impl Figures {
+    /// The latency figures mean something only when the machine was calm
+    /// before and right after the stalled run.
+    fn calm_machine(&self) -> bool {
+        self.calm < NOISY_US && self.after < NOISY_US
+    }
+}
+
+/// One server in `mode`, measured calm, with a worker stalled, and after.
+fn measure(mode: &str) -> Figures {
     let s = Http::start(&["--workers", "2", "--test-routes", "--steering", mode]);
     assert!(
         s.start_line.contains(&format!("steering={mode}")),
@@ -82,23 +101,28 @@ fn measure(mode: &str) -> (u64, u64, u64) {
         );
         calm = run();
     }
+    let accepted = || s.metric_per_worker("corelane_connections_accepted_total", 2);
     let stop = Arc::new(AtomicBool::new(false));
     let st = staller(conn, Arc::clone(&stop));
     std::thread::sleep(Duration::from_millis(200));
+    let before = accepted();
     let stalled = run();
+    let during: Vec<u64> = accepted().iter().zip(&before).map(|(a, b)| a - b).collect();
     stop.store(true, Ordering::Relaxed);
     let stalls = st.join().unwrap();
     let after = run();
+    let share = during[cpu] as f64 / during.iter().sum::<u64>().max(1) as f64;
     eprintln!(
-        "stalled worker, {mode}: new-connection p99.9 {} µs calm, {} µs with a worker stalled ({stalls} stalls of 50 ms), {} µs after; errors {:?}",
+        "stalled worker, {mode}: new-connection p99.9 {} µs calm, {} µs with worker {cpu} stalled ({stalls} stalls of 50 ms), {} µs after; accepted while stalled {during:?} (stalled worker's share {share:.3}); errors {:?}",
         calm.latency_us.p999, stalled.latency_us.p999, after.latency_us.p999, stalled.errors
     );
     assert_eq!(stalled.errors.total(), 0, "{stalled:?}");
-    (
-        calm.latency_us.p999,
-        stalled.latency_us.p999,
-        after.latency_us.p999,
-    )
+    Figures {
+        calm: calm.latency_us.p999,
+        stalled: stalled.latency_us.p999,
+        after: after.latency_us.p999,
+        share,
+    }
 }
 
 #[test]
@@ -110,40 +134,66 @@ fn a_stalled_worker_is_avoided_by_least_loaded_but_not_by_the_kernel_hash() {
     let mut figures = Vec::new();
     for mode in ["least-loaded", "kernel"] {
         // A machine-wide hiccup (this VM has shown calm p99.9 of 43 to 600
-        // ms for seconds at a time) makes the figures meaningless: when
-        // the machine is not calm again right after the stalled run, the
-        // whole measurement is repeated, at most three times.
+        // ms for seconds at a time) makes the latency figures meaningless:
+        // when the machine is not calm again right after the stalled run,
+        // the whole measurement is repeated, at most three times.
         let mut attempt = 0;
-        let (calm, stalled) = loop {
+        let f = loop {
             attempt += 1;
-            let (calm, stalled, after) = measure(mode);
-            if after < NOISY_US || attempt == 3 {
-                break (calm, stalled);
+            let f = measure(mode);
+            if f.calm_machine() || attempt == 3 {
+                break f;
             }
             eprintln!(
-                "stalled worker, {mode}: p99.9 {after} µs without a stall right after: the machine was not calm; measuring again"
+                "stalled worker, {mode}: p99.9 {} µs calm, {} µs right after: the machine was not calm; measuring again",
+                f.calm, f.after
             );
         };
-        figures.push((calm, stalled));
+        figures.push(f);
     }
-    let (ll, kernel) = (figures[0], figures[1]);
+    let (ll, kernel) = (&figures[0], &figures[1]);
+    // Where the connections went is the policy itself, and the machine's
+    // noise hardly moves it: the kernel's hash gives the stalled worker
+    // its half, least-loaded only what arrives before a stall is seen
+    // (a few milliseconds of each 50 ms stall).
+    assert!(
+        ll.share <= 0.2,
+        "least-loaded gave the stalled worker {:.3} of the new connections",
+        ll.share
+    );
+    assert!(
+        kernel.share >= 0.35,
+        "the kernel's hash gave the stalled worker only {:.3} of the new connections",
+        kernel.share
+    );
+    // What a client sees: checked when the machine was calm around the
+    // measurement (on a noisy machine p99.9 is the noise, as CI has shown
+    // with calm runs of 50 to 185 ms).
     // p99.9 of 3,000 connections is the third worst: below 2 ms it is the
     // scheduler's noise on a 2-core machine, so 2 ms is the floor of "calm".
     const FLOOR_US: u64 = 2_000;
-    // Least-loaded keeps new connections off the stalled worker: nobody
-    // waits anything like a stall (50 ms). Within 3x calm, between 10 ms
-    // and 25 ms (2x failed on noise in CI: 4.96 ms stalled vs 2.32 ms
-    // calm, while the kernel's hash showed 257 ms).
-    assert!(
-        ll.1 <= (3 * ll.0.max(FLOOR_US)).clamp(10_000, 25_000),
-        "least-loaded: p99.9 {} µs stalled vs {} µs calm",
-        ll.1,
-        ll.0
-    );
-    assert!(
-        kernel.1 > 2 * kernel.0.max(FLOOR_US) && kernel.1 > 20_000,
-        "the kernel's hash should show the stall: p99.9 {} µs stalled vs {} µs calm",
-        kernel.1,
-        kernel.0
-    );
+    if ll.calm_machine() {
+        // Least-loaded keeps new connections off the stalled worker:
+        // nobody waits anything like a stall (50 ms). Within 3x calm,
+        // between 10 ms and 25 ms (2x failed on noise in CI: 4.96 ms
+        // stalled vs 2.32 ms calm, while the kernel's hash showed 257 ms).
+        assert!(
+            ll.stalled <= (3 * ll.calm.max(FLOOR_US)).clamp(10_000, 25_000),
+            "least-loaded: p99.9 {} µs stalled vs {} µs calm",
+            ll.stalled,
+            ll.calm
+        );
+    } else {
+        eprintln!("stalled worker, least-loaded: the machine was never calm; latency not judged");
+    }
+    if kernel.calm_machine() {
+        assert!(
+            kernel.stalled > 2 * kernel.calm.max(FLOOR_US) && kernel.stalled > 20_000,
+            "the kernel's hash should show the stall: p99.9 {} µs stalled vs {} µs calm",
+            kernel.stalled,
+            kernel.calm
+        );
+    } else {
+        eprintln!("stalled worker, kernel: the machine was never calm; latency not judged");
+    }
 }
