@@ -1,5 +1,6 @@
 //! What a handler callback may do beyond answering the bytes it was given:
-//! act on any connection of its worker by handle, and set timers.
+//! act on any connection of its worker by handle, open connections, set
+//! timers, post messages to workers and offload blocking work.
 //!
 //! Operations on connections are queued while the callback runs and carried
 //! out by the worker right after it returns, in order (the callback holds
@@ -7,12 +8,15 @@
 //! The bytes of queued writes go into one arena the worker reuses: writing
 //! to another connection allocates nothing in steady state.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::mailbox::{Job, OffloadError, Origin, Outbox, PostError};
 use crate::timer::{Entry, TimerWheel};
 
 /// Names a connection of one worker, from any of that worker's callbacks,
@@ -79,6 +83,14 @@ pub(crate) enum Op {
     Pause(u64),
     /// Read the connection again.
     Resume(u64),
+    /// Open connection `conn` to `addr` (`timeout`: `None` for the
+    /// server's connect timeout).
+    Connect {
+        conn: u64,
+        addr: SocketAddr,
+        timeout: Option<Duration>,
+        tag: u64,
+    },
 }
 
 /// A handler timer: who it is for and the tag it fires with.
@@ -128,9 +140,11 @@ pub struct Context<'a> {
     conn: Option<ConnHandle>,
     now: Instant,
     /// The open connections: id to table slot.
-    live: &'a Live,
+    live: &'a mut Live,
+    next_id: &'a mut u64,
     ops: &'a mut Ops,
     timers: &'a mut Timers,
+    outbox: &'a Outbox,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -145,24 +159,34 @@ impl fmt::Debug for Context<'_> {
 /// A worker's open connections by id: handles are checked and resolved
 /// here, so they stay valid when a connection moves in the table
 /// (`slab_shrink`).
+/// A connection being opened is live from [`Context::connect`] on, before
+/// the worker has given it a slot: its slot reads [`CONNECTING`] until then.
 pub(crate) type Live = HashMap<u64, usize>;
 
+/// The slot of a connection whose connect is queued.
+pub(crate) const CONNECTING: usize = usize::MAX;
+
 impl<'a> Context<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         worker: usize,
         conn: Option<ConnHandle>,
         now: Instant,
-        live: &'a Live,
+        live: &'a mut Live,
+        next_id: &'a mut u64,
         ops: &'a mut Ops,
         timers: &'a mut Timers,
+        outbox: &'a Outbox,
     ) -> Self {
         Context {
             worker,
             conn,
             now,
             live,
+            next_id,
             ops,
             timers,
+            outbox,
         }
     }
 
@@ -251,6 +275,134 @@ impl<'a> Context<'a> {
         Ok(())
     }
 
+    /// Opens a TCP connection to `addr` on this worker's own loop, within
+    /// the server's [`connect_timeout`](crate::ServerOptions::connect_timeout).
+    /// See [`connect_with_timeout`](Self::connect_with_timeout).
+    pub fn connect(&mut self, addr: SocketAddr, tag: u64) -> ConnHandle {
+        self.queue_connect(addr, None, tag)
+    }
+
+    /// Opens a TCP connection to `addr` on this worker's own loop (a
+    /// non-blocking connect registered in the worker's `Poll`), failing
+    /// if it is not established within `timeout`.
+    ///
+    /// The handle is usable at once: bytes written to it are sent once
+    /// the connection is established; timers may be set on it. The outcome
+    /// comes as an event with `tag`: [`Handler::on_connected`] (which gives
+    /// the connection its state; from then on it is served exactly as an
+    /// accepted one) or [`Handler::on_connect_failed`] with the reason
+    /// (refused, unreachable, timed out, out of descriptors...).
+    /// Closing the handle before the outcome cancels the connect silently.
+    ///
+    /// [`Handler::on_connected`]: crate::Handler::on_connected
+    /// [`Handler::on_connect_failed`]: crate::Handler::on_connect_failed
+    pub fn connect_with_timeout(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+        tag: u64,
+    ) -> ConnHandle {
+        self.queue_connect(addr, Some(timeout), tag)
+    }
+
+    fn queue_connect(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Option<Duration>,
+        tag: u64,
+    ) -> ConnHandle {
+        let id = *self.next_id;
+        *self.next_id += 1;
+        self.live.insert(id, CONNECTING);
+        self.ops.queue.push(Op::Connect {
+            conn: id,
+            addr,
+            timeout,
+            tag,
+        });
+        ConnHandle::new(self.worker, id)
+    }
+
+    /// Posts `body` to worker `worker` (this one included): it receives it
+    /// in [`Handler::on_message`](crate::Handler::on_message) with no
+    /// connection, `tag` and [`Origin::Worker`] naming this worker.
+    ///
+    /// # Errors
+    ///
+    /// [`PostError`]: the mailbox is full (the body comes back), there is
+    /// no such worker, or it has stopped.
+    pub fn post(
+        &mut self,
+        worker: usize,
+        tag: u64,
+        body: impl Any + Send,
+    ) -> Result<(), PostError> {
+        self.outbox.mailboxes.send(
+            worker,
+            None,
+            tag,
+            Origin::Worker(self.worker),
+            Box::new(body),
+        )
+    }
+
+    /// Posts `body` for connection `conn` of any worker: its worker
+    /// receives it in [`Handler::on_message`](crate::Handler::on_message)
+    /// with the connection's state, if it is still open then.
+    ///
+    /// # Errors
+    ///
+    /// As [`post`](Self::post).
+    pub fn post_to(
+        &mut self,
+        conn: ConnHandle,
+        tag: u64,
+        body: impl Any + Send,
+    ) -> Result<(), PostError> {
+        self.outbox.mailboxes.send(
+            conn.worker(),
+            Some(conn.id()),
+            tag,
+            Origin::Worker(self.worker),
+            Box::new(body),
+        )
+    }
+
+    /// Runs `job` on one of the server's offload threads (for blocking
+    /// calls and CPU-heavy work that must not hold the loop); its result
+    /// comes back to this worker in
+    /// [`Handler::on_message`](crate::Handler::on_message) with `tag`,
+    /// [`Origin::Offload`], and a body of `Result<R, JobPanicked>`: for
+    /// `conn` with its state, if it is still open then (otherwise the
+    /// result is dropped), or for the worker when `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`OffloadError::Full`] when every offload thread is busy and the
+    /// queue is full (the job is not run), [`OffloadError::Unavailable`]
+    /// without offload threads; [`HandleError`] is not checked here: a
+    /// closed `conn` only means the result is dropped.
+    ///
+    /// [`JobPanicked`]: crate::JobPanicked
+    pub fn offload<R: Any + Send>(
+        &mut self,
+        conn: Option<ConnHandle>,
+        tag: u64,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<(), OffloadError> {
+        let Some(jobs) = &self.outbox.jobs else {
+            return Err(OffloadError::Unavailable);
+        };
+        let conn = conn
+            .filter(|c| c.worker() == self.worker)
+            .map(ConnHandle::id);
+        match jobs.try_send(Job::new(self.worker, conn, tag, job)) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => Err(OffloadError::Full),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(OffloadError::Unavailable),
+        }
+    }
+
     /// Sets a timer that calls [`Handler::on_timer`] with `tag` after
     /// `after` (to the worker timer wheel's resolution, 10 ms by default):
     /// for `conn`, with its state, or for the worker when `None`. A timer
@@ -298,13 +450,17 @@ impl<'a> Context<'a> {
 /// handler directly in unit tests, benches and fuzzers (as
 /// [`WorkerInfo::detached`](crate::WorkerInfo::detached) does for the
 /// factory). It knows no connections, so handle operations are refused
-/// with [`HandleError::Closed`]; timers are accepted and never fire.
+/// with [`HandleError::Closed`]; timers are accepted and never fire;
+/// connects are queued and never carried out; posts to its own worker
+/// wait in a mailbox nobody reads; offloading is unavailable.
 #[derive(Debug)]
 pub struct DetachedContext {
     worker: usize,
     live: Live,
+    next_id: u64,
     ops: Ops,
     timers: Timers,
+    outbox: Outbox,
 }
 
 impl DetachedContext {
@@ -314,8 +470,10 @@ impl DetachedContext {
         DetachedContext {
             worker,
             live: Live::default(),
+            next_id: 0,
             ops: Ops::default(),
             timers: Timers::new(Instant::now(), Duration::from_millis(10)),
+            outbox: Outbox::detached(worker),
         }
     }
 
@@ -325,9 +483,11 @@ impl DetachedContext {
             self.worker,
             None,
             Instant::now(),
-            &self.live,
+            &mut self.live,
+            &mut self.next_id,
             &mut self.ops,
             &mut self.timers,
+            &self.outbox,
         )
     }
 }

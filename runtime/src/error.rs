@@ -60,6 +60,9 @@ pub enum Error {
         /// The operating system's reason.
         source: io::Error,
     },
+    /// An offload thread could not be started.
+    #[error("starting the offload threads: {0}")]
+    Offload(#[source] io::Error),
     /// A worker's event loop failed (creating or waiting on its epoll instance).
     #[error("worker {worker}: {source}")]
     Worker {

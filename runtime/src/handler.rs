@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use crate::buffer::{Input, Output};
 use crate::context::{ConnHandle, Context};
+use crate::mailbox::Message;
 
 /// A protocol implementation, one instance per worker.
 ///
@@ -79,6 +80,110 @@ pub trait Handler {
     /// `output` here, instead of queueing all of it at once.
     fn on_writable(&mut self, conn: &mut Self::Conn, output: &mut Output, cx: &mut Context<'_>) {
         let _ = (conn, output, cx);
+    }
+
+    /// A connection opened with [`Context::connect`] is established.
+    /// Returns its state; from here on it is served as an accepted one
+    /// (`on_data`, `on_writable`, timers, `on_close`). `None` (the
+    /// default, for handlers that never connect) closes it.
+    fn on_connected(&mut self, conn: &Connected, cx: &mut Context<'_>) -> Option<Self::Conn> {
+        let _ = (conn, cx);
+        None
+    }
+
+    /// A connection opened with [`Context::connect`] could not be
+    /// established, for `error`; its handle is closed.
+    fn on_connect_failed(
+        &mut self,
+        conn: ConnHandle,
+        tag: u64,
+        error: ConnectError,
+        cx: &mut Context<'_>,
+    ) {
+        let _ = (conn, tag, error, cx);
+    }
+
+    /// A message arrived in this worker's mailbox (see
+    /// [`Mailboxes`](crate::Mailboxes)): posted by a worker or another
+    /// thread, or an offloaded job's result. `conn` is the state of the
+    /// connection it was posted to (then [`Context::conn`] is its handle),
+    /// `None` for the worker.
+    fn on_message(
+        &mut self,
+        conn: Option<&mut Self::Conn>,
+        message: Message,
+        cx: &mut Context<'_>,
+    ) {
+        let _ = (conn, message, cx);
+    }
+}
+
+/// What a worker knows about a connection it opened, once established.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Connected {
+    /// The address connected to.
+    pub peer: SocketAddr,
+    /// Index of the worker that opened it.
+    pub worker: usize,
+    /// An id unique within the worker (also the `conn_id` of the probes).
+    pub id: u64,
+    /// The handle [`Context::connect`] returned.
+    pub handle: ConnHandle,
+    /// The tag given to [`Context::connect`].
+    pub tag: u64,
+}
+
+/// Why a connection opened with [`Context::connect`] was not established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The peer refused it (nothing listens there: `ECONNREFUSED`).
+    #[error("connection refused")]
+    Refused,
+    /// No answer within the connect timeout.
+    #[error("connect timed out")]
+    TimedOut,
+    /// No route to the address (`ENETUNREACH`, `EHOSTUNREACH`).
+    #[error("address unreachable")]
+    Unreachable,
+    /// Out of descriptors, memory or local ports, or the worker is at its
+    /// connection cap.
+    #[error("out of resources to connect")]
+    NoResources,
+    /// The server is closing every connection.
+    #[error("the server is shutting down")]
+    Shutdown,
+    /// Another error.
+    #[error("connect failed: {0}")]
+    Other(std::io::ErrorKind),
+}
+
+impl ConnectError {
+    /// A short, stable name (`refused`, `timed_out`, ...), for metrics and
+    /// logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectError::Refused => "refused",
+            ConnectError::TimedOut => "timed_out",
+            ConnectError::Unreachable => "unreachable",
+            ConnectError::NoResources => "no_resources",
+            ConnectError::Shutdown => "shutdown",
+            ConnectError::Other(_) => "other",
+        }
+    }
+
+    pub(crate) fn from_io(e: &std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => ConnectError::Refused,
+            Some(libc::ETIMEDOUT) => ConnectError::TimedOut,
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => ConnectError::Unreachable,
+            Some(
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL,
+            ) => ConnectError::NoResources,
+            _ => ConnectError::Other(e.kind()),
+        }
     }
 }
 

@@ -105,6 +105,7 @@ mod handler;
 mod listener;
 #[cfg(feature = "logging")]
 pub mod logging;
+mod mailbox;
 mod metrics;
 mod options;
 mod panic;
@@ -120,7 +121,8 @@ mod worker;
 pub use buffer::{Input, Output};
 pub use context::{ConnHandle, Context, DetachedContext, HandleError, TimerId};
 pub use error::{Error, Result};
-pub use handler::{Accepted, Action, CloseReason, Handler};
+pub use handler::{Accepted, Action, CloseReason, ConnectError, Connected, Handler};
+pub use mailbox::{JobPanicked, Mailboxes, Message, OffloadError, Origin, PostError};
 pub use metrics::{Metrics, WorkerMetrics};
 pub use options::{ServerOptions, Workers};
 pub use server::{Server, ServerBuilder};

@@ -84,6 +84,12 @@ macro_rules! worker_counters {
 worker_counters! {
     /// Connections accepted.
     accepted,
+    /// Outbound connects started ([`Context::connect`](crate::Context::connect)).
+    connects,
+    /// Outbound connects that failed (refused, timed out, ...).
+    connect_failures,
+    /// Messages handed to `on_message` (posts and offloaded results).
+    messages,
     /// Connections open now.
     active,
     /// Bytes read from connections.

@@ -84,6 +84,18 @@ pub struct ServerOptions {
     pub idle_timeout: Option<Duration>,
     /// Time pending output may make no progress. `None` disables it. Default 30 s.
     pub write_timeout: Option<Duration>,
+    /// Time an outbound connect ([`Context::connect`](crate::Context::connect))
+    /// may take. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Messages each worker's mailbox holds (see [`Mailboxes`](crate::Mailboxes));
+    /// a post to a full one fails. Default 4096.
+    pub mailbox_capacity: usize,
+    /// Threads running offloaded jobs ([`Context::offload`](crate::Context::offload));
+    /// 0 disables offloading. Started with the workers. Default 2.
+    pub offload_threads: usize,
+    /// Jobs waiting for an offload thread; offloading more fails at once.
+    /// Default 1024.
+    pub offload_queue: usize,
     /// After the handler closes a connection, time spent discarding what the
     /// peer still sends so the close does not turn into a reset that destroys
     /// the last reply (nginx's lingering close). Default 5 s.
@@ -167,6 +179,10 @@ impl Default for ServerOptions {
             header_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(60)),
             write_timeout: Some(Duration::from_secs(30)),
+            connect_timeout: Duration::from_secs(5),
+            mailbox_capacity: 4096,
+            offload_threads: 2,
+            offload_queue: 1024,
             linger_timeout: Duration::from_secs(5),
             tick_interval: Duration::from_secs(1),
             timer_resolution: Duration::from_millis(10),
@@ -218,6 +234,12 @@ impl ServerOptions {
         }
         if self.output_low_water == 0 {
             return bad("output_low_water must be positive");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout must be positive");
+        }
+        if self.mailbox_capacity == 0 || self.offload_queue == 0 {
+            return bad("mailbox_capacity and offload_queue must be at least 1");
         }
         if self.tick_interval.is_zero() || self.timer_resolution.is_zero() {
             return bad("tick_interval and timer_resolution must be positive");

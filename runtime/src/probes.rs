@@ -11,6 +11,8 @@
 //! | probe | arguments |
 //! |---|---|
 //! | `accept` | worker, fd, conn_id |
+//! | `connect` | worker, fd, conn_id (an outbound connect started) |
+//! | `connected` | worker, fd, conn_id (it is established) |
 //! | `read` | worker, fd, conn_id, bytes |
 //! | `write` | worker, fd, conn_id, bytes |
 //! | `close` | worker, fd, conn_id, reason |
@@ -18,6 +20,10 @@
 //! | `gc_done` | worker, kind, freed, nanoseconds |
 //! | `steer` | worker, mode |
 //! | `panic` | worker, conn_id (`u64::MAX` outside a connection) |
+//!
+//! An outbound connection fires `connect` and `connected` instead of
+//! `accept`, then `read`, `write` and `close` as an accepted one does; a
+//! connect that fails fires `close` with the reason `connect_failed`.
 //!
 //! Built without the `probes` feature, every function here is empty.
 
@@ -58,6 +64,18 @@ macro_rules! fire {
 #[inline(always)]
 pub(crate) fn accept(worker: usize, fd: i32, conn_id: u64) {
     fire!(accept, worker, fd, conn_id);
+}
+
+/// An outbound connect started.
+#[inline(always)]
+pub(crate) fn connect(worker: usize, fd: i32, conn_id: u64) {
+    fire!(connect, worker, fd, conn_id);
+}
+
+/// An outbound connect completed.
+#[inline(always)]
+pub(crate) fn connected(worker: usize, fd: i32, conn_id: u64) {
+    fire!(connected, worker, fd, conn_id);
 }
 
 /// One `read(2)` returned `bytes` (> 0).

@@ -1,6 +1,7 @@
 //! The server: builder, start-up, shutdown and `run`.
 
 use std::net::SocketAddr;
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::listener;
+use crate::mailbox::{Job, Mailboxes, OffloadPool};
 use crate::metrics::Metrics;
 use crate::options::{ServerOptions, Workers};
 use crate::panic;
@@ -99,6 +101,14 @@ impl ServerBuilder {
         idle_timeout: Option<Duration>,
         /// Write-stall timeout (see [`ServerOptions::write_timeout`]).
         write_timeout: Option<Duration>,
+        /// Outbound connect timeout (see [`ServerOptions::connect_timeout`]).
+        connect_timeout: Duration,
+        /// Messages per worker mailbox (see [`ServerOptions::mailbox_capacity`]).
+        mailbox_capacity: usize,
+        /// Offload threads (see [`ServerOptions::offload_threads`]).
+        offload_threads: usize,
+        /// Offload queue (see [`ServerOptions::offload_queue`]).
+        offload_queue: usize,
         /// Lingering-close time (see [`ServerOptions::linger_timeout`]).
         linger_timeout: Duration,
         /// Tick interval (see [`ServerOptions::tick_interval`]).
@@ -153,7 +163,8 @@ impl ServerBuilder {
         opts.validate()?;
         opts.output_low_water = opts.output_low_water.min(opts.output_high_water);
         let cpus = worker_cpus(&opts)?;
-        let shutdown = ShutdownHandle::new(cpus.len());
+        let mailboxes = Mailboxes::new(cpus.len(), opts.mailbox_capacity);
+        let shutdown = ShutdownHandle::new(cpus.len(), mailboxes.clone());
         // Before the port accepts anything: a signal from here on stops the
         // server gracefully instead of killing the process.
         let signals = if opts.handle_signals {
@@ -198,6 +209,7 @@ impl ServerBuilder {
         Ok(Server {
             metrics: Metrics::new(cpus.len()).with_steering(applied.mode, applied.ebpf.clone()),
             shutdown,
+            mailboxes,
             signals,
             ebpf: applied.ebpf,
             cpus,
@@ -260,6 +272,7 @@ pub struct Server<F> {
     cpus: Vec<Option<usize>>,
     metrics: Metrics,
     shutdown: ShutdownHandle,
+    mailboxes: Mailboxes,
     /// SIGINT/SIGTERM handling, installed by `build`.
     signals: Option<SignalThread>,
     factory: Arc<F>,
@@ -302,6 +315,13 @@ where
         self.metrics.clone()
     }
 
+    /// Every worker's mailbox: post to a worker, or to one of its
+    /// connections, from any thread (see [`Mailboxes`]).
+    #[must_use]
+    pub fn mailboxes(&self) -> Mailboxes {
+        self.mailboxes.clone()
+    }
+
     /// A handle that stops the server from any thread.
     #[must_use]
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -334,7 +354,15 @@ where
         );
 
         let workers = self.listeners.len();
-        let (threads, spawn_error) = self.spawn_workers();
+        let (offload, jobs) = match OffloadPool::start(
+            self.opts.offload_threads,
+            self.opts.offload_queue,
+            &self.mailboxes,
+        ) {
+            Ok(started) => started,
+            Err(source) => return Err(Error::Offload(source)),
+        };
+        let (threads, spawn_error) = self.spawn_workers(jobs);
         let control = takeover::start(
             self.previous,
             self.control,
@@ -347,6 +375,9 @@ where
 
         // Joined even after a failed spawn: the started workers are stopping.
         let joined = join_workers(threads, &self.shutdown);
+        // Every worker (and so every sender of jobs) is gone: the offload
+        // threads finish the jobs they hold and end.
+        offload.join();
         let first_error = spawn_error.or(joined);
         drop(self.signals);
         if let Some(c) = control {
@@ -364,7 +395,10 @@ where
 
     /// Starts one thread per worker, each taking its listener. A failed
     /// spawn stops the ones started (gracefully) and is returned.
-    fn spawn_workers(&mut self) -> (Vec<WorkerThread>, Option<Error>) {
+    fn spawn_workers(
+        &mut self,
+        jobs: Option<SyncSender<Job>>,
+    ) -> (Vec<WorkerThread>, Option<Error>) {
         let mut threads = Vec::with_capacity(self.listeners.len());
         for (index, listener) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
             let steer = self.ebpf.worker(index);
@@ -374,7 +408,9 @@ where
                 cpu: self.cpus[index],
                 metrics: self.metrics.clone(),
                 steering: self.opts.steering,
+                mailboxes: self.mailboxes.clone(),
             };
+            let jobs = jobs.clone();
             let opts = Arc::clone(&self.opts);
             let shutdown = self.shutdown.clone();
             let factory = Arc::clone(&self.factory);
@@ -385,7 +421,7 @@ where
                     // one in the factory or in the runtime, so that every
                     // worker's end is seen, whichever it is.
                     let result = panic::catch(|| {
-                        Worker::start(info, listener, opts, shutdown.clone(), steer, |i| {
+                        Worker::start(info, listener, opts, shutdown.clone(), steer, jobs, |i| {
                             factory(i)
                         })
                         .and_then(Worker::run)

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
 use crate::error::{Error, Result};
+use crate::mailbox::{Mailboxes, PostError};
 use crate::steering;
 
 /// SIGINT/SIGTERM handling: the first signal starts a graceful shutdown,
@@ -64,6 +65,7 @@ const IMMEDIATE: u8 = 2;
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
     state: Arc<ShutdownState>,
+    mailboxes: Mailboxes,
 }
 
 #[derive(Debug)]
@@ -88,8 +90,9 @@ const MIGRATE: u8 = 1;
 const ACCEPT: u8 = 2;
 
 impl ShutdownHandle {
-    pub(crate) fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize, mailboxes: Mailboxes) -> Self {
         ShutdownHandle {
+            mailboxes,
             state: Arc::new(ShutdownState {
                 phase: AtomicU8::new(RUNNING),
                 stop: (0..workers).map(|_| AtomicBool::new(false)).collect(),
@@ -99,6 +102,28 @@ impl ShutdownHandle {
                 successor: Mutex::new(None),
             }),
         }
+    }
+
+    /// Every worker's mailbox (see [`Mailboxes`]).
+    #[must_use]
+    pub fn mailboxes(&self) -> &Mailboxes {
+        &self.mailboxes
+    }
+
+    /// Posts `body` to worker `worker` from any thread: see
+    /// [`Mailboxes::post`].
+    ///
+    /// # Errors
+    ///
+    /// [`PostError`]: the mailbox is full (the body comes back), or there
+    /// is no such worker, or it has stopped.
+    pub fn post(
+        &self,
+        worker: usize,
+        tag: u64,
+        body: impl std::any::Any + Send,
+    ) -> std::result::Result<(), PostError> {
+        self.mailboxes.post(worker, tag, body)
     }
 
     /// Starts a graceful shutdown: workers stop accepting, finish and flush

@@ -3,6 +3,7 @@
 //! A connection moves through one [`Phase`]:
 //!
 //! ```text
+//!   Connecting ──(established)──▶ Open          (a connection the worker opened)
 //!            read 0 (peer's FIN)
 //!   Open ─────────────────────────▶ PeerClosed ──▶ closed (peer_closed) once flushed
 //!    │  handler: Action::Close
@@ -18,10 +19,12 @@
 //! reports events and asks the connection what to do; it never flips the
 //! connection's state itself.
 //!
-//! Nothing here depends on how the socket came to be: an accepted connection
-//! starts in [`Phase::Open`] with [`Activity::New`] from the moment it was
-//! accepted, and a connection the worker opened would start the same way
-//! from the moment its connect completed.
+//! Nothing after [`Phase::Open`] depends on how the socket came to be: an
+//! accepted connection starts there with [`Activity::New`] (the peer speaks
+//! first: the header timeout runs), and a connection the worker opened
+//! starts in [`Phase::Connecting`] (bytes written to it wait; the connect
+//! deadline runs), then goes to [`Phase::Open`] with [`Activity::Idle`]
+//! (we speak first: the idle timeout runs until the peer's first byte).
 
 mod token;
 
@@ -44,6 +47,9 @@ pub use token::ConnToken;
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// A connect is in progress: nothing is read or written until it is
+    /// established, and it fails at `deadline`. `tag` is the handler's.
+    Connecting { deadline: Instant, tag: u64 },
     /// Reading, handing bytes to the handler, writing its replies.
     Open,
     /// The peer shut down its sending side: flush what is left, then close.
@@ -132,9 +138,19 @@ pub(crate) struct Conn<S> {
 
 impl<S> Conn<S> {
     pub(crate) fn new(stream: TcpStream, user: S, generation: u32, id: u64, now: Instant) -> Self {
+        Conn::new_open(stream, Some(user), generation, id, now)
+    }
+
+    fn new_open(
+        stream: TcpStream,
+        user: Option<S>,
+        generation: u32,
+        id: u64,
+        now: Instant,
+    ) -> Self {
         Conn {
             stream,
-            user: Some(user),
+            user,
             generation,
             id,
             input: Vec::new(),
@@ -146,6 +162,61 @@ impl<S> Conn<S> {
             paused: false,
             above_low_water: false,
             scheduled: None,
+        }
+    }
+
+    /// A connection being opened (see [`Phase::Connecting`]); it has no
+    /// handler state until it is established.
+    pub(crate) fn connecting(
+        stream: TcpStream,
+        generation: u32,
+        id: u64,
+        now: Instant,
+        deadline: Instant,
+        tag: u64,
+    ) -> Self {
+        Conn {
+            user: None,
+            phase: Phase::Connecting { deadline, tag },
+            activity: Activity::Idle { since: now },
+            ..Conn::new_open(stream, None, generation, id, now)
+        }
+    }
+
+    /// The handler's tag while the connect is in progress.
+    #[inline]
+    pub(crate) fn connect_tag(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Connecting { tag, .. } => Some(tag),
+            _ => None,
+        }
+    }
+
+    /// The connect completed: the handler's state, and from now on it is
+    /// served as any other connection, idle until the peer's first byte
+    /// (bytes may already be in the socket: read once).
+    pub(crate) fn established(&mut self, user: S, now: Instant) {
+        self.user = Some(user);
+        self.phase = Phase::Open;
+        self.activity = Activity::Idle { since: now };
+        self.last_progress = now;
+        self.readable = Readable::Yes;
+    }
+
+    /// The connect's outcome, once an event came: `Ok(true)` established,
+    /// `Ok(false)` still in progress.
+    ///
+    /// # Errors
+    ///
+    /// Why it failed.
+    pub(crate) fn connect_outcome(&self) -> io::Result<bool> {
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -400,7 +471,7 @@ impl<S> Conn<S> {
     ///
     /// The reason to close when the socket fails.
     pub(crate) fn flush(&mut self, worker: usize, now: Instant) -> Result<(u64, u64), CloseReason> {
-        if self.output.is_empty() {
+        if self.output.is_empty() || matches!(self.phase, Phase::Connecting { .. }) {
             return Ok((0, 0));
         }
         let stream = &self.stream;
@@ -435,6 +506,7 @@ impl<S> Conn<S> {
             return Next::Keep;
         }
         match self.phase {
+            Phase::Connecting { .. } => Next::Keep,
             Phase::Open if drain_idle && self.is_idle_keepalive() => {
                 Next::Close(CloseReason::Shutdown)
             }
@@ -494,7 +566,10 @@ impl<S> Conn<S> {
         matches!(self.activity, Activity::Idle { .. })
             && self.input.is_empty()
             && self.output.is_empty()
-            && !matches!(self.phase, Phase::Lingering { .. })
+            && !matches!(
+                self.phase,
+                Phase::Lingering { .. } | Phase::Connecting { .. }
+            )
     }
 
     /// The deadline in force and the reason to close at it: lingering,
@@ -517,8 +592,14 @@ impl<S> Conn<S> {
     }
 
     fn own_deadline(&self, opts: &ServerOptions) -> Option<(Instant, CloseReason)> {
-        if let Phase::Lingering { since } = self.phase {
-            return Some((since + opts.linger_timeout, CloseReason::Handler));
+        match self.phase {
+            Phase::Lingering { since } => {
+                return Some((since + opts.linger_timeout, CloseReason::Handler))
+            }
+            // The worker turns this close into the connect's failure
+            // (`ConnectError::TimedOut`).
+            Phase::Connecting { deadline, .. } => return Some((deadline, CloseReason::Error)),
+            _ => {}
         }
         if !self.output.is_empty() {
             return opts

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::Worker;
 use crate::conn::{Next, ReadOutcome};
 use crate::context::ConnHandle;
-use crate::handler::{CloseReason, Handler};
+use crate::handler::{CloseReason, ConnectError, Handler};
 use crate::panic;
 use crate::probes;
 
@@ -172,6 +172,21 @@ impl<H: Handler> Worker<H> {
     }
 
     pub(super) fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
+        if let Some(tag) = self.conns[key].connect_tag() {
+            // A connect in progress past its deadline, or a shutdown: the
+            // handler hears it as the connect's failure. (A handler's
+            // close cancels it, a panic in `on_connected` ends it: closed
+            // below, without a state to hand back.)
+            let error = match reason {
+                CloseReason::Shutdown => Some(ConnectError::Shutdown),
+                CloseReason::Handler | CloseReason::Panic => None,
+                _ => Some(ConnectError::TimedOut),
+            };
+            if let Some(error) = error {
+                let id = self.conns[key].id();
+                return self.connect_failed(Some(key), id, tag, error, now);
+            }
+        }
         let mut conn = self.conns.remove(key);
         let id = conn.id();
         self.live.remove(&id);

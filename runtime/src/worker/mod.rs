@@ -9,6 +9,9 @@
 //! | file | what |
 //! |---|---|
 //! | `accept.rs` | accepting under a budget, pausing on descriptor exhaustion |
+//! | `connect.rs` | outbound connections: connect, its outcome, its failure |
+//! | `messages.rs` | the mailbox: posts and offloaded jobs' results |
+//! | `ops.rs` | what callbacks queued on connections, and handler timers |
 //! | `io.rs` | one connection's reads, handler calls, flushes and close |
 //! | `drain.rs` | graceful shutdown, stopping alone, handing over |
 //! | `idle_sweep.rs` | deadlines on the timer wheel and the expiry pass |
@@ -31,21 +34,26 @@ macro_rules! context {
             $w.info.index,
             $conn,
             $now,
-            &$w.live,
+            &mut $w.live,
+            &mut $w.next_conn_id,
             &mut $w.ops,
             &mut $w.timers,
+            &$w.outbox,
         )
     };
 }
 
 mod accept;
+mod connect;
 mod drain;
 mod idle_sweep;
 mod io;
+mod messages;
 mod ops;
 mod pool_trim;
 mod slab_shrink;
 
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,6 +66,7 @@ use crate::conn::{Conn, ConnToken};
 use crate::context::{Live, Ops, Timers};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
+use crate::mailbox::{Inbox, Job, Mailboxes, Outbox};
 use crate::metrics::{Counters, Metrics};
 use crate::options::ServerOptions;
 use crate::panic;
@@ -90,6 +99,9 @@ pub struct WorkerInfo {
     pub metrics: Metrics,
     /// The steering mode in force.
     pub steering: Steering,
+    /// Every worker's mailbox: hand it to a thread of yours to post to
+    /// workers or their connections.
+    pub mailboxes: Mailboxes,
 }
 
 impl WorkerInfo {
@@ -104,6 +116,7 @@ impl WorkerInfo {
             cpu: None,
             metrics: Metrics::new(workers),
             steering: Steering::Kernel,
+            mailboxes: Mailboxes::new(workers, 16),
         }
     }
 }
@@ -148,6 +161,10 @@ pub(crate) struct Worker<H: Handler> {
     timers: Timers,
     /// Handler timer entries that fired and are not yet dealt with.
     due_timers: Vec<Entry>,
+    /// This worker's mailbox.
+    inbox: Inbox,
+    /// Where callbacks post and offload.
+    outbox: Outbox,
 }
 
 impl<H: Handler> std::fmt::Debug for Worker<H> {
@@ -168,6 +185,7 @@ impl<H: Handler> Worker<H> {
         opts: Arc<ServerOptions>,
         shutdown: ShutdownHandle,
         steer: WorkerSteer,
+        jobs: Option<SyncSender<Job>>,
         factory: impl FnOnce(&WorkerInfo) -> H,
     ) -> Result<Self> {
         let worker = info.index;
@@ -185,8 +203,13 @@ impl<H: Handler> Worker<H> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(failed)?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(failed)?;
-        shutdown.register(worker, Arc::new(waker));
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(failed)?);
+        shutdown.register(worker, Arc::clone(&waker));
+        let inbox = info.mailboxes.open(worker, waker);
+        let outbox = Outbox {
+            mailboxes: info.mailboxes.clone(),
+            jobs,
+        };
         let now = Instant::now();
         let handler = factory(&info);
         probes::steer(worker, opts.steering.as_cstr());
@@ -216,6 +239,8 @@ impl<H: Handler> Worker<H> {
             ops: Ops::default(),
             timers: Timers::new(now, opts.timer_resolution),
             due_timers: Vec::new(),
+            inbox,
+            outbox,
             shared,
             opts,
         };
@@ -250,6 +275,7 @@ impl<H: Handler> Worker<H> {
                 self.apply_ops(now);
             }
             self.resume_requeued(now);
+            self.deliver_messages(now);
             self.check_shutdown(now);
             self.accept_connections(now);
             self.expire_timers(now);
@@ -277,8 +303,12 @@ impl<H: Handler> Worker<H> {
                     // connection in a reused slot: drop it.
                     return;
                 };
+                let conn = &mut self.conns[key];
+                if let Some(tag) = conn.connect_tag() {
+                    return self.connect_event(key, tag, now);
+                }
                 let hangup = event.is_read_closed() || event.is_error();
-                self.conns[key].on_event(event.is_readable(), hangup);
+                conn.on_event(event.is_readable(), hangup);
                 self.drive(key, now);
             }
         }
@@ -295,6 +325,7 @@ impl<H: Handler> Worker<H> {
             || !self.due_timers.is_empty()
             || !self.ops.queue.is_empty()
             || self.accept.is_pending()
+            || self.inbox.pending()
         {
             return Some(Duration::ZERO);
         }

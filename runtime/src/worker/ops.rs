@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::Worker;
-use crate::context::{ConnHandle, Op};
+use crate::context::{ConnHandle, Op, CONNECTING};
 use crate::handler::{CloseReason, Handler};
 use crate::panic;
 
@@ -16,9 +16,10 @@ const OPS_BUDGET: usize = 1024;
 const TIMER_BUDGET: usize = 256;
 
 impl<H: Handler> Worker<H> {
-    /// The slab key of connection `id`, if it is still open.
+    /// The slab key of connection `id`, if it is still open (and has a
+    /// slot: not a connect still queued).
     fn live_conn(&self, id: u64) -> Option<usize> {
-        self.live.get(&id).copied()
+        self.live.get(&id).copied().filter(|&key| key != CONNECTING)
     }
 
     /// Carries out the operations callbacks queued, in order.
@@ -57,6 +58,18 @@ impl<H: Handler> Worker<H> {
 
     fn apply(&mut self, op: Op, bytes: &[u8], now: Instant) {
         let id = match op {
+            Op::Connect {
+                conn,
+                addr,
+                timeout,
+                tag,
+            } => {
+                // Closed before its connect was carried out: nothing to do.
+                if self.live.contains_key(&conn) {
+                    self.start_connect(conn, addr, timeout, tag, now);
+                }
+                return;
+            }
             Op::Write { conn, .. } | Op::Close(conn) | Op::Pause(conn) | Op::Resume(conn) => conn,
         };
         // Closed since the operation was queued: nothing to do.
@@ -69,12 +82,17 @@ impl<H: Handler> Worker<H> {
                 conn.append(&mut self.pool, &bytes[at..at + len]);
                 conn.note_output(self.opts.output_low_water);
             }
+            // Closing a connection still connecting cancels the connect.
+            Op::Close(_) if conn.connect_tag().is_some() => {
+                return self.close(key, CloseReason::Handler, now)
+            }
             Op::Close(_) => conn.close_after_flush(CloseReason::Handler),
             Op::Pause(_) => {
                 conn.pause();
                 return;
             }
             Op::Resume(_) => conn.resume(),
+            Op::Connect { .. } => unreachable!("handled above"),
         }
         self.drive(key, now);
     }

@@ -44,12 +44,15 @@ fn an_event_for_a_reused_slot_is_recognised_as_stale() {
         .remove(0);
     let addr = listener.local_addr().unwrap();
     let opts = Arc::new(ServerOptions::default());
+    let info = WorkerInfo::detached(0, 1);
+    let shutdown = ShutdownHandle::new(1, info.mailboxes.clone());
     let mut w = Worker::start(
-        WorkerInfo::detached(0, 1),
+        info,
         listener,
         opts,
-        ShutdownHandle::new(1),
+        shutdown,
         WorkerSteer::default(),
+        None,
         |_| Nop,
     )
     .unwrap();
