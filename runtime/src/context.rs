@@ -16,53 +16,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+pub use crate::handle::{ConnHandle, HandleError};
 use crate::mailbox::{Job, OffloadError, Origin, Outbox, PostError};
 use crate::timer::{Entry, TimerWheel};
-
-/// Names a connection of one worker, from any of that worker's callbacks,
-/// for as long as it is open: copyable, and never aliased to a later
-/// connection (it holds the connection's id, unique within the worker, not
-/// its table slot; an operation on a closed connection's handle is refused
-/// with [`HandleError::Closed`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnHandle {
-    worker: u32,
-    id: u64,
-}
-
-impl ConnHandle {
-    pub(crate) fn new(worker: usize, id: u64) -> Self {
-        ConnHandle {
-            worker: worker as u32,
-            id,
-        }
-    }
-
-    /// The worker that owns the connection.
-    #[must_use]
-    pub fn worker(self) -> usize {
-        self.worker as usize
-    }
-
-    /// The connection's id within its worker (the probes' `conn_id`).
-    #[must_use]
-    pub fn id(self) -> u64 {
-        self.id
-    }
-}
-
-/// Why an operation on a [`ConnHandle`] was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HandleError {
-    /// The connection has closed (its slot may hold another one now).
-    #[error("the connection is closed")]
-    Closed,
-    /// The handle names a connection of another worker: only its own worker
-    /// acts on a connection.
-    #[error("the connection belongs to worker {0}")]
-    OtherWorker(usize),
-}
 
 /// A timer set with [`Context::set_timer`]; cancel it with
 /// [`Context::cancel_timer`].
@@ -81,8 +37,10 @@ pub(crate) enum Op {
     Close(u64),
     /// Stop reading the connection until resumed.
     Pause(u64),
-    /// Read the connection again.
+    /// Read the connection again (and present what it holds unconsumed).
     Resume(u64),
+    /// Call `on_writable` once its output is below the low-water mark.
+    NotifyWritable(u64),
     /// Open connection `conn` to `addr` (`timeout`: `None` for the
     /// server's connect timeout).
     Connect {
@@ -212,8 +170,8 @@ impl<'a> Context<'a> {
         if conn.worker() != self.worker {
             return Err(HandleError::OtherWorker(conn.worker()));
         }
-        if self.live.contains_key(&conn.id) {
-            Ok(conn.id)
+        if self.live.contains_key(&conn.id()) {
+            Ok(conn.id())
         } else {
             Err(HandleError::Closed)
         }
@@ -264,7 +222,10 @@ impl<'a> Context<'a> {
         Ok(())
     }
 
-    /// Reads `conn` again after [`pause_reading`](Self::pause_reading).
+    /// Reads `conn` again after [`pause_reading`](Self::pause_reading);
+    /// input it holds unconsumed (a pipelined request left waiting while
+    /// the one before it was answered) is presented to `on_data` again at
+    /// once, without waiting for more bytes.
     ///
     /// # Errors
     ///
@@ -401,6 +362,25 @@ impl<'a> Context<'a> {
             Err(std::sync::mpsc::TrySendError::Full(_)) => Err(OffloadError::Full),
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(OffloadError::Unavailable),
         }
+    }
+
+    /// Calls [`Handler::on_writable`] for `conn` once its unwritten output
+    /// is below the low-water mark: right after this callback if it
+    /// already is, otherwise when the socket has taken enough. With
+    /// [`write`](Self::write) and [`pause_reading`](Self::pause_reading)
+    /// this is backpressure between two connections: a proxy pauses the
+    /// upstream after forwarding a window of bytes to a client and resumes
+    /// it in the client's `on_writable`.
+    ///
+    /// [`Handler::on_writable`]: crate::Handler::on_writable
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError`] when `conn` is closed or another worker's.
+    pub fn notify_writable(&mut self, conn: ConnHandle) -> Result<(), HandleError> {
+        let conn = self.check(conn)?;
+        self.ops.queue.push(Op::NotifyWritable(conn));
+        Ok(())
     }
 
     /// Sets a timer that calls [`Handler::on_timer`] with `tag` after

@@ -101,6 +101,7 @@ pub mod cli;
 mod conn;
 mod context;
 mod error;
+mod handle;
 mod handler;
 mod listener;
 #[cfg(feature = "logging")]
@@ -110,6 +111,7 @@ mod metrics;
 mod options;
 mod panic;
 mod probes;
+mod prometheus;
 mod server;
 mod shutdown;
 mod steering;
@@ -125,6 +127,7 @@ pub use handler::{Accepted, Action, CloseReason, ConnectError, Connected, Handle
 pub use mailbox::{JobPanicked, Mailboxes, Message, OffloadError, Origin, PostError};
 pub use metrics::{Metrics, WorkerMetrics};
 pub use options::{ServerOptions, Workers};
+pub use prometheus::prometheus_family;
 pub use server::{Server, ServerBuilder};
 pub use shutdown::ShutdownHandle;
 pub use steering::{Policy, Steering, SteeringStats};

@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendE
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
-use crate::context::ConnHandle;
+use crate::handle::ConnHandle;
 
 /// Where a [`Message`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

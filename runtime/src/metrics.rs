@@ -161,6 +161,12 @@ impl Metrics {
         self
     }
 
+    /// Number of workers.
+    #[must_use]
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// The steering mode in force (for servers: after any fall-back).
     #[must_use]
     pub fn steering_mode(&self) -> Steering {

@@ -16,14 +16,11 @@
 //! complete TechEmpower responses are formatted once per second per worker,
 //! on the runtime's tick.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use corelane::{
-    Accepted, Action, CloseReason, Context, Handler, Input, Metrics, Output, Steering, WorkerInfo,
-};
+use corelane::{Accepted, Action, Context, Handler, Input, Metrics, Output, WorkerInfo};
 
 pub mod date;
 /// The fuzz target's property, shared with `tests/fuzz_corpus.rs`: test
@@ -113,7 +110,6 @@ pub struct Http {
     plaintext: Vec<u8>,
     json: Vec<u8>,
     metrics: Metrics,
-    steering: Steering,
     requests: Arc<RequestCounters>,
     /// Requests answered by this worker (published to `requests`).
     answered: u64,
@@ -163,7 +159,6 @@ impl Http {
             plaintext: Vec::with_capacity(256),
             json: Vec::with_capacity(256),
             metrics: info.metrics.clone(),
-            steering: info.steering,
             requests,
             answered: 0,
             test_routes: opts.test_routes,
@@ -340,173 +335,20 @@ impl Http {
         self.answered += 1;
     }
 
-    /// The runtime's metrics in Prometheus text exposition format.
+    /// The runtime's metrics and the requests answered, in Prometheus text
+    /// exposition format.
     fn render_metrics(&self, page: &mut Vec<u8>) {
-        let workers = self.metrics.snapshot();
-        let mut family =
-            |name: &str,
-             kind: &str,
-             help: &str,
-             value: &dyn Fn(&corelane::WorkerMetrics) -> u64| {
-                let _ = writeln!(
-                    page,
-                    "# HELP corelane_{name} {help}\n# TYPE corelane_{name} {kind}"
-                );
-                for w in &workers {
-                    let _ = writeln!(
-                        page,
-                        "corelane_{name}{{worker=\"{}\"}} {}",
-                        w.worker,
-                        value(w)
-                    );
-                }
-            };
-        family(
-            "connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            &|w| w.accepted,
-        );
-        family(
-            "connections_active",
-            "gauge",
-            "Connections open now.",
-            &|w| w.active,
-        );
-        family(
+        self.metrics.write_prometheus(page);
+        let answered: Vec<u64> = (0..self.metrics.workers())
+            .map(|w| self.requests.get(w))
+            .collect();
+        corelane::prometheus_family(
+            page,
             "http_requests_total",
             "counter",
             "HTTP requests answered.",
-            &|w| self.requests.get(w.worker),
+            &answered,
         );
-        family(
-            "read_bytes_total",
-            "counter",
-            "Bytes read from connections.",
-            &|w| w.bytes_read,
-        );
-        family(
-            "written_bytes_total",
-            "counter",
-            "Bytes written to connections.",
-            &|w| w.bytes_written,
-        );
-        family(
-            "read_calls_total",
-            "counter",
-            "read(2) calls that returned bytes.",
-            &|w| w.reads,
-        );
-        family(
-            "write_calls_total",
-            "counter",
-            "send(2)/sendmsg(2) calls that wrote bytes.",
-            &|w| w.writes,
-        );
-        family(
-            "events_total",
-            "counter",
-            "Readiness events handled.",
-            &|w| w.events,
-        );
-        family(
-            "loop_iterations_total",
-            "counter",
-            "Event loop turns.",
-            &|w| w.loop_iterations,
-        );
-        family(
-            "accept_pauses_total",
-            "counter",
-            "Accept pauses for lack of descriptors or memory.",
-            &|w| w.accept_pauses,
-        );
-        family(
-            "handler_panics_total",
-            "counter",
-            "Handler callbacks that panicked (caught; the worker kept serving).",
-            &|w| w.handler_panics,
-        );
-        family(
-            "pool_idle_buffers",
-            "gauge",
-            "Buffers idle in the worker's pool.",
-            &|w| w.pool_idle,
-        );
-        family(
-            "pool_lent_buffers",
-            "gauge",
-            "Buffers lent to connections.",
-            &|w| w.pool_outstanding,
-        );
-        family(
-            "connection_table_slots",
-            "gauge",
-            "Capacity of the connection table.",
-            &|w| w.slab_capacity,
-        );
-        let _ = writeln!(
-            page,
-            "# HELP corelane_connections_closed_total Connections closed, by reason.\n\
-             # TYPE corelane_connections_closed_total counter"
-        );
-        for w in &workers {
-            for reason in CloseReason::ALL {
-                let _ = writeln!(
-                    page,
-                    "corelane_connections_closed_total{{worker=\"{}\",reason=\"{reason}\"}} {}",
-                    w.worker,
-                    w.closed(reason)
-                );
-            }
-        }
-        let _ = writeln!(
-            page,
-            "# HELP corelane_gc_passes_total Reclamation passes, by kind.\n\
-             # TYPE corelane_gc_passes_total counter"
-        );
-        for w in &workers {
-            for (kind, n) in [
-                ("pool_trim", w.pool_trims),
-                ("idle_sweep", w.idle_sweeps),
-                ("slab_shrink", w.slab_shrinks),
-            ] {
-                let _ = writeln!(
-                    page,
-                    "corelane_gc_passes_total{{worker=\"{}\",kind=\"{kind}\"}} {n}",
-                    w.worker
-                );
-            }
-        }
-        let _ = writeln!(
-            page,
-            "# HELP corelane_steering_info The steering mode in force.\n\
-             # TYPE corelane_steering_info gauge\ncorelane_steering_info{{mode=\"{}\"}} 1",
-            self.steering
-        );
-        if let Some(st) = self.metrics.steering() {
-            let _ = writeln!(
-                page,
-                "# HELP corelane_steering_selected_total Connections the eBPF program put on each worker (a migrated connection counts on both).\n\
-                 # TYPE corelane_steering_selected_total counter"
-            );
-            for (w, n) in st.selected.iter().enumerate() {
-                let _ = writeln!(
-                    page,
-                    "corelane_steering_selected_total{{worker=\"{w}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                page,
-                "# HELP corelane_steering_fallbacks_total Connections the eBPF program left to the kernel's hash.\n\
-                 # TYPE corelane_steering_fallbacks_total counter\ncorelane_steering_fallbacks_total {}\n\
-                 # HELP corelane_steering_migrated_total Connections moved off a closing listener.\n\
-                 # TYPE corelane_steering_migrated_total counter\ncorelane_steering_migrated_total {}\n\
-                 # HELP corelane_steering_generation This process's generation: 1 for the process that loaded the steering program, one more per takeover since.\n\
-                 # TYPE corelane_steering_generation gauge\ncorelane_steering_generation {}",
-                st.fallbacks, st.migrated, st.generation
-            );
-        }
     }
 
     fn rebuild_cached(&mut self) {

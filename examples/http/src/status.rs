@@ -21,6 +21,12 @@ pub enum Status {
     HeaderFieldsTooLarge,
     /// 501 Not Implemented
     NotImplemented,
+    /// 502 Bad Gateway (a proxy's upstream failed or answered nonsense)
+    BadGateway,
+    /// 503 Service Unavailable
+    ServiceUnavailable,
+    /// 504 Gateway Timeout (a proxy's upstream did not answer in time)
+    GatewayTimeout,
     /// 505 HTTP Version Not Supported
     VersionNotSupported,
 }
@@ -38,6 +44,9 @@ impl Status {
             Status::ExpectationFailed => 417,
             Status::HeaderFieldsTooLarge => 431,
             Status::NotImplemented => 501,
+            Status::BadGateway => 502,
+            Status::ServiceUnavailable => 503,
+            Status::GatewayTimeout => 504,
             Status::VersionNotSupported => 505,
         }
     }
@@ -54,6 +63,9 @@ impl Status {
             Status::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
             Status::HeaderFieldsTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             Status::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
+            Status::BadGateway => b"HTTP/1.1 502 Bad Gateway\r\n",
+            Status::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
+            Status::GatewayTimeout => b"HTTP/1.1 504 Gateway Timeout\r\n",
             Status::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\n",
         }
     }
@@ -69,6 +81,9 @@ impl Status {
             Status::ExpectationFailed => b"Expectation Failed\n",
             Status::HeaderFieldsTooLarge => b"Request Header Fields Too Large\n",
             Status::NotImplemented => b"Not Implemented\n",
+            Status::BadGateway => b"Bad Gateway\n",
+            Status::ServiceUnavailable => b"Service Unavailable\n",
+            Status::GatewayTimeout => b"Gateway Timeout\n",
             Status::VersionNotSupported => b"HTTP Version Not Supported\n",
         }
     }

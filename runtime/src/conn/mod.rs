@@ -257,6 +257,12 @@ impl<S> Conn<S> {
         }
     }
 
+    /// The handler asked to hear when the output is below the low-water
+    /// mark (at once if it is).
+    pub(crate) fn notify_writable(&mut self) {
+        self.above_low_water = true;
+    }
+
     /// Whether the output reached the low-water mark and the handler waits
     /// to hear when it falls below.
     #[inline]

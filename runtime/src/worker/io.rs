@@ -93,7 +93,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// `on_data` for connection `key`; a panic in it closes the connection.
-    fn call_handler(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+    pub(super) fn call_handler(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
         let draining = self.draining_until.is_some();
         let handler = &mut self.handler;
         let conn = &mut self.conns[key];

@@ -70,7 +70,11 @@ impl<H: Handler> Worker<H> {
                 }
                 return;
             }
-            Op::Write { conn, .. } | Op::Close(conn) | Op::Pause(conn) | Op::Resume(conn) => conn,
+            Op::Write { conn, .. }
+            | Op::Close(conn)
+            | Op::Pause(conn)
+            | Op::Resume(conn)
+            | Op::NotifyWritable(conn) => conn,
         };
         // Closed since the operation was queued: nothing to do.
         let Some(key) = self.live_conn(id) else {
@@ -91,7 +95,17 @@ impl<H: Handler> Worker<H> {
                 conn.pause();
                 return;
             }
-            Op::Resume(_) => conn.resume(),
+            Op::Resume(_) => {
+                conn.resume();
+                if conn.has_input() && conn.wants_read() {
+                    // Bytes read before the pause wait unconsumed: no new
+                    // edge will bring them back to the handler.
+                    if let Err(reason) = self.call_handler(key, now) {
+                        return self.close(key, reason, now);
+                    }
+                }
+            }
+            Op::NotifyWritable(_) => conn.notify_writable(),
             Op::Connect { .. } => unreachable!("handled above"),
         }
         self.drive(key, now);
