@@ -1,0 +1,861 @@
+//! `corelane-proxy`: an HTTP/1.1 reverse proxy whose upstream connections
+//! live on the same worker loop as its clients.
+//!
+//! Each worker keeps its own pool of keep-alive connections to every
+//! upstream (no locks between workers) and balances requests over the
+//! upstreams, round robin or to the one with the fewest requests in
+//! flight. A request is read whole (body included, as nginx's default
+//! `proxy_request_buffering on`), checked by `corelane-http`'s strict
+//! parser (no ambiguous message is ever forwarded), rewritten (hop-by-hop
+//! headers dropped, body re-framed, `X-Forwarded-For` added) and sent on a
+//! pooled connection or a new one. The response is streamed back as it
+//! arrives, with backpressure: after a window of bytes the upstream is
+//! paused until the client's output drains (`Context::notify_writable`).
+//!
+//! Errors: upstream refused or connect timeout → 502; no response within
+//! the response timeout → 504; a malformed or ambiguous response → 502; an
+//! upstream that closes mid-response → the client's connection is closed
+//! (a body is never presented whole when it is not); an idempotent request
+//! whose pooled connection turns out dead is sent once more on a fresh
+//! connection. Everything is counted on the proxy's own route
+//! `GET /_proxy/metrics` (`/_proxy/health` answers `ok`).
+
+pub mod forward;
+pub mod hop;
+pub mod response;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use corelane::{
+    Accepted, Action, CloseReason, ConnHandle, ConnectError, Connected, Context, Handler, Input,
+    Metrics, Output, TimerId, WorkerInfo,
+};
+use corelane_http::date::{format_http_date, DATE_LEN};
+use corelane_http::request::{parse, Limits, Parse};
+use corelane_http::status::Status;
+use slab::Slab;
+
+use response::{parse_head, Chunked, ClientSide, Framing, Parsed};
+
+/// How requests are spread over the upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn.
+    RoundRobin,
+    /// To the upstream with the fewest requests in flight from this worker.
+    LeastOutstanding,
+}
+
+/// The proxy's settings.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Where requests go.
+    pub upstreams: Vec<SocketAddr>,
+    /// How they are spread.
+    pub balance: Balance,
+    /// Request size limits (as `corelane-http`'s).
+    pub limits: Limits,
+    /// Time to establish an upstream connection (502 after it).
+    pub connect_timeout: Duration,
+    /// Time the upstream may go without sending a byte of the response
+    /// (504 before the response began; the client is closed after).
+    pub response_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream per worker.
+    pub pool_idle: usize,
+    /// Add `Via: 1.1 corelane` to requests and responses.
+    pub via: bool,
+    /// Largest response head accepted from an upstream (502 above it).
+    pub max_response_head: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            upstreams: Vec::new(),
+            balance: Balance::RoundRobin,
+            limits: Limits {
+                max_head: 16 * 1024,
+                max_body: 1024 * 1024,
+            },
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            pool_idle: 32,
+            via: false,
+            max_response_head: 16 * 1024,
+        }
+    }
+}
+
+impl ProxyOptions {
+    /// The runtime's input limit this proxy needs (a whole request is
+    /// held before it is forwarded).
+    pub fn max_input(&self) -> usize {
+        self.limits.max_chunked_wire()
+    }
+}
+
+macro_rules! proxy_counters {
+    ($( $name:ident => $help:literal ),* $(,)?) => {
+        /// One worker's proxy counters.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct WorkerCounters {
+            $( #[doc = $help] pub $name: AtomicU64, )*
+        }
+
+        impl WorkerCounters {
+            /// Every counter: name, help, value.
+            fn each(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$( (stringify!($name), $help, self.$name.load(Relaxed)), )*]
+            }
+        }
+    };
+}
+
+proxy_counters! {
+    proxied => "Requests answered with an upstream's response.",
+    bad_gateway => "Requests answered 502: the upstream refused, timed out connecting, closed before responding, or sent a malformed response.",
+    gateway_timeout => "Requests answered 504: no response within the response timeout.",
+    truncated => "Responses cut short: the upstream closed or failed mid-body, and the client's connection was closed.",
+    retries => "Requests sent again on a fresh connection after a pooled one was found dead.",
+    connect_failures => "Upstream connects that failed.",
+    bad_responses => "Malformed or ambiguous upstream responses.",
+    bad_requests => "Client requests refused as malformed or too large (4xx).",
+    reused => "Upstream connections reused from the pool.",
+}
+
+/// Every worker's proxy counters; sized by the first worker that starts.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyCounters {
+    workers: Arc<OnceLock<Box<[WorkerCounters]>>>,
+}
+
+impl ProxyCounters {
+    /// Counters to be shared by a server's workers.
+    pub fn new() -> Self {
+        ProxyCounters::default()
+    }
+
+    fn size(&self, workers: usize) {
+        self.workers
+            .get_or_init(|| (0..workers).map(|_| WorkerCounters::default()).collect());
+    }
+
+    /// Worker `w`'s counters.
+    ///
+    /// # Panics
+    ///
+    /// Before any worker started, or for a worker the server does not have.
+    pub fn worker(&self, w: usize) -> &WorkerCounters {
+        &self
+            .workers
+            .get()
+            .expect("counters sized by the first worker")[w]
+    }
+
+    /// Appends every counter, per worker, to a Prometheus page.
+    pub fn write_prometheus(&self, page: &mut Vec<u8>) {
+        let Some(workers) = self.workers.get() else {
+            return;
+        };
+        let per: Vec<_> = workers.iter().map(WorkerCounters::each).collect();
+        let Some(first) = per.first() else {
+            return;
+        };
+        for (i, (name, help, _)) in first.iter().enumerate() {
+            let values: Vec<u64> = per.iter().map(|w| w[i].2).collect();
+            corelane::prometheus_family(
+                page,
+                &format!("proxy_{name}_total"),
+                "counter",
+                help,
+                &values,
+            );
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+/// The timer tag of an upstream's response timeout.
+const RESPONSE_TIMER: u64 = 1;
+/// Response bytes forwarded to a client before the upstream is paused
+/// until the client's output drains below the low-water mark.
+const WINDOW: usize = 64 * 1024;
+
+/// What a connection is to the proxy (the handler's per-connection state):
+/// keys into the worker's tables.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// A client connection.
+    Client(usize),
+    /// A connection to an upstream.
+    Upstream(usize),
+}
+
+#[derive(Debug)]
+struct Client {
+    handle: ConnHandle,
+    ip: IpAddr,
+    /// The upstream connection carrying its request, while one is in flight.
+    up: Option<usize>,
+    /// The request as forwarded (kept for a retry; its capacity is reused).
+    request: Vec<u8>,
+    side: ClientSide,
+    idempotent: bool,
+    retried: bool,
+    /// Bytes of the response have been sent to the client.
+    responded: bool,
+    continue_sent: bool,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// Waiting for the response head.
+    Head,
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    handle: ConnHandle,
+    /// Index into the upstream list.
+    target: usize,
+    /// The client whose request it carries, if any (idle in the pool if not).
+    client: Option<usize>,
+    body: Body,
+    /// Was taken from the pool for this request (it may have died idle).
+    reused: bool,
+    /// The connect completed (until then the runtime holds no state for it:
+    /// closing it cancels the connect, and no `on_close` follows).
+    connected: bool,
+    /// Bytes of the response arrived.
+    got_bytes: bool,
+    reusable: bool,
+    /// Response bytes forwarded since the client last drained.
+    window: usize,
+    paused: bool,
+    timer: Option<TimerId>,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    idle: Vec<usize>,
+    outstanding: usize,
+}
+
+/// The proxy handler, one per worker.
+#[derive(Debug)]
+pub struct Proxy {
+    worker: usize,
+    opts: Arc<ProxyOptions>,
+    metrics: Metrics,
+    counters: ProxyCounters,
+    clients: Slab<Client>,
+    ups: Slab<Upstream>,
+    pools: Vec<Pool>,
+    next: usize,
+    /// Reused for response heads, decoded chunks and error responses.
+    scratch: Vec<u8>,
+    date: [u8; DATE_LEN],
+}
+
+impl Proxy {
+    /// A factory for [`ServerBuilder::build`](corelane::ServerBuilder::build).
+    pub fn factory(
+        opts: ProxyOptions,
+        counters: ProxyCounters,
+    ) -> impl Fn(&WorkerInfo) -> Proxy + Send + Sync + 'static {
+        let opts = Arc::new(opts);
+        move |info| Proxy::new(info, Arc::clone(&opts), counters.clone())
+    }
+
+    /// Worker `info`'s proxy.
+    pub fn new(info: &WorkerInfo, opts: Arc<ProxyOptions>, counters: ProxyCounters) -> Self {
+        counters.size(info.workers);
+        let mut date = [0; DATE_LEN];
+        format_http_date(SystemTime::now(), &mut date);
+        Proxy {
+            worker: info.index,
+            pools: opts.upstreams.iter().map(|_| Pool::default()).collect(),
+            opts,
+            metrics: info.metrics.clone(),
+            counters,
+            clients: Slab::new(),
+            ups: Slab::new(),
+            next: 0,
+            scratch: Vec::new(),
+            date,
+        }
+    }
+
+    fn count(&self) -> &WorkerCounters {
+        self.counters.worker(self.worker)
+    }
+
+    /// The upstream for the next request.
+    fn pick(&mut self) -> usize {
+        let n = self.pools.len();
+        match self.opts.balance {
+            Balance::RoundRobin => {
+                self.next = (self.next + 1) % n;
+                self.next
+            }
+            Balance::LeastOutstanding => {
+                // Ties go round, so equal upstreams share the load.
+                self.next = (self.next + 1) % n;
+                (0..n)
+                    .map(|i| (self.next + i) % n)
+                    .min_by_key(|&i| self.pools[i].outstanding)
+                    .unwrap_or(0)
+            }
+        }
+    }
+
+    /// Sends client `k`'s request on a pooled connection, or a new one
+    /// (`fresh`: never a pooled one, for a retry).
+    fn dispatch(&mut self, k: usize, fresh: bool, cx: &mut Context<'_>) {
+        let target = self.pick();
+        let pooled = if fresh {
+            None
+        } else {
+            self.pools[target].idle.pop()
+        };
+        let u = match pooled {
+            Some(u) => {
+                bump(&self.count().reused);
+                let up = &mut self.ups[u];
+                up.reused = true;
+                u
+            }
+            None => {
+                let key = self.ups.vacant_key();
+                let addr = self.opts.upstreams[target];
+                let handle = cx.connect_with_timeout(addr, self.opts.connect_timeout, key as u64);
+                self.ups.insert(Upstream {
+                    handle,
+                    target,
+                    client: None,
+                    body: Body::Head,
+                    reused: false,
+                    connected: false,
+                    got_bytes: false,
+                    reusable: false,
+                    window: 0,
+                    paused: false,
+                    timer: None,
+                })
+            }
+        };
+        let up = &mut self.ups[u];
+        up.client = Some(k);
+        up.body = Body::Head;
+        up.got_bytes = false;
+        up.window = 0;
+        self.pools[up.target].outstanding += 1;
+        let client = &mut self.clients[k];
+        client.up = Some(u);
+        // Queued while connecting: sent once established.
+        let _ = cx.write(up.handle, &client.request);
+        up.timer = cx
+            .set_timer(Some(up.handle), self.opts.response_timeout, RESPONSE_TIMER)
+            .ok();
+    }
+
+    /// Detaches upstream `u` from its client; it goes back to the pool if
+    /// it may carry another request, else it is closed.
+    fn release(&mut self, u: usize, reusable: bool, cx: &mut Context<'_>) {
+        let up = &mut self.ups[u];
+        if let Some(t) = up.timer.take() {
+            cx.cancel_timer(t);
+        }
+        if up.client.take().is_some() {
+            self.pools[up.target].outstanding -= 1;
+        }
+        if up.paused {
+            up.paused = false;
+            let _ = cx.resume_reading(up.handle);
+        }
+        let pool = &mut self.pools[up.target];
+        if reusable && up.connected && pool.idle.len() < self.opts.pool_idle {
+            pool.idle.push(u);
+        } else {
+            let _ = cx.close(up.handle);
+            if !up.connected {
+                // Cancelled: no `on_close` will come for it.
+                self.ups.remove(u);
+            }
+        }
+    }
+
+    /// Client `k`'s response is complete: it reads its next request, or
+    /// closes.
+    fn client_done(&mut self, k: usize, cx: &mut Context<'_>) {
+        let Some(c) = self.clients.get_mut(k) else {
+            return;
+        };
+        c.up = None;
+        bump(&self.counters.worker(self.worker).proxied);
+        if c.side.keep_alive {
+            // Presents a pipelined request already read, if any.
+            let _ = cx.resume_reading(c.handle);
+        } else {
+            let _ = cx.close(c.handle);
+        }
+    }
+
+    /// Client `k`'s request failed with `status` (or, once its response
+    /// began, the connection is closed: it is cut short).
+    fn client_failed(&mut self, k: usize, status: Status, cx: &mut Context<'_>) {
+        let Some(c) = self.clients.get_mut(k) else {
+            return;
+        };
+        c.up = None;
+        if c.responded {
+            bump(&self.counters.worker(self.worker).truncated);
+            let _ = cx.close(c.handle);
+            return;
+        }
+        let keep = c.side.keep_alive;
+        let handle = c.handle;
+        self.error_response(status, keep);
+        let _ = cx.write(handle, &self.scratch);
+        if keep {
+            let _ = cx.resume_reading(handle);
+        } else {
+            let _ = cx.close(handle);
+        }
+    }
+
+    /// An error response of the proxy's own, into `scratch`.
+    fn error_response(&mut self, status: Status, keep_alive: bool) {
+        let body = status.reason_body();
+        let out = &mut self.scratch;
+        out.clear();
+        out.extend_from_slice(status.line());
+        out.extend_from_slice(b"Server: corelane-proxy\r\nDate: ");
+        out.extend_from_slice(&self.date);
+        out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        if !keep_alive {
+            out.extend_from_slice(b"\r\nConnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+    }
+
+    /// `/_proxy/...`: answered by the proxy itself.
+    fn admin(&mut self, path: &[u8], keep_alive: bool, output: &mut Output) {
+        let mut page = Vec::new();
+        let status = match path {
+            b"/_proxy/metrics" => {
+                self.metrics.write_prometheus(&mut page);
+                self.counters.write_prometheus(&mut page);
+                Status::Ok
+            }
+            b"/_proxy/health" => {
+                page.extend_from_slice(b"ok\n");
+                Status::Ok
+            }
+            _ => {
+                page.extend_from_slice(Status::NotFound.reason_body());
+                Status::NotFound
+            }
+        };
+        output.extend_from_slice(status.line());
+        output.extend_from_slice(
+            b"Server: corelane-proxy\r\nContent-Type: text/plain\r\nContent-Length: ",
+        );
+        output.extend_from_slice(itoa::Buffer::new().format(page.len()).as_bytes());
+        if !keep_alive {
+            output.extend_from_slice(b"\r\nConnection: close");
+        }
+        output.extend_from_slice(b"\r\n\r\n");
+        output.extend_from_slice(&page);
+    }
+
+    /// A client's bytes: the next whole request is forwarded (one at a
+    /// time: the client is paused until its response is complete).
+    fn client_data(
+        &mut self,
+        k: usize,
+        input: &mut Input<'_>,
+        output: &mut Output,
+        cx: &mut Context<'_>,
+    ) -> Action {
+        loop {
+            let c = &mut self.clients[k];
+            if c.up.is_some() || input.bytes().is_empty() {
+                return Action::Continue;
+            }
+            let req = match parse(input.bytes(), &self.opts.limits) {
+                Parse::Complete(req) => req,
+                Parse::Partial { expect_continue } => {
+                    if expect_continue && !c.continue_sent {
+                        c.continue_sent = true;
+                        output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    return Action::Continue;
+                }
+                Parse::Error(status) => {
+                    bump(&self.count().bad_requests);
+                    self.error_response(status, false);
+                    output.extend_from_slice(&self.scratch);
+                    return Action::Close;
+                }
+            };
+            c.continue_sent = false;
+            let keep_alive = req.keep_alive && !input.draining();
+            if req.path.starts_with(b"/_proxy/") {
+                let path = req.path;
+                let len = req.total_len;
+                self.admin(path, keep_alive, output);
+                input.consume(len);
+                if !keep_alive {
+                    return Action::Close;
+                }
+                continue;
+            }
+            let f =
+                forward::write_request(input.bytes(), &req, c.ip, self.opts.via, &mut c.request);
+            c.side = ClientSide {
+                head_request: req.method == corelane_http::request::Method::Head,
+                minor: req.minor,
+                keep_alive,
+                via: self.opts.via,
+            };
+            c.idempotent = f.idempotent;
+            c.retried = false;
+            c.responded = false;
+            let handle = c.handle;
+            input.consume(req.total_len);
+            self.dispatch(k, false, cx);
+            // Pipelined requests wait in the socket (and the input) until
+            // this one is answered.
+            let _ = cx.pause_reading(handle);
+            return Action::Continue;
+        }
+    }
+
+    /// An upstream's bytes: the response head is rewritten for the client,
+    /// the body forwarded as it comes.
+    fn upstream_data(&mut self, u: usize, input: &mut Input<'_>, cx: &mut Context<'_>) -> Action {
+        let up = &mut self.ups[u];
+        let Some(k) = up.client else {
+            // An idle pooled connection has nothing to say.
+            input.consume(input.bytes().len());
+            return Action::Close;
+        };
+        up.got_bytes = true;
+        // The response timeout runs between two reads, as nginx's
+        // proxy_read_timeout.
+        if let Some(t) = up.timer.take() {
+            cx.cancel_timer(t);
+        }
+        up.timer = cx
+            .set_timer(Some(up.handle), self.opts.response_timeout, RESPONSE_TIMER)
+            .ok();
+        let client = &mut self.clients[k];
+        let to = client.handle;
+        let mut forwarded = 0;
+        let done = loop {
+            let bytes = input.bytes();
+            match &mut up.body {
+                Body::Head => {
+                    match parse_head(
+                        bytes,
+                        self.opts.max_response_head,
+                        &client.side,
+                        &mut self.scratch,
+                    ) {
+                        Parsed::Partial => {
+                            if input.peer_closed() {
+                                break false; // on_close says what failed
+                            }
+                            return Action::Continue;
+                        }
+                        Parsed::Interim(n) => input.consume(n),
+                        Parsed::Invalid(why) => {
+                            tracing::debug!(worker = self.worker, why, "bad upstream response");
+                            bump(&self.counters.worker(self.worker).bad_responses);
+                            bump(&self.counters.worker(self.worker).bad_gateway);
+                            up.client = None;
+                            self.pools[up.target].outstanding -= 1;
+                            self.client_failed(k, Status::BadGateway, cx);
+                            return Action::Close;
+                        }
+                        Parsed::Complete(head) => {
+                            let _ = cx.write(to, &self.scratch);
+                            client.responded = true;
+                            forwarded += self.scratch.len();
+                            input.consume(head.len);
+                            up.reusable = head.reusable;
+                            if !response::keeps_client(head.framing, &client.side) {
+                                client.side.keep_alive = false;
+                            }
+                            up.body = match head.framing {
+                                Framing::Empty => break true,
+                                Framing::Length(0) => break true,
+                                Framing::Length(n) => Body::Length(n),
+                                Framing::Chunked => Body::Chunked(Chunked::default()),
+                                Framing::UntilClose => Body::UntilClose,
+                            };
+                        }
+                    }
+                }
+                Body::Length(left) => {
+                    let n = bytes
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let _ = cx.write(to, &bytes[..n]);
+                    forwarded += n;
+                    input.consume(n);
+                    *left -= n as u64;
+                    if *left == 0 {
+                        break true;
+                    }
+                    return self.backpressure(u, forwarded, cx);
+                }
+                Body::Chunked(decoder) => {
+                    let dechunk = client.side.dechunk();
+                    let scratch = &mut self.scratch;
+                    scratch.clear();
+                    let fed = decoder.feed(bytes, |d| {
+                        if dechunk {
+                            scratch.extend_from_slice(d);
+                        }
+                    });
+                    let n = match fed {
+                        Ok(n) => n,
+                        Err(why) => {
+                            tracing::debug!(worker = self.worker, why, "bad upstream chunked body");
+                            bump(&self.counters.worker(self.worker).bad_responses);
+                            up.client = None;
+                            self.pools[up.target].outstanding -= 1;
+                            self.client_failed(k, Status::BadGateway, cx);
+                            return Action::Close;
+                        }
+                    };
+                    let out = if dechunk { &scratch[..] } else { &bytes[..n] };
+                    let _ = cx.write(to, out);
+                    forwarded += out.len();
+                    input.consume(n);
+                    if decoder.is_done() {
+                        break true;
+                    }
+                    return self.backpressure(u, forwarded, cx);
+                }
+                Body::UntilClose => {
+                    let _ = cx.write(to, bytes);
+                    forwarded += bytes.len();
+                    input.consume(bytes.len());
+                    if input.peer_closed() {
+                        up.reusable = false;
+                        break true;
+                    }
+                    return self.backpressure(u, forwarded, cx);
+                }
+            }
+        };
+        if !done {
+            return Action::Continue;
+        }
+        // Bytes after the response, unasked for: the connection is not
+        // reused.
+        let reusable = self.ups[u].reusable && input.bytes().is_empty() && !input.draining();
+        self.release(u, reusable, cx);
+        self.client_done(k, cx);
+        if reusable {
+            Action::Continue
+        } else {
+            Action::Close
+        }
+    }
+
+    /// After forwarding `n` more bytes: pauses the upstream once a window
+    /// has gone to the client, until the client's output drains.
+    fn backpressure(&mut self, u: usize, n: usize, cx: &mut Context<'_>) -> Action {
+        let up = &mut self.ups[u];
+        up.window += n;
+        if up.window >= WINDOW && !up.paused {
+            if let Some(k) = up.client {
+                up.paused = true;
+                let _ = cx.pause_reading(up.handle);
+                let _ = cx.notify_writable(self.clients[k].handle);
+            }
+        }
+        Action::Continue
+    }
+
+    /// An upstream connection closed (`reason`); if it carried a request,
+    /// the request is retried, answered 502, or (mid-response) its client
+    /// is closed.
+    fn upstream_closed(&mut self, u: usize, reason: CloseReason, cx: &mut Context<'_>) {
+        let up = self.ups.remove(u);
+        let pool = &mut self.pools[up.target];
+        if let Some(i) = pool.idle.iter().position(|&x| x == u) {
+            pool.idle.swap_remove(i);
+        }
+        let Some(k) = up.client else {
+            return;
+        };
+        pool.outstanding -= 1;
+        if matches!(up.body, Body::UntilClose) && reason == CloseReason::PeerClosed {
+            // The close is the end of this body.
+            return self.client_done(k, cx);
+        }
+        let Some(c) = self.clients.get_mut(k) else {
+            return;
+        };
+        c.up = None;
+        if !c.responded && up.reused && !up.got_bytes && c.idempotent && !c.retried {
+            // The pooled connection had died while idle: once more, fresh.
+            c.retried = true;
+            bump(&self.count().retries);
+            return self.dispatch(k, true, cx);
+        }
+        if !c.responded {
+            bump(&self.count().bad_gateway);
+        }
+        self.client_failed(k, Status::BadGateway, cx);
+    }
+}
+
+impl Handler for Proxy {
+    type Conn = Role;
+
+    fn on_accept(&mut self, conn: &Accepted, _cx: &mut Context<'_>) -> Role {
+        Role::Client(self.clients.insert(Client {
+            handle: conn.handle,
+            ip: conn.peer.ip(),
+            up: None,
+            request: Vec::new(),
+            side: ClientSide {
+                head_request: false,
+                minor: 1,
+                keep_alive: true,
+                via: false,
+            },
+            idempotent: false,
+            retried: false,
+            responded: false,
+            continue_sent: false,
+        }))
+    }
+
+    fn on_data(
+        &mut self,
+        role: &mut Role,
+        input: &mut Input<'_>,
+        output: &mut Output,
+        cx: &mut Context<'_>,
+    ) -> Action {
+        match *role {
+            Role::Client(k) => self.client_data(k, input, output, cx),
+            Role::Upstream(u) => self.upstream_data(u, input, cx),
+        }
+    }
+
+    fn on_close(&mut self, role: Role, reason: CloseReason, cx: &mut Context<'_>) {
+        match role {
+            Role::Client(k) => {
+                let c = self.clients.remove(k);
+                if let Some(u) = c.up {
+                    // Mid-response: that upstream connection cannot be reused.
+                    self.release(u, false, cx);
+                }
+            }
+            Role::Upstream(u) => self.upstream_closed(u, reason, cx),
+        }
+    }
+
+    fn on_connected(&mut self, conn: &Connected, _cx: &mut Context<'_>) -> Option<Role> {
+        let u = conn.tag as usize;
+        let up = self.ups.get_mut(u).filter(|up| up.handle == conn.handle)?;
+        up.connected = true;
+        Some(Role::Upstream(u))
+    }
+
+    fn on_connect_failed(
+        &mut self,
+        conn: ConnHandle,
+        tag: u64,
+        error: ConnectError,
+        cx: &mut Context<'_>,
+    ) {
+        let u = tag as usize;
+        if self.ups.get(u).is_none_or(|up| up.handle != conn) {
+            return;
+        }
+        let up = self.ups.remove(u);
+        bump(&self.count().connect_failures);
+        tracing::debug!(
+            worker = self.worker,
+            upstream = %self.opts.upstreams[up.target],
+            %error,
+            "upstream connect failed"
+        );
+        if let Some(k) = up.client {
+            self.pools[up.target].outstanding -= 1;
+            bump(&self.count().bad_gateway);
+            self.client_failed(k, Status::BadGateway, cx);
+        }
+    }
+
+    fn on_timer(&mut self, role: Option<&mut Role>, tag: u64, cx: &mut Context<'_>) {
+        if tag != RESPONSE_TIMER {
+            return;
+        }
+        let u = match role {
+            Some(&mut Role::Upstream(u)) => u,
+            Some(&mut Role::Client(_)) => return,
+            // Still connecting: it has no state yet, only its handle.
+            None => {
+                let Some((u, _)) = self.ups.iter().find(|(_, up)| Some(up.handle) == cx.conn())
+                else {
+                    return;
+                };
+                u
+            }
+        };
+        let up = &mut self.ups[u];
+        up.timer = None;
+        let Some(k) = up.client.take() else {
+            return;
+        };
+        self.pools[up.target].outstanding -= 1;
+        let handle = up.handle;
+        let connected = up.connected;
+        bump(&self.count().gateway_timeout);
+        self.client_failed(k, Status::GatewayTimeout, cx);
+        let _ = cx.close(handle);
+        if !connected {
+            self.ups.remove(u);
+        }
+    }
+
+    fn on_writable(&mut self, role: &mut Role, _output: &mut Output, cx: &mut Context<'_>) {
+        let Role::Client(k) = *role else {
+            return;
+        };
+        if let Some(u) = self.clients[k].up {
+            let up = &mut self.ups[u];
+            up.window = 0;
+            if up.paused {
+                up.paused = false;
+                let _ = cx.resume_reading(up.handle);
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: SystemTime, _cx: &mut Context<'_>) {
+        format_http_date(now, &mut self.date);
+    }
+}

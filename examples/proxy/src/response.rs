@@ -1,0 +1,504 @@
+//! An upstream's response: its head parsed strictly and rewritten for the
+//! client (hop-by-hop headers dropped, `Connection` set for the client),
+//! and its body's framing, including an incremental, strict chunked
+//! decoder. A response whose framing is ambiguous is refused (502), never
+//! forwarded.
+
+use crate::hop::{connection_tokens, is_hop_by_hop};
+
+/// Most header fields in a response.
+const MAX_HEADERS: usize = 96;
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the upstream closes (no framing header): the upstream
+    /// connection is not reused and the client's is closed after it.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Status code.
+    pub status: u16,
+    /// Bytes of the head.
+    pub len: usize,
+    /// The body's framing.
+    pub framing: Framing,
+    /// Whether the upstream connection may carry another request.
+    pub reusable: bool,
+}
+
+/// The result of looking at the start of an upstream's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole head (rewritten into the output buffer given).
+    Complete(Head),
+    /// An interim (1xx) response of this many bytes: skipped.
+    Interim(usize),
+    /// More bytes are needed.
+    Partial,
+    /// Malformed or ambiguous: the reason, for the log and the 502.
+    Invalid(&'static str),
+}
+
+/// What the rewritten head must say to the client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide {
+    /// The request was HEAD: no body whatever the headers say.
+    pub head_request: bool,
+    /// The client's HTTP minor version (a 1.0 client gets a chunked body
+    /// decoded, and the connection closed after it).
+    pub minor: u8,
+    /// The client's connection stays open after this response.
+    pub keep_alive: bool,
+    /// Add `Via: 1.1 corelane`.
+    pub via: bool,
+}
+
+impl ClientSide {
+    /// Whether a chunked body is decoded for this client (HTTP/1.0 knows no
+    /// chunked coding).
+    pub fn dechunk(&self) -> bool {
+        self.minor == 0
+    }
+}
+
+/// Parses the response head at the start of `buf`; on success writes the
+/// head to send the client into `out` (cleared first) and says whether the
+/// client's connection stays open (`keep_alive` in the result's framing:
+/// `UntilClose` or a decoded chunked body close it).
+pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Vec<u8>) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let window = &buf[..buf.len().min(max_head)];
+    let len = match resp.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => {
+            return Parsed::Invalid("response head too large")
+        }
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid("too many header fields"),
+        Err(_) => return Parsed::Invalid("malformed response head"),
+    };
+    let status = resp.code.unwrap_or(0);
+    let minor = resp.version.unwrap_or(1);
+    if !(100..=599).contains(&status) {
+        return Parsed::Invalid("status code out of range");
+    }
+    if status == 101 {
+        // Upgrade is never asked for (the proxy drops it from requests).
+        return Parsed::Invalid("unrequested protocol switch");
+    }
+    if status < 200 {
+        return Parsed::Interim(len);
+    }
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut listed: [&[u8]; 16] = [b""; 16];
+    let mut n_listed = 0;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = parse_length(h.value) else {
+                return Parsed::Invalid("bad Content-Length");
+            };
+            if content_length.is_some_and(|c| c != n) {
+                return Parsed::Invalid("conflicting Content-Length");
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                return Parsed::Invalid("unsupported Transfer-Encoding");
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in connection_tokens(h.value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                if n_listed < listed.len() {
+                    listed[n_listed] = token;
+                    n_listed += 1;
+                }
+            }
+        }
+    }
+    if chunked && content_length.is_some() {
+        return Parsed::Invalid("both Content-Length and Transfer-Encoding");
+    }
+    let framing = if client.head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = content_length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let reusable = framing != Framing::UntilClose && !close && (minor == 1 || keep_alive_token);
+    let keep_client = keeps_client(framing, client);
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let listed = &listed[..n_listed];
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        let keep_te = name.eq_ignore_ascii_case(b"transfer-encoding") && !client.dechunk();
+        if !keep_te && (is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if client.via {
+        out.extend_from_slice(b"Via: 1.1 corelane\r\n");
+    }
+    if !keep_client {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client.minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Parsed::Complete(Head {
+        status,
+        len,
+        framing,
+        reusable,
+    })
+}
+
+/// Whether the client's connection stays open after a response with this
+/// framing.
+pub fn keeps_client(framing: Framing, client: &ClientSide) -> bool {
+    client.keep_alive
+        && framing != Framing::UntilClose
+        && !(framing == Framing::Chunked && client.dechunk())
+}
+
+/// A `Content-Length` value: digits only (a list of equal values, as
+/// RFC 9110 §8.6 allows, also passes).
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for part in value.split(|&b| b == b',') {
+        let v = trim(part);
+        if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &s[start..end]
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// Reading the chunk size's hex digits.
+    #[default]
+    Size,
+    /// Skipping a chunk extension until CR.
+    Ext,
+    /// The LF after the size line.
+    SizeLf,
+    /// Chunk data.
+    Data,
+    /// The CR after chunk data.
+    DataCr,
+    /// The LF after chunk data.
+    DataLf,
+    /// At the start of a trailer line (or the final CRLF).
+    TrailerStart,
+    /// Inside a trailer line.
+    TrailerLine,
+    /// The LF ending a trailer line.
+    TrailerLf,
+    /// The LF of the final CRLF.
+    EndLf,
+    /// The body is complete.
+    Done,
+}
+
+/// Most trailer bytes accepted.
+const MAX_TRAILERS: usize = 8 * 1024;
+
+/// An incremental, strict decoder of a chunked body: every line ends in
+/// CRLF, sizes are at most 15 hex digits, extensions are skipped,
+/// trailers bounded.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    state: State,
+    /// Bytes left in the current chunk (or its size so far).
+    size: u64,
+    digits: u8,
+    trailer_bytes: usize,
+}
+
+impl Chunked {
+    /// Whether the whole body has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decodes from the start of `buf`, calling `data` with chunk data;
+    /// returns how many bytes of `buf` belong to the body (all of it,
+    /// unless the body ended inside it).
+    ///
+    /// # Errors
+    ///
+    /// The body is malformed.
+    pub fn feed(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, &'static str> {
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            match self.state {
+                State::Size => {
+                    if let Some(d) = (b as char).to_digit(16) {
+                        if self.digits == 15 {
+                            return Err("chunk size too large");
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                        self.digits += 1;
+                    } else if self.digits == 0 {
+                        return Err("bad chunk size");
+                    } else if b == b'\r' {
+                        self.state = State::SizeLf;
+                    } else if b == b';' || b == b' ' || b == b'\t' {
+                        self.state = State::Ext;
+                    } else {
+                        return Err("bad chunk size");
+                    }
+                    i += 1;
+                }
+                State::Ext => {
+                    match b {
+                        b'\r' => self.state = State::SizeLf,
+                        b'\n' => return Err("bare LF in chunk extension"),
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err("chunk size line not ended by CRLF");
+                    }
+                    i += 1;
+                    self.digits = 0;
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
+                }
+                State::Data => {
+                    let n = (buf.len() - i).min(self.size.min(usize::MAX as u64) as usize);
+                    data(&buf[i..i + n]);
+                    i += n;
+                    self.size -= n as u64;
+                    if self.size == 0 {
+                        self.state = State::DataCr;
+                    }
+                }
+                State::DataCr | State::DataLf => {
+                    let want = if self.state == State::DataCr {
+                        b'\r'
+                    } else {
+                        b'\n'
+                    };
+                    if b != want {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    i += 1;
+                    self.state = if self.state == State::DataCr {
+                        State::DataLf
+                    } else {
+                        State::Size
+                    };
+                }
+                State::TrailerStart | State::TrailerLine => {
+                    self.trailer_bytes += 1;
+                    if self.trailer_bytes > MAX_TRAILERS {
+                        return Err("trailers too large");
+                    }
+                    self.state = match (self.state, b) {
+                        (State::TrailerStart, b'\r') => State::EndLf,
+                        (_, b'\r') => State::TrailerLf,
+                        (_, b'\n') => return Err("bare LF in trailers"),
+                        _ => State::TrailerLine,
+                    };
+                    i += 1;
+                }
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err("trailer line not ended by CRLF");
+                    }
+                    i += 1;
+                    self.state = State::TrailerStart;
+                }
+                State::EndLf => {
+                    if b != b'\n' {
+                        return Err("chunked body not ended by CRLF");
+                    }
+                    self.state = State::Done;
+                    return Ok(i + 1);
+                }
+                State::Done => return Ok(i),
+            }
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientSide {
+        ClientSide {
+            head_request: false,
+            minor: 1,
+            keep_alive: true,
+            via: false,
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_the_rest_kept() {
+        let mut out = Vec::new();
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\nhi";
+        let Parsed::Complete(h) = parse_head(r, 8192, &client(), &mut out) else {
+            panic!()
+        };
+        assert_eq!(h.framing, Framing::Length(2));
+        assert!(h.reusable);
+        assert_eq!(h.len, r.len() - 2);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let mut out = Vec::new();
+        for r in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n folded\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(r, 8192, &client(), &mut out), Parsed::Invalid(_)),
+                "{}",
+                String::from_utf8_lossy(r)
+            );
+        }
+    }
+
+    #[test]
+    fn bodiless_and_close_delimited_responses() {
+        let mut out = Vec::new();
+        let head_req = ClientSide {
+            head_request: true,
+            ..client()
+        };
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+        assert!(matches!(
+            parse_head(r, 8192, &head_req, &mut out),
+            Parsed::Complete(Head {
+                framing: Framing::Empty,
+                ..
+            })
+        ));
+        let r = b"HTTP/1.1 200 OK\r\n\r\nuntil close";
+        let Parsed::Complete(h) = parse_head(r, 8192, &client(), &mut out) else {
+            panic!()
+        };
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.reusable);
+        assert!(out.ends_with(b"Connection: close\r\n\r\n"));
+        assert_eq!(
+            parse_head(b"HTTP/1.1 100 Continue\r\n\r\n", 8192, &client(), &mut out),
+            Parsed::Interim(25)
+        );
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\nX: y", 8192, &client(), &mut out),
+            Parsed::Partial
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_split() {
+        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut d = Chunked::default();
+            let mut data = Vec::new();
+            let end = body.len() - 4;
+            let a = d
+                .feed(&body[..split], |b| data.extend_from_slice(b))
+                .unwrap();
+            assert_eq!(a, split.min(end));
+            let b = if d.is_done() {
+                0
+            } else {
+                d.feed(&body[split..], |b| data.extend_from_slice(b))
+                    .unwrap()
+            };
+            assert!(d.is_done(), "split {split}");
+            assert_eq!(a + b, end, "stops before the next message");
+            assert_eq!(data, b"Wikipedia");
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for body in [
+            &b"4\nWiki\r\n0\r\n\r\n"[..],
+            b"4\r\nWikiX\r\n",
+            b"g\r\n",
+            b"\r\n",
+            b"1234567890abcdef0\r\n",
+            b"0\r\nX: 1\n\r\n",
+        ] {
+            let mut d = Chunked::default();
+            assert!(
+                d.feed(body, |_| {}).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
