@@ -85,11 +85,15 @@ impl Timers {
     }
 }
 
-/// The worker's queue of operations and the arena of their bytes.
+/// The worker's queue of operations and the arena of their bytes, and a
+/// spare pair for what callbacks queue while the worker carries the first
+/// out (swapped, never reallocated, in steady state).
 #[derive(Debug, Default)]
 pub(crate) struct Ops {
     pub(crate) queue: Vec<Op>,
     pub(crate) bytes: Vec<u8>,
+    pub(crate) spare_queue: Vec<Op>,
+    pub(crate) spare_bytes: Vec<u8>,
 }
 
 /// What a callback may do besides answering: see the module docs.

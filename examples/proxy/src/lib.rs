@@ -27,7 +27,7 @@ pub mod response;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use corelane::{
     Accepted, Action, CloseReason, ConnHandle, ConnectError, Connected, Context, Handler, Input,
@@ -242,7 +242,11 @@ struct Upstream {
     /// Response bytes forwarded since the client last drained.
     window: usize,
     paused: bool,
+    /// Its response-timeout timer, if armed. It stays armed across
+    /// requests and re-arms itself lazily (no timer churn per request).
     timer: Option<TimerId>,
+    /// When it last sent the request or received a byte.
+    active_since: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -351,6 +355,7 @@ impl Proxy {
                     window: 0,
                     paused: false,
                     timer: None,
+                    active_since: cx.now(),
                 })
             }
         };
@@ -364,18 +369,19 @@ impl Proxy {
         client.up = Some(u);
         // Queued while connecting: sent once established.
         let _ = cx.write(up.handle, &client.request);
-        up.timer = cx
-            .set_timer(Some(up.handle), self.opts.response_timeout, RESPONSE_TIMER)
-            .ok();
+        up.active_since = cx.now();
+        if up.timer.is_none() {
+            up.timer = cx
+                .set_timer(Some(up.handle), self.opts.response_timeout, RESPONSE_TIMER)
+                .ok();
+        }
     }
 
     /// Detaches upstream `u` from its client; it goes back to the pool if
     /// it may carry another request, else it is closed.
     fn release(&mut self, u: usize, reusable: bool, cx: &mut Context<'_>) {
         let up = &mut self.ups[u];
-        if let Some(t) = up.timer.take() {
-            cx.cancel_timer(t);
-        }
+        // Its timer stays: it finds the connection idle and ends.
         if up.client.take().is_some() {
             self.pools[up.target].outstanding -= 1;
         }
@@ -556,12 +562,7 @@ impl Proxy {
         up.got_bytes = true;
         // The response timeout runs between two reads, as nginx's
         // proxy_read_timeout.
-        if let Some(t) = up.timer.take() {
-            cx.cancel_timer(t);
-        }
-        up.timer = cx
-            .set_timer(Some(up.handle), self.opts.response_timeout, RESPONSE_TIMER)
-            .ok();
+        up.active_since = cx.now();
         let client = &mut self.clients[k];
         let to = client.handle;
         let mut forwarded = 0;
@@ -827,6 +828,17 @@ impl Handler for Proxy {
         };
         let up = &mut self.ups[u];
         up.timer = None;
+        if up.client.is_none() {
+            return; // idle: the timer ends here, the next request arms one
+        }
+        let due = up.active_since + self.opts.response_timeout;
+        if cx.now() < due {
+            // Activity since it was set: wait for the rest.
+            up.timer = cx
+                .set_timer(Some(up.handle), due - cx.now(), RESPONSE_TIMER)
+                .ok();
+            return;
+        }
         let Some(k) = up.client.take() else {
             return;
         };

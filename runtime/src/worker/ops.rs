@@ -32,8 +32,12 @@ impl<H: Handler> Worker<H> {
 
     #[inline(never)]
     fn apply_queued(&mut self, now: Instant) {
-        let mut queue = std::mem::take(&mut self.ops.queue);
-        let mut bytes = std::mem::take(&mut self.ops.bytes);
+        // What the operations' own callbacks queue goes to the spare pair
+        // meanwhile.
+        let spare_queue = std::mem::take(&mut self.ops.spare_queue);
+        let spare_bytes = std::mem::take(&mut self.ops.spare_bytes);
+        let mut queue = std::mem::replace(&mut self.ops.queue, spare_queue);
+        let mut bytes = std::mem::replace(&mut self.ops.bytes, spare_bytes);
         let done = queue.len().min(OPS_BUDGET);
         for op in queue.drain(..done) {
             self.apply(op, &bytes, now);
@@ -41,9 +45,8 @@ impl<H: Handler> Worker<H> {
         if queue.is_empty() {
             bytes.clear();
         }
-        // What the operations' own callbacks queued comes after the rest;
-        // its bytes were put in a fresh arena, so its offsets move by what
-        // stays of this one.
+        // What the callbacks queued comes after the rest; its offsets move
+        // by what stays of this arena.
         let shift = bytes.len();
         for op in &mut self.ops.queue {
             if let Op::Write { at, .. } = op {
@@ -52,8 +55,9 @@ impl<H: Handler> Worker<H> {
         }
         queue.append(&mut self.ops.queue);
         bytes.append(&mut self.ops.bytes);
-        self.ops.queue = queue;
-        self.ops.bytes = bytes;
+        // Emptied, with their capacity: the spares for next time.
+        self.ops.spare_queue = std::mem::replace(&mut self.ops.queue, queue);
+        self.ops.spare_bytes = std::mem::replace(&mut self.ops.bytes, bytes);
     }
 
     fn apply(&mut self, op: Op, bytes: &[u8], now: Instant) {
