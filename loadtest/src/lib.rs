@@ -19,6 +19,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
+pub mod proxy;
 pub mod scrape;
 pub mod suite;
 pub mod wrk;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use corelane_loadtest::{run, scrape, suite, wrk, Report, RunOptions, Target};
+use corelane_loadtest::{proxy, run, scrape, suite, wrk, Report, RunOptions, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +112,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// corelane-proxy against nginx as reverse proxies of the same upstream
+    /// (one worker each, pinned beside the upstream; the generator on the
+    /// other CPU), plain and pipelined-16, in alternating rounds: writes
+    /// proxy.md and proxy.json with the proxies' CPU per request.
+    Proxy {
+        /// Output folder.
+        #[arg(long, default_value = "loadtest-report")]
+        out: std::path::PathBuf,
+        /// A short run for CI: 1 round of 1 s.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per test (median reported, with best and worst).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Length of each load run.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// The upstream's command, `{port}` replaced (default: the yardstick).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// nginx binary (default: `nginx` on the PATH; `none` to skip it).
+        #[arg(long, default_value = "nginx")]
+        nginx: String,
+        /// Where corelane-proxy and yardstick are (default: next to this program).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+    },
     /// Run the system's wrk with TechEmpower's headers (and the bundled
     /// pipeline.lua) and report its results the same way.
     Wrk {
@@ -120,8 +147,72 @@ enum Command {
     },
 }
 
+fn resolve_bin_dir(given: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    given
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()?
+                .parent()
+                .map(|p| p.to_path_buf())
+        })
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Proxy {
+            out,
+            quick,
+            rounds,
+            duration,
+            upstream,
+            nginx,
+            bin_dir: dir,
+        } => {
+            let dir = resolve_bin_dir(dir);
+            let nginx = match nginx.as_str() {
+                "none" => None,
+                bin => match which(bin) {
+                    Some(p) => Some(p),
+                    None => {
+                        eprintln!("corelane-loadtest: {bin} not found (apt-get install nginx, or --nginx none)");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let o = proxy::ProxyOptions {
+                proxy_bin: dir.join("corelane-proxy"),
+                upstream: upstream.unwrap_or_else(|| {
+                    format!(
+                        "{} --addr 127.0.0.1:{{port}}",
+                        dir.join("yardstick").display()
+                    )
+                }),
+                nginx,
+                rounds: if quick { 1 } else { rounds.max(1) },
+                duration: if quick {
+                    Duration::from_secs(1)
+                } else {
+                    duration
+                },
+                server_cpu: 0,
+                client_cpu: 1,
+                out: out.clone(),
+            };
+            match proxy::compare(&o) {
+                Ok(_) => {
+                    match std::fs::read_to_string(out.join("proxy.md")) {
+                        Ok(md) => println!("{md}"),
+                        Err(e) => eprintln!("corelane-loadtest: reading the report: {e}"),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("corelane-loadtest: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Suite {
             out,
             quick,
@@ -132,15 +223,7 @@ fn main() -> ExitCode {
             bin_dir,
             json,
         } => {
-            let bin_dir = bin_dir
-                .or_else(|| {
-                    std::env::current_exe()
-                        .ok()?
-                        .parent()
-                        .map(|p| p.to_path_buf())
-                })
-                .unwrap_or_default();
-            let mut specs = suite::default_servers(&bin_dir);
+            let mut specs = suite::default_servers(&resolve_bin_dir(bin_dir));
             for s in &servers {
                 let Some((name, command)) = s.split_once('=') else {
                     eprintln!("corelane-loadtest: --server takes NAME=COMMAND, got `{s}`");
@@ -297,4 +380,19 @@ fn print_report(url: &str, o: &RunOptions, r: &Report, server: Option<&scrape::S
             );
         }
     }
+}
+
+/// `bin` as given if it holds a slash, else found on the PATH (nginx lives
+/// in /usr/sbin, which a user's PATH may lack: looked at too).
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    if bin.contains('/') {
+        return Some(std::path::PathBuf::from(bin)).filter(|p| p.exists());
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| std::path::Path::new(d).join(bin))
+        .find(|p| p.exists());
+    found
 }

@@ -252,18 +252,18 @@ fn distribution(name: &str, port: u16, o: &SuiteOptions) -> Result<Spread, Strin
     })
 }
 
-struct Running {
+pub(crate) struct Running {
     child: Child,
     /// The server process (the child of `taskset`/`sh` exec's into it).
     pid: u32,
 }
 
 impl Running {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
@@ -293,7 +293,12 @@ fn start(spec: &ServerSpec, port: u16, cpu: usize) -> Result<Running, String> {
 
 /// Starts `command` (with `{port}` filled in) on the CPUs `cpus` (a taskset
 /// list), and waits until it accepts connections.
-fn start_command(name: &str, command: &str, port: u16, cpus: &str) -> Result<Running, String> {
+pub(crate) fn start_command(
+    name: &str,
+    command: &str,
+    port: u16,
+    cpus: &str,
+) -> Result<Running, String> {
     let command = command.replace("{port}", &port.to_string());
     // `exec` so the pid we hold is the server's own (for /proc and signals).
     let shell = format!("exec {command}");
@@ -367,7 +372,12 @@ fn measure(
 }
 
 /// One generator thread, closed loop, the suite's 5 s response timeout.
-fn closed_loop(connections: usize, duration: Duration, pipeline: usize, close: bool) -> RunOptions {
+pub(crate) fn closed_loop(
+    connections: usize,
+    duration: Duration,
+    pipeline: usize,
+    close: bool,
+) -> RunOptions {
     RunOptions {
         threads: 1,
         connections,
@@ -381,7 +391,7 @@ fn closed_loop(connections: usize, duration: Duration, pipeline: usize, close: b
 }
 
 /// utime + stime of a process, seconds.
-fn cpu_seconds(pid: u32) -> Result<f64, String> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
     let after = &stat[stat.rfind(')').ok_or("bad /proc stat")? + 2..];
@@ -431,7 +441,7 @@ fn idle_rss_per_connection(pid: u32, port: u16, n: usize) -> Result<f64, String>
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
-fn pin_self(cpu: usize) {
+pub(crate) fn pin_self(cpu: usize) {
     // All generator threads are created after this and inherit it.
     let _ = Command::new("taskset")
         .args(["-pc", &cpu.to_string(), &std::process::id().to_string()])
@@ -452,7 +462,7 @@ fn raise_nofile() {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -39,9 +39,18 @@ impl<H: Handler> Worker<H> {
         let mut queue = std::mem::replace(&mut self.ops.queue, spare_queue);
         let mut bytes = std::mem::replace(&mut self.ops.bytes, spare_bytes);
         let done = queue.len().min(OPS_BUDGET);
-        for op in queue.drain(..done) {
-            self.apply(op, &bytes, now);
+        for i in 0..done {
+            // Writes to one connection in a row (a response's head, then
+            // its body) go out in one flush, after the last of them.
+            let then_more = match (queue[i], queue.get(i + 1)) {
+                (Op::Write { conn, .. }, Some(Op::Write { conn: next, .. })) => {
+                    i + 1 < done && conn == *next
+                }
+                _ => false,
+            };
+            self.apply(queue[i], &bytes, now, then_more);
         }
+        queue.drain(..done);
         if queue.is_empty() {
             bytes.clear();
         }
@@ -60,7 +69,9 @@ impl<H: Handler> Worker<H> {
         self.ops.spare_bytes = std::mem::replace(&mut self.ops.bytes, bytes);
     }
 
-    fn apply(&mut self, op: Op, bytes: &[u8], now: Instant) {
+    /// Carries out one operation; `then_more`: another write to the same
+    /// connection follows (flush after that one).
+    fn apply(&mut self, op: Op, bytes: &[u8], now: Instant, then_more: bool) {
         let id = match op {
             Op::Connect {
                 conn,
@@ -89,6 +100,9 @@ impl<H: Handler> Worker<H> {
             Op::Write { at, len, .. } => {
                 conn.append(&mut self.pool, &bytes[at..at + len]);
                 conn.note_output(self.opts.output_low_water);
+                if then_more {
+                    return;
+                }
             }
             // Closing a connection still connecting cancels the connect.
             Op::Close(_) if conn.connect_tag().is_some() => {

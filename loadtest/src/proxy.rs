@@ -1,0 +1,234 @@
+//! `corelane-loadtest proxy`: corelane-proxy against nginx as reverse
+//! proxies of the same upstream, in alternating rounds.
+//!
+//! The upstream (the yardstick: the raw mio loop, or any server command)
+//! and the proxy under test run pinned to one CPU, the generator to the
+//! other; the proxy has one worker (nginx: one process, `master_process
+//! off`, an upstream `keepalive` pool, HTTP/1.1 with `Connection ""`, the
+//! set-up nginx's documentation gives for keep-alive upstreams). What is
+//! reported is the proxy's own CPU time per proxied request and its req/s,
+//! plain and pipelined 16 deep, with the corelane ÷ nginx ratio of each
+//! round (the two ran minutes apart on the same machine) and its median.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::suite::{closed_loop, cpu_seconds, median, pin_self, start_command, Running};
+use crate::{run, Target};
+
+/// Settings of the proxy comparison.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// The corelane-proxy binary.
+    pub proxy_bin: PathBuf,
+    /// The upstream's command, `{port}` replaced.
+    pub upstream: String,
+    /// The nginx binary (`None`: corelane-proxy alone).
+    pub nginx: Option<PathBuf>,
+    /// Rounds per test.
+    pub rounds: usize,
+    /// Length of each load run.
+    pub duration: Duration,
+    /// CPU of the upstream and the proxy.
+    pub server_cpu: usize,
+    /// CPU of the generator.
+    pub client_cpu: usize,
+    /// Output folder (`proxy.md`, `proxy.json`).
+    pub out: PathBuf,
+}
+
+/// One measurement of one proxy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxySample {
+    /// `plaintext` or `pipelined-16`.
+    pub test: String,
+    /// `corelane-proxy` or `nginx`.
+    pub proxy: String,
+    /// Round number.
+    pub round: usize,
+    /// Requests per second through the proxy.
+    pub requests_per_sec: f64,
+    /// The proxy's CPU (user + system) per request, µs.
+    pub cpu_us_per_request: f64,
+    /// p99 latency, µs.
+    pub p99: u64,
+    /// Errors of all kinds.
+    pub errors: u64,
+}
+
+const TESTS: [(&str, usize); 2] = [("plaintext", 1), ("pipelined-16", 16)];
+
+/// Runs the comparison and writes `proxy.md` and `proxy.json`.
+///
+/// # Errors
+///
+/// A message when a server does not start or the output cannot be written.
+pub fn compare(o: &ProxyOptions) -> Result<Vec<ProxySample>, String> {
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    pin_self(o.client_cpu);
+    let cpu = o.server_cpu.to_string();
+    let mut port = 19_000 + (std::process::id() % 500) as u16 * 4;
+    let upstream_port = port;
+    let mut upstream = start_command("upstream", &o.upstream, upstream_port, &cpu)?;
+    let conf_dir = o.out.join("nginx");
+    let mut samples = Vec::new();
+    let mut names = vec!["corelane-proxy"];
+    if o.nginx.is_some() {
+        names.push("nginx");
+    }
+    for round in 1..=o.rounds {
+        for (test, pipeline) in TESTS {
+            let mut order = names.clone();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for name in order {
+                port += 1;
+                let command = match (name, &o.nginx) {
+                    ("nginx", Some(bin)) => nginx_command(bin, &conf_dir, port, upstream_port)?,
+                    _ => format!(
+                        "{} --addr 127.0.0.1:{{port}} --workers 1 --steering kernel --upstream 127.0.0.1:{upstream_port}",
+                        o.proxy_bin.display()
+                    ),
+                };
+                let mut proxy = start_command(name, &command, port, &cpu)?;
+                let sample = measure(test, pipeline, name, round, port, &proxy, o);
+                proxy.stop();
+                let sample = sample?;
+                eprintln!(
+                    "round {round} {test:<14} {name:<16} {:>10.0} req/s  {:>7.2} µs CPU/request  p99 {:>6} µs  errors {}",
+                    sample.requests_per_sec, sample.cpu_us_per_request, sample.p99, sample.errors
+                );
+                samples.push(sample);
+            }
+        }
+    }
+    upstream.stop();
+    write_report(o, &samples)?;
+    Ok(samples)
+}
+
+fn measure(
+    test: &str,
+    pipeline: usize,
+    name: &str,
+    round: usize,
+    port: u16,
+    proxy: &Running,
+    o: &ProxyOptions,
+) -> Result<ProxySample, String> {
+    let target = Target::parse(&format!("http://127.0.0.1:{port}/plaintext"))?;
+    // Warm: pools filled, caches hot.
+    run(
+        &target,
+        &closed_loop(64, Duration::from_millis(300), pipeline, false),
+    )?;
+    let cpu0 = cpu_seconds(proxy.pid())?;
+    let r = run(&target, &closed_loop(64, o.duration, pipeline, false))?;
+    let cpu = cpu_seconds(proxy.pid())? - cpu0;
+    Ok(ProxySample {
+        test: test.to_owned(),
+        proxy: name.to_owned(),
+        round,
+        requests_per_sec: r.requests_per_sec,
+        cpu_us_per_request: cpu * 1e6 / r.requests.max(1) as f64,
+        p99: r.latency_us.p99,
+        errors: r.errors.total(),
+    })
+}
+
+/// Writes an nginx configuration for a reverse proxy on `port` to the
+/// upstream, and returns the command running it in the foreground, one
+/// process.
+fn nginx_command(bin: &Path, dir: &Path, port: u16, upstream: u16) -> Result<String, String> {
+    let dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log crit;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream up {{ server 127.0.0.1:{upstream}; keepalive 32; keepalive_requests 1000000; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 1000000;\n    location / {{\n      proxy_pass http://up;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(format!(
+        "{} -p {d} -c {} -e {d}/error.log",
+        bin.display(),
+        path.display()
+    ))
+}
+
+fn write_report(o: &ProxyOptions, samples: &[ProxySample]) -> Result<(), String> {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# corelane-proxy vs nginx\n\nOne proxy worker and the upstream on CPU {}, the generator on CPU {} (64 connections, {:?} per run, {} rounds, alternating order). CPU is the proxy's own (user + system).\n",
+        o.server_cpu, o.client_cpu, o.duration, o.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| test | proxy | req/s (median) | CPU µs/request (median) | CPU µs/request (best … worst) | p99 µs (median) | errors |\n|---|---|---|---|---|---|---|"
+    );
+    for (test, _) in TESTS {
+        for name in ["corelane-proxy", "nginx"] {
+            let mine: Vec<&ProxySample> = samples
+                .iter()
+                .filter(|s| s.test == test && s.proxy == name)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let cost: Vec<f64> = mine.iter().map(|s| s.cpu_us_per_request).collect();
+            let best = cost.iter().copied().fold(f64::INFINITY, f64::min);
+            let worst = cost.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                md,
+                "| {test} | {name} | {:.0} | {:.2} | {best:.2} … {worst:.2} | {:.0} | {} |",
+                median(mine.iter().map(|s| s.requests_per_sec).collect()),
+                median(cost),
+                median(mine.iter().map(|s| s.p99 as f64).collect()),
+                mine.iter().map(|s| s.errors).sum::<u64>()
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| test | corelane ÷ nginx CPU per request, each round | median |\n|---|---|---|"
+    );
+    for (test, _) in TESTS {
+        let ratios: Vec<f64> = (1..=o.rounds)
+            .filter_map(|round| {
+                let get = |name: &str| {
+                    samples
+                        .iter()
+                        .find(|s| s.test == test && s.proxy == name && s.round == round)
+                        .map(|s| s.cpu_us_per_request)
+                };
+                Some(get("corelane-proxy")? / get("nginx")?)
+            })
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let _ = writeln!(
+            md,
+            "| {test} | {} | {:.2} |",
+            each.join(", "),
+            median(ratios)
+        );
+    }
+    let md_path = o.out.join("proxy.md");
+    std::fs::write(&md_path, md).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    let json_path = o.out.join("proxy.json");
+    let json = serde_json::to_string_pretty(samples).map_err(|e| e.to_string())?;
+    std::fs::write(&json_path, json).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    Ok(())
+}
