@@ -4,9 +4,6 @@
 //! added on request. The request has passed `corelane-http`'s strict
 //! parser first, so nothing ambiguous reaches this point.
 
-use std::io::Write;
-use std::net::IpAddr;
-
 use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
 use crate::hop::{connection_tokens, is_hop_by_hop};
@@ -24,14 +21,15 @@ pub struct Forwarded {
 pub fn write_request(
     buf: &[u8],
     req: &Request<'_>,
-    client: IpAddr,
+    client: &[u8],
     via: bool,
     out: &mut Vec<u8>,
 ) -> Forwarded {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
     // Already parsed whole by `corelane_http::request::parse`.
-    let _ = parsed.parse(&buf[..req.head_len]);
+    let _ = parsed.parse_with_uninit_headers(&buf[..req.head_len], &mut headers);
     let method = parsed.method.unwrap_or("GET");
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -95,7 +93,7 @@ pub fn write_request(
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{client}");
+    out.extend_from_slice(client);
     out.extend_from_slice(b"\r\n");
     if via {
         out.extend_from_slice(b"Via: 1.1 corelane\r\n");
@@ -139,7 +137,7 @@ mod tests {
             panic!("does not parse")
         };
         let mut out = Vec::new();
-        let f = write_request(raw, &req, "10.1.2.3".parse().unwrap(), true, &mut out);
+        let f = write_request(raw, &req, b"10.1.2.3", true, &mut out);
         (String::from_utf8(out).unwrap(), f)
     }
 

@@ -201,7 +201,8 @@ pub enum Role {
 #[derive(Debug)]
 struct Client {
     handle: ConnHandle,
-    ip: IpAddr,
+    /// The peer's address as text, for `X-Forwarded-For`.
+    ip: IpText,
     /// The upstream connection carrying its request, while one is in flight.
     up: Option<usize>,
     /// The request as forwarded (kept for a retry; its capacity is reused).
@@ -247,6 +248,31 @@ struct Upstream {
     timer: Option<TimerId>,
     /// When it last sent the request or received a byte.
     active_since: Instant,
+}
+
+/// An IP address formatted once, when its connection is accepted.
+#[derive(Debug, Clone, Copy)]
+struct IpText {
+    buf: [u8; 45],
+    len: u8,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        use std::io::Write as _;
+        let mut buf = [0u8; 45];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        let len = 45 - w.len();
+        IpText {
+            buf,
+            len: len as u8,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
 }
 
 #[derive(Debug, Default)]
@@ -529,8 +555,13 @@ impl Proxy {
                 }
                 continue;
             }
-            let f =
-                forward::write_request(input.bytes(), &req, c.ip, self.opts.via, &mut c.request);
+            let f = forward::write_request(
+                input.bytes(),
+                &req,
+                c.ip.as_bytes(),
+                self.opts.via,
+                &mut c.request,
+            );
             c.side = ClientSide {
                 head_request: req.method == corelane_http::request::Method::Head,
                 minor: req.minor,
@@ -735,7 +766,7 @@ impl Handler for Proxy {
     fn on_accept(&mut self, conn: &Accepted, _cx: &mut Context<'_>) -> Role {
         Role::Client(self.clients.insert(Client {
             handle: conn.handle,
-            ip: conn.peer.ip(),
+            ip: IpText::new(conn.peer.ip()),
             up: None,
             request: Vec::new(),
             side: ClientSide {

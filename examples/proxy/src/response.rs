@@ -76,10 +76,15 @@ impl ClientSide {
 /// client's connection stays open (`keep_alive` in the result's framing:
 /// `UntilClose` or a decoded chunked body close it).
 pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Vec<u8>) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
     let window = &buf[..buf.len().min(max_head)];
-    let len = match resp.parse(window) {
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        window,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > max_head => {
             return Parsed::Invalid("response head too large")
