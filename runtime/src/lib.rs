@@ -146,6 +146,13 @@ pub mod internals {
     pub use crate::timer::{Entry, Tick, TimerWheel};
 }
 
+/// `docs/handlers.md`: a runnable example of each thing a handler can do
+/// beyond answering (handles, outbound connects, timers, streaming,
+/// mailboxes, offloading, panic isolation), run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/handlers.md")]
+pub struct HandlerDocs;
+
 /// The README's examples, compiled and run as doctests so they stay true
 /// (they use the `cli` feature, which the workspace's binaries turn on).
 #[cfg(all(doctest, feature = "cli"))]

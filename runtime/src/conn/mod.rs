@@ -134,6 +134,11 @@ pub(crate) struct Conn<S> {
     above_low_water: bool,
     /// The tick of this connection's live timer-wheel entry.
     scheduled: Option<Tick>,
+    /// Registered for writable edges too. A connection starts registered
+    /// for readable edges only (each ACK that frees send-buffer space would
+    /// otherwise wake the loop for nothing); the first flush that leaves
+    /// output behind adds writable edges, for good.
+    watch_writable: bool,
 }
 
 impl<S> Conn<S> {
@@ -162,6 +167,7 @@ impl<S> Conn<S> {
             paused: false,
             above_low_water: false,
             scheduled: None,
+            watch_writable: false,
         }
     }
 
@@ -178,6 +184,8 @@ impl<S> Conn<S> {
         Conn {
             user: None,
             phase: Phase::Connecting { deadline, tag },
+            // The connect's outcome comes as a writable edge.
+            watch_writable: true,
             activity: Activity::Idle { since: now },
             ..Conn::new_open(stream, None, generation, id, now)
         }
@@ -218,6 +226,27 @@ impl<S> Conn<S> {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// The readiness this connection is registered for.
+    pub(crate) fn interest(&self) -> mio::Interest {
+        if self.watch_writable {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
+        }
+    }
+
+    /// A flush left output behind and no writable edge is watched for:
+    /// the caller registers for them ([`watching_writable`](Self::watching_writable)).
+    #[inline]
+    pub(crate) fn needs_writable_edges(&self) -> bool {
+        !self.watch_writable && !self.output.is_empty()
+    }
+
+    /// Now registered for writable edges (`yes`), or readable ones only.
+    pub(crate) fn watching_writable(&mut self, yes: bool) {
+        self.watch_writable = yes;
     }
 
     /// The handler's state (`None` only while it is being closed).

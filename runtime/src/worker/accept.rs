@@ -140,13 +140,13 @@ impl<H: Handler> Worker<H> {
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ConnToken::GENERATION_MASK;
         let token = ConnToken { key, generation }.into();
-        // WRITABLE is registered once, edge-triggered, so a partial write never
-        // needs an epoll_ctl: the next edge comes when the buffer drains.
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        // Readable edges only: writable ones are added by the first flush
+        // that leaves output behind (see `Conn::needs_writable_edges`).
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
             tracing::warn!(worker = self.info.index, error = %e, %peer, "registering a connection failed; closing it");
             return;
         }

@@ -95,6 +95,11 @@ impl<H: Handler> Worker<H> {
         match panic::catch(|| handler.on_connected(&connected, &mut cx)) {
             Ok(Some(state)) => {
                 self.conns[key].established(state, now);
+                // The connect's writable edge is over: readable edges only
+                // from here, as for an accepted connection.
+                if self.watch_writable(key, false).is_err() {
+                    return self.close(key, CloseReason::Error, now);
+                }
                 self.drive(key, now);
             }
             // The handler wants no such connection.

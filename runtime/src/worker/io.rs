@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::Worker;
-use crate::conn::{Next, ReadOutcome};
+use crate::conn::{ConnToken, Next, ReadOutcome};
 use crate::context::ConnHandle;
 use crate::handler::{CloseReason, ConnectError, Handler};
 use crate::panic;
@@ -116,10 +116,34 @@ impl<H: Handler> Worker<H> {
         let (writes, bytes) = conn.flush(self.info.index, now)?;
         self.counters.writes += writes;
         self.counters.bytes_written += bytes;
+        if conn.needs_writable_edges() {
+            self.watch_writable(key, true)?;
+        }
+        let conn = &mut self.conns[key];
         if conn.awaits_writable() {
             self.stream_more(key, now)?;
         }
         Ok(())
+    }
+
+    /// Registers connection `key` for writable edges too (`yes`: the socket
+    /// is full and output waits), or readable ones only.
+    #[inline(never)]
+    pub(super) fn watch_writable(&mut self, key: usize, yes: bool) -> Result<(), CloseReason> {
+        let conn = &mut self.conns[key];
+        conn.watching_writable(yes);
+        let token = ConnToken {
+            key,
+            generation: conn.generation(),
+        }
+        .into();
+        let interest = conn.interest();
+        // Modifying re-checks readiness: space freed since the short write
+        // is reported, not lost.
+        self.poll
+            .registry()
+            .reregister(conn.stream_mut(), token, interest)
+            .map_err(|_| CloseReason::Error)
     }
 
     /// Streaming: while the output is below the low-water mark and the

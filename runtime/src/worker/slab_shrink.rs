@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use mio::Interest;
 
 use super::{elapsed_nanos, Worker};
 use crate::conn::ConnToken;
@@ -40,7 +39,7 @@ impl<H: Handler> Worker<H> {
                 generation: conn.generation(),
             }
             .into();
-            let interest = Interest::READABLE | Interest::WRITABLE;
+            let interest = conn.interest();
             if registry
                 .reregister(conn.stream_mut(), token, interest)
                 .is_err()
