@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-
 use super::{elapsed_nanos, Worker};
 use crate::conn::ConnToken;
 use crate::handler::Handler;
