@@ -61,6 +61,58 @@ impl LoadArgs {
     }
 }
 
+/// What the suite and the proxy comparison share: rounds, their length,
+/// where to write, where the binaries are.
+#[derive(Debug, clap::Args)]
+struct RoundArgs {
+    /// Output folder.
+    #[arg(long, default_value = "loadtest-report")]
+    out: std::path::PathBuf,
+    /// A short run for CI: 1 round of 1 s (the suite: 1,000 idle connections).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds per test (the report shows the median).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of each load run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Where the binaries (corelane-http, corelane-proxy, yardstick) are
+    /// (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+}
+
+impl RoundArgs {
+    fn rounds(&self) -> usize {
+        if self.quick {
+            1
+        } else {
+            self.rounds.max(1)
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(1)
+        } else {
+            self.duration
+        }
+    }
+
+    fn bin_dir(&self) -> std::path::PathBuf {
+        self.bin_dir
+            .clone()
+            .or_else(|| {
+                std::env::current_exe()
+                    .ok()?
+                    .parent()
+                    .map(|p| p.to_path_buf())
+            })
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Drive URL with the built-in closed-loop generator and report req/s,
@@ -86,18 +138,8 @@ enum Command {
     /// in alternating rounds, and write report.md, results.json and SVG
     /// charts.
     Suite {
-        /// Output folder.
-        #[arg(long, default_value = "loadtest-report")]
-        out: std::path::PathBuf,
-        /// A short run for CI: 1 round of 1 s, 1,000 idle connections.
-        #[arg(long)]
-        quick: bool,
-        /// Rounds per test (median reported).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Length of each load run.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
+        #[command(flatten)]
+        rounds: RoundArgs,
         /// Idle keep-alive connections for the memory test.
         #[arg(long, default_value_t = 10_000)]
         idle_connections: usize,
@@ -105,9 +147,6 @@ enum Command {
         /// replaced by the port (e.g. `nginx='nginx -c /tmp/nginx.conf'`).
         #[arg(long = "server", value_name = "NAME=COMMAND")]
         servers: Vec<String>,
-        /// Where corelane-http and yardstick are (default: next to this program).
-        #[arg(long)]
-        bin_dir: Option<std::path::PathBuf>,
         /// Print the results as JSON instead of the Markdown report.
         #[arg(long)]
         json: bool,
@@ -117,27 +156,14 @@ enum Command {
     /// other CPU), plain and pipelined-16, in alternating rounds: writes
     /// proxy.md and proxy.json with the proxies' CPU per request.
     Proxy {
-        /// Output folder.
-        #[arg(long, default_value = "loadtest-report")]
-        out: std::path::PathBuf,
-        /// A short run for CI: 1 round of 1 s.
-        #[arg(long)]
-        quick: bool,
-        /// Rounds per test (median reported, with best and worst).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Length of each load run.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
+        #[command(flatten)]
+        rounds: RoundArgs,
         /// The upstream's command, `{port}` replaced (default: the yardstick).
         #[arg(long)]
         upstream: Option<String>,
         /// nginx binary (default: `nginx` on the PATH; `none` to skip it).
         #[arg(long, default_value = "nginx")]
         nginx: String,
-        /// Where corelane-proxy and yardstick are (default: next to this program).
-        #[arg(long)]
-        bin_dir: Option<std::path::PathBuf>,
     },
     /// Run the system's wrk with TechEmpower's headers (and the bundled
     /// pipeline.lua) and report its results the same way.
@@ -147,29 +173,15 @@ enum Command {
     },
 }
 
-fn resolve_bin_dir(given: Option<std::path::PathBuf>) -> std::path::PathBuf {
-    given
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()?
-                .parent()
-                .map(|p| p.to_path_buf())
-        })
-        .unwrap_or_default()
-}
-
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Proxy {
-            out,
-            quick,
             rounds,
-            duration,
             upstream,
             nginx,
-            bin_dir: dir,
         } => {
-            let dir = resolve_bin_dir(dir);
+            let dir = rounds.bin_dir();
+            let out = rounds.out.clone();
             let nginx = match nginx.as_str() {
                 "none" => None,
                 bin => match which(bin) {
@@ -189,12 +201,8 @@ fn main() -> ExitCode {
                     )
                 }),
                 nginx,
-                rounds: if quick { 1 } else { rounds.max(1) },
-                duration: if quick {
-                    Duration::from_secs(1)
-                } else {
-                    duration
-                },
+                rounds: rounds.rounds(),
+                duration: rounds.duration(),
                 server_cpu: 0,
                 client_cpu: 1,
                 out: out.clone(),
@@ -214,16 +222,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Suite {
-            out,
-            quick,
             rounds,
-            duration,
             idle_connections,
             servers,
-            bin_dir,
             json,
         } => {
-            let mut specs = suite::default_servers(&resolve_bin_dir(bin_dir));
+            let out = rounds.out.clone();
+            let mut specs = suite::default_servers(&rounds.bin_dir());
             for s in &servers {
                 let Some((name, command)) = s.split_once('=') else {
                     eprintln!("corelane-loadtest: --server takes NAME=COMMAND, got `{s}`");
@@ -237,13 +242,9 @@ fn main() -> ExitCode {
             }
             let o = suite::SuiteOptions {
                 servers: specs,
-                rounds: if quick { 1 } else { rounds.max(1) },
-                duration: if quick {
-                    Duration::from_secs(1)
-                } else {
-                    duration
-                },
-                idle_connections: if quick { 1000 } else { idle_connections },
+                rounds: rounds.rounds(),
+                duration: rounds.duration(),
+                idle_connections: if rounds.quick { 1000 } else { idle_connections },
                 server_cpu: 0,
                 client_cpu: 1,
                 out: out.clone(),

@@ -167,22 +167,9 @@ fn a_refused_connect_reaches_the_handler_with_its_reason() {
 
 #[test]
 fn a_connect_that_gets_no_answer_times_out() {
-    // A listener that never accepts, its one-slot queue filled: further
-    // SYNs are dropped, and a connect waits for an answer that never comes.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let full = socket.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        let _ = s.connect(&full.into());
-        fillers.push(s);
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    // A listener that never accepts, its queue filled: further SYNs are
+    // dropped, and a connect waits for an answer that never comes.
+    let (full, held) = corelane_test_support::net::unanswering_listener();
     let server = tunnel(full, Duration::from_millis(300));
     let mut c = server.connect();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -194,7 +181,7 @@ fn a_connect_that_gets_no_answer_times_out() {
         "timed out after {took:?}"
     );
     server.stop().unwrap();
-    drop((fillers, socket));
+    drop(held);
 }
 
 /// Posts from outside: a message for the worker is broadcast to every

@@ -7,12 +7,12 @@
 mod util;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use corelane::{CloseReason, Server};
+use corelane_test_support::tracer::Tracer;
 use util::{has_tool, is_root, needs, roundtrip, Echo, TestServer};
 
 /// Both tests trace this whole process: they must not overlap, or one would
@@ -71,31 +71,7 @@ fn bpftrace_counts_equal_the_traffic_and_the_metrics_per_worker() {
     let Some((_serial, server)) = traced_echo_server(300) else {
         return;
     };
-    let mut tracer = Command::new("bpftrace")
-        .args(["-p", &std::process::id().to_string(), "-e", SCRIPT])
-        .env("BPFTRACE_STRLEN", "32")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bpftrace");
-    let mut out = BufReader::new(tracer.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap() == 0 {
-            let mut err = String::new();
-            tracer
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("bpftrace exited before attaching: {err}");
-        }
-        if line.trim() == "READY" {
-            break;
-        }
-    }
+    let tracer = Tracer::attach(SCRIPT);
 
     // Known traffic: 60 connections; 40 close themselves after 3 messages,
     // 20 stay idle until the idle sweep closes them.
@@ -121,14 +97,7 @@ fn bpftrace_counts_equal_the_traffic_and_the_metrics_per_worker() {
     drop(idle);
 
     // Stop bpftrace: on SIGINT it prints its maps and exits.
-    let ok = Command::new("kill")
-        .args(["-INT", &tracer.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let mut dump = String::new();
-    out.read_to_string(&mut dump).unwrap();
-    tracer.wait().unwrap();
+    let dump = tracer.finish();
     // Stale timer entries of closed connections may still expire after the
     // snapshot, each an idle-sweep pass that closes nothing: sweeps are
     // bounded by the snapshots either side of the trace's end.

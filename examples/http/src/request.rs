@@ -325,7 +325,9 @@ fn is_token(s: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn trim(s: &[u8]) -> &[u8] {
+/// `s` without leading and trailing spaces and tabs (optional whitespace,
+/// RFC 9110 §5.6.3).
+pub fn trim(s: &[u8]) -> &[u8] {
     let start = s
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t'))

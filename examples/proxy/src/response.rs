@@ -214,17 +214,7 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     found
 }
 
-pub(crate) fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |i| i + 1);
-    &s[start..end]
-}
+pub(crate) use corelane_http::request::trim;
 
 /// Where a chunked body's decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,6 +1,8 @@
 //! Allocations per proxied request in steady state: a counting allocator
 //! that counts only on the proxy's worker thread (the upstream, a
 //! `corelane-http` server in this process, and the client are not counted).
+//! Usually 0 over 40,000 requests; the bound allows the odd growth of a
+//! table to a new high-water mark, never one allocation per request.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

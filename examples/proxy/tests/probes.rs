@@ -4,14 +4,14 @@
 //! with `connect_failed` for a refused connect. Needs root and bpftrace
 //! (CI installs it and runs this as root).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use corelane::Server;
 use corelane_proxy::{Proxy, ProxyCounters, ProxyOptions};
 use corelane_test_support::require::{has_tool, is_root, needs};
+use corelane_test_support::tracer::Tracer;
 use corelane_test_support::TestServer;
 
 const SCRIPT: &str = r#"
@@ -76,31 +76,7 @@ fn outbound_connections_fire_connect_connected_and_the_io_probes() {
         Server::builder().workers(1).max_input(opts.max_input()),
         Proxy::factory(opts, counters.clone()),
     );
-    let mut tracer = Command::new("bpftrace")
-        .args(["-p", &std::process::id().to_string(), "-e", SCRIPT])
-        .env("BPFTRACE_STRLEN", "32")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bpftrace");
-    let mut out = BufReader::new(tracer.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap() == 0 {
-            let mut err = String::new();
-            tracer
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("bpftrace exited before attaching: {err}");
-        }
-        if line.trim() == "READY" {
-            break;
-        }
-    }
+    let tracer = Tracer::attach(SCRIPT);
     // Four clients, two requests each: the first of each pair goes to the
     // refusing upstream (502), the second to the live one (200), on a pooled
     // connection after the first.
@@ -118,12 +94,7 @@ fn outbound_connections_fire_connect_connected_and_the_io_probes() {
     proxy.wait_for("upstream connects counted", Duration::from_secs(5), |m| {
         m.connects == 5 && m.connect_failures == 4
     });
-    let _ = Command::new("kill")
-        .args(["-INT", &tracer.id().to_string()])
-        .status();
-    let mut dump = String::new();
-    out.read_to_string(&mut dump).unwrap();
-    tracer.wait().unwrap();
+    let dump = tracer.finish();
     let count = |key: &str| {
         dump.lines()
             .find_map(|l| l.strip_prefix(&format!("{key}: ")))

@@ -338,22 +338,7 @@ fn a_refused_or_unanswered_connect_is_a_502() {
     );
 
     // A listener that never accepts, its queue full: SYNs go unanswered.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let full = socket.local_addr().unwrap().as_socket().unwrap();
-    let fillers: Vec<_> = (0..4)
-        .map(|_| {
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            s.set_nonblocking(true).unwrap();
-            let _ = s.connect(&full.into());
-            s
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    let (full, held) = corelane_test_support::net::unanswering_listener();
     let p = proxy_to(&[full], |o| o.connect_timeout = Duration::from_millis(300));
     let started = Instant::now();
     let r = request(p.proxy.addr, &get("/"));
@@ -365,7 +350,7 @@ fn a_refused_or_unanswered_connect_is_a_502() {
     );
     // The client's connection stays usable.
     assert!(!r.closed);
-    drop((fillers, socket));
+    drop(held);
 }
 
 #[test]

@@ -7,9 +7,11 @@
 #![deny(missing_docs)]
 
 pub mod binary;
+pub mod net;
 pub mod proc;
 pub mod require;
 mod server;
+pub mod tracer;
 
 use std::time::{Duration, Instant};
 
