@@ -133,3 +133,61 @@ fn output_that_makes_no_progress_is_closed_at_the_write_timeout() {
     );
     server.stop().unwrap();
 }
+
+/// On a request, writes one line every 100 ms for a second (a response
+/// streamed from timers, as a proxy streams an upstream's body).
+struct Ticker;
+
+impl corelane::Handler for Ticker {
+    type Conn = u32;
+
+    fn on_accept(&mut self, _: &corelane::Accepted, _: &mut corelane::Context<'_>) -> u32 {
+        0
+    }
+
+    fn on_data(
+        &mut self,
+        _: &mut u32,
+        input: &mut corelane::Input<'_>,
+        _: &mut corelane::Output,
+        cx: &mut corelane::Context<'_>,
+    ) -> corelane::Action {
+        input.consume(input.bytes().len());
+        cx.set_timer(cx.conn(), Duration::from_millis(100), 0)
+            .unwrap();
+        corelane::Action::Continue
+    }
+
+    fn on_timer(&mut self, n: Option<&mut u32>, _: u64, cx: &mut corelane::Context<'_>) {
+        let (Some(n), Some(me)) = (n, cx.conn()) else {
+            return;
+        };
+        *n += 1;
+        cx.write(me, format!("line {n}\n").as_bytes()).unwrap();
+        if *n < 10 {
+            cx.set_timer(Some(me), Duration::from_millis(100), 0)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_response_still_being_written_is_not_idle() {
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .idle_timeout(Some(Duration::from_millis(300))),
+        |_| Ticker,
+    );
+    let mut c = server.connect();
+    c.write_all(b"go").unwrap();
+    // A second of output, three idle timeouts long: every line arrives.
+    for n in 1..=10 {
+        assert_eq!(read_line(&mut c), format!("line {n}\n"));
+    }
+    // Then nothing either way: closed at the idle timeout.
+    let start = Instant::now();
+    assert!(closed_within(&mut c, Duration::from_secs(3)).unwrap());
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    server.stop().unwrap();
+}

@@ -645,9 +645,12 @@ impl<S> Conn<S> {
             Activity::New { since } | Activity::Receiving { since } => opts
                 .header_timeout
                 .map(|t| (since + t, CloseReason::HeaderTimeout)),
+            // Idle means nothing either way: bytes still being written
+            // (a response streamed by timers, messages or an upstream)
+            // keep the connection alive as bytes read do.
             Activity::Idle { since } => opts
                 .idle_timeout
-                .map(|t| (since + t, CloseReason::IdleTimeout)),
+                .map(|t| (since.max(self.last_progress) + t, CloseReason::IdleTimeout)),
         }
     }
 
