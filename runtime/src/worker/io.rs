@@ -111,16 +111,26 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 
+    #[inline]
     fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
         let conn = &mut self.conns[key];
         let (writes, bytes) = conn.flush(self.info.index, now)?;
         self.counters.writes += writes;
         self.counters.bytes_written += bytes;
-        if conn.needs_writable_edges() {
+        if conn.needs_writable_edges() || conn.awaits_writable() {
+            return self.after_partial_flush(key, now);
+        }
+        Ok(())
+    }
+
+    /// Off the common path: output was left behind (watch writable edges),
+    /// or the handler waits to stream more.
+    #[inline(never)]
+    fn after_partial_flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+        if self.conns[key].needs_writable_edges() {
             self.watch_writable(key, true)?;
         }
-        let conn = &mut self.conns[key];
-        if conn.awaits_writable() {
+        if self.conns[key].awaits_writable() {
             self.stream_more(key, now)?;
         }
         Ok(())
@@ -128,7 +138,6 @@ impl<H: Handler> Worker<H> {
 
     /// Registers connection `key` for writable edges too (`yes`: the socket
     /// is full and output waits), or readable ones only.
-    #[inline(never)]
     pub(super) fn watch_writable(&mut self, key: usize, yes: bool) -> Result<(), CloseReason> {
         let conn = &mut self.conns[key];
         conn.watching_writable(yes);
