@@ -5,10 +5,14 @@
 # by the extra messages cancels start-up and shutdown.
 #
 #   tools/measure/probe_instructions.sh        (after probe_cost.sh built both)
+#   tools/measure/probe_instructions.sh OLD_ECHO NEW_ECHO ...
+#
+# With binaries given, measures those instead (to compare two builds: the
+# figure moves by a few percent with the loop's batching under valgrind,
+# so compare builds within one run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=target/probe-cost
-[ -x "$out/echo-on" ] && [ -x "$out/echo-off" ] || { echo "run tools/measure/probe_cost.sh first"; exit 1; }
 count() { # binary messages-per-connection -> instructions
   local bin=$1 m=$2 port=$((7600 + RANDOM % 300)) f
   f=$(mktemp)
@@ -19,9 +23,17 @@ count() { # binary messages-per-connection -> instructions
   kill -INT $pid; wait $pid 2>/dev/null || true
   awk '/^summary:|^totals:/ {print $2; exit}' "$f"; rm -f "$f"
 }
+per_message() { # binary -> instructions per extra echoed message
+  local small large
+  small=$(count "$1" 500)
+  large=$(count "$1" 5500)
+  python3 -c "print(($large - $small) / (4 * 5000))"
+}
+if [ $# -gt 0 ]; then
+  for bin in "$@"; do echo "$bin instructions_per_message=$(per_message "$bin")"; done
+  exit 0
+fi
+[ -x "$out/echo-on" ] && [ -x "$out/echo-off" ] || { echo "run tools/measure/probe_cost.sh first"; exit 1; }
 for v in off on; do
-  small=$(count "$out/echo-$v" 500)
-  large=$(count "$out/echo-$v" 5500)
-  per=$(python3 -c "print(($large - $small) / (4 * 5000))")
-  echo "$v instructions_per_message=$per"
+  echo "$v instructions_per_message=$(per_message "$out/echo-$v")"
 done
