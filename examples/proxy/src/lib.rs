@@ -614,15 +614,7 @@ impl Proxy {
                             return Action::Continue;
                         }
                         Parsed::Interim(n) => input.consume(n),
-                        Parsed::Invalid(why) => {
-                            tracing::debug!(worker = self.worker, why, "bad upstream response");
-                            bump(&self.counters.worker(self.worker).bad_responses);
-                            bump(&self.counters.worker(self.worker).bad_gateway);
-                            up.client = None;
-                            self.pools[up.target].outstanding -= 1;
-                            self.client_failed(k, Status::BadGateway, cx);
-                            return Action::Close;
-                        }
+                        Parsed::Invalid(why) => return self.bad_response(u, why, cx),
                         Parsed::Complete(head) => {
                             let _ = cx.write(to, &self.scratch);
                             client.responded = true;
@@ -666,14 +658,7 @@ impl Proxy {
                     });
                     let n = match fed {
                         Ok(n) => n,
-                        Err(why) => {
-                            tracing::debug!(worker = self.worker, why, "bad upstream chunked body");
-                            bump(&self.counters.worker(self.worker).bad_responses);
-                            up.client = None;
-                            self.pools[up.target].outstanding -= 1;
-                            self.client_failed(k, Status::BadGateway, cx);
-                            return Action::Close;
-                        }
+                        Err(why) => return self.bad_response(u, why, cx),
                     };
                     let out = if dechunk { &scratch[..] } else { &bytes[..n] };
                     let _ = cx.write(to, out);
@@ -709,6 +694,23 @@ impl Proxy {
         } else {
             Action::Close
         }
+    }
+
+    /// Upstream `u` sent a malformed or ambiguous response (`why`): its
+    /// client gets a 502 (or, once the response began, is closed), and the
+    /// upstream connection is closed.
+    fn bad_response(&mut self, u: usize, why: &'static str, cx: &mut Context<'_>) -> Action {
+        tracing::debug!(worker = self.worker, why, "bad upstream response");
+        bump(&self.count().bad_responses);
+        let up = &mut self.ups[u];
+        if let Some(k) = up.client.take() {
+            self.pools[up.target].outstanding -= 1;
+            if !self.clients.get(k).is_some_and(|c| c.responded) {
+                bump(&self.count().bad_gateway);
+            }
+            self.client_failed(k, Status::BadGateway, cx);
+        }
+        Action::Close
     }
 
     /// After forwarding `n` more bytes: pauses the upstream once a window

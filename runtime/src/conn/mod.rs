@@ -182,7 +182,6 @@ impl<S> Conn<S> {
         tag: u64,
     ) -> Self {
         Conn {
-            user: None,
             phase: Phase::Connecting { deadline, tag },
             // The connect's outcome comes as a writable edge.
             watch_writable: true,
@@ -211,19 +210,19 @@ impl<S> Conn<S> {
         self.readable = Readable::Yes;
     }
 
-    /// The connect's outcome, once an event came: `Ok(true)` established,
-    /// `Ok(false)` still in progress.
+    /// The connect's outcome, once an event came: `Ok(Some(peer))`
+    /// established, `Ok(None)` still in progress.
     ///
     /// # Errors
     ///
     /// Why it failed.
-    pub(crate) fn connect_outcome(&self) -> io::Result<bool> {
+    pub(crate) fn connect_outcome(&self) -> io::Result<Option<std::net::SocketAddr>> {
         if let Some(e) = self.stream.take_error()? {
             return Err(e);
         }
         match self.stream.peer_addr() {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Ok(peer) => Ok(Some(peer)),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -65,8 +65,8 @@ impl<H: Handler> Worker<H> {
     pub(super) fn connect_event(&mut self, key: usize, tag: u64, now: Instant) {
         let conn = &self.conns[key];
         let error = match conn.connect_outcome() {
-            Ok(false) => return, // not yet: a later event says
-            Ok(true) => return self.established(key, tag, now),
+            Ok(None) => return, // not yet: a later event says
+            Ok(Some(peer)) => return self.established(key, tag, peer, now),
             Err(e) => ConnectError::from_io(&e),
         };
         let id = conn.id();
@@ -75,13 +75,10 @@ impl<H: Handler> Worker<H> {
 
     /// The connect completed: the handler gives the connection its state,
     /// and what was written to it meanwhile goes out.
-    fn established(&mut self, key: usize, tag: u64, now: Instant) {
-        let conn = &mut self.conns[key];
+    fn established(&mut self, key: usize, tag: u64, peer: SocketAddr, now: Instant) {
+        let conn = &self.conns[key];
         let id = conn.id();
         let worker = self.info.index;
-        let Ok(peer) = conn.stream_mut().peer_addr() else {
-            return self.connect_failed(Some(key), id, tag, ConnectError::Refused, now);
-        };
         let connected = Connected {
             peer,
             worker,
