@@ -5,6 +5,114 @@ use std::io::Write;
 
 use crate::handler::CloseReason;
 use crate::metrics::Metrics;
+use crate::WorkerMetrics;
+
+/// The per-worker counter and gauge families: name, type, help, value.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&WorkerMetrics) -> u64,
+);
+
+const FAMILIES: &[Family] = &[
+    (
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |w| w.accepted,
+    ),
+    (
+        "connections_active",
+        "gauge",
+        "Connections open now.",
+        |w| w.active,
+    ),
+    (
+        "outbound_connects_total",
+        "counter",
+        "Outbound connects started.",
+        |w| w.connects,
+    ),
+    (
+        "outbound_connect_failures_total",
+        "counter",
+        "Outbound connects that failed (refused, timed out, ...).",
+        |w| w.connect_failures,
+    ),
+    (
+        "messages_total",
+        "counter",
+        "Mailbox messages and offloaded results handed to the handler.",
+        |w| w.messages,
+    ),
+    (
+        "read_bytes_total",
+        "counter",
+        "Bytes read from connections.",
+        |w| w.bytes_read,
+    ),
+    (
+        "written_bytes_total",
+        "counter",
+        "Bytes written to connections.",
+        |w| w.bytes_written,
+    ),
+    (
+        "read_calls_total",
+        "counter",
+        "read(2) calls that returned bytes.",
+        |w| w.reads,
+    ),
+    (
+        "write_calls_total",
+        "counter",
+        "send(2)/sendmsg(2) calls that wrote bytes.",
+        |w| w.writes,
+    ),
+    (
+        "events_total",
+        "counter",
+        "Readiness events handled.",
+        |w| w.events,
+    ),
+    (
+        "loop_iterations_total",
+        "counter",
+        "Event loop turns.",
+        |w| w.loop_iterations,
+    ),
+    (
+        "accept_pauses_total",
+        "counter",
+        "Accept pauses for lack of descriptors or memory.",
+        |w| w.accept_pauses,
+    ),
+    (
+        "handler_panics_total",
+        "counter",
+        "Handler callbacks that panicked (caught; the worker kept serving).",
+        |w| w.handler_panics,
+    ),
+    (
+        "pool_idle_buffers",
+        "gauge",
+        "Buffers idle in the worker's pool.",
+        |w| w.pool_idle,
+    ),
+    (
+        "pool_lent_buffers",
+        "gauge",
+        "Buffers lent to connections.",
+        |w| w.pool_outstanding,
+    ),
+    (
+        "connection_table_slots",
+        "gauge",
+        "Capacity of the connection table.",
+        |w| w.slab_capacity,
+    ),
+];
 
 impl Metrics {
     /// Appends every worker's counters to `page` in Prometheus text
@@ -12,150 +120,26 @@ impl Metrics {
     /// with the steering program's counters when one is in force.
     pub fn write_prometheus(&self, page: &mut Vec<u8>) {
         let workers = self.snapshot();
-        let mut family =
-            |name: &str, kind: &str, help: &str, value: &dyn Fn(&crate::WorkerMetrics) -> u64| {
+        for &(name, kind, help, value) in FAMILIES {
+            let _ = writeln!(
+                page,
+                "# HELP corelane_{name} {help}\n# TYPE corelane_{name} {kind}"
+            );
+            for w in &workers {
                 let _ = writeln!(
                     page,
-                    "# HELP corelane_{name} {help}\n# TYPE corelane_{name} {kind}"
-                );
-                for w in &workers {
-                    let _ = writeln!(
-                        page,
-                        "corelane_{name}{{worker=\"{}\"}} {}",
-                        w.worker,
-                        value(w)
-                    );
-                }
-            };
-        family(
-            "connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            &|w| w.accepted,
-        );
-        family(
-            "connections_active",
-            "gauge",
-            "Connections open now.",
-            &|w| w.active,
-        );
-        family(
-            "outbound_connects_total",
-            "counter",
-            "Outbound connects started.",
-            &|w| w.connects,
-        );
-        family(
-            "outbound_connect_failures_total",
-            "counter",
-            "Outbound connects that failed (refused, timed out, ...).",
-            &|w| w.connect_failures,
-        );
-        family(
-            "messages_total",
-            "counter",
-            "Mailbox messages and offloaded results handed to the handler.",
-            &|w| w.messages,
-        );
-        family(
-            "read_bytes_total",
-            "counter",
-            "Bytes read from connections.",
-            &|w| w.bytes_read,
-        );
-        family(
-            "written_bytes_total",
-            "counter",
-            "Bytes written to connections.",
-            &|w| w.bytes_written,
-        );
-        family(
-            "read_calls_total",
-            "counter",
-            "read(2) calls that returned bytes.",
-            &|w| w.reads,
-        );
-        family(
-            "write_calls_total",
-            "counter",
-            "send(2)/sendmsg(2) calls that wrote bytes.",
-            &|w| w.writes,
-        );
-        family(
-            "events_total",
-            "counter",
-            "Readiness events handled.",
-            &|w| w.events,
-        );
-        family(
-            "loop_iterations_total",
-            "counter",
-            "Event loop turns.",
-            &|w| w.loop_iterations,
-        );
-        family(
-            "accept_pauses_total",
-            "counter",
-            "Accept pauses for lack of descriptors or memory.",
-            &|w| w.accept_pauses,
-        );
-        family(
-            "handler_panics_total",
-            "counter",
-            "Handler callbacks that panicked (caught; the worker kept serving).",
-            &|w| w.handler_panics,
-        );
-        family(
-            "pool_idle_buffers",
-            "gauge",
-            "Buffers idle in the worker's pool.",
-            &|w| w.pool_idle,
-        );
-        family(
-            "pool_lent_buffers",
-            "gauge",
-            "Buffers lent to connections.",
-            &|w| w.pool_outstanding,
-        );
-        family(
-            "connection_table_slots",
-            "gauge",
-            "Capacity of the connection table.",
-            &|w| w.slab_capacity,
-        );
-        let _ = writeln!(
-            page,
-            "# HELP corelane_connections_closed_total Connections closed, by reason.\n\
-             # TYPE corelane_connections_closed_total counter"
-        );
-        for w in &workers {
-            for reason in CloseReason::ALL {
-                let _ = writeln!(
-                    page,
-                    "corelane_connections_closed_total{{worker=\"{}\",reason=\"{reason}\"}} {}",
+                    "corelane_{name}{{worker=\"{}\"}} {}",
                     w.worker,
-                    w.closed(reason)
+                    value(w)
                 );
             }
         }
-        let _ = writeln!(
-            page,
-            "# HELP corelane_gc_passes_total Reclamation passes, by kind.\n\
-             # TYPE corelane_gc_passes_total counter"
-        );
-        for w in &workers {
-            for (kind, n) in [
-                ("pool_trim", w.pool_trims),
-                ("idle_sweep", w.idle_sweeps),
-                ("slab_shrink", w.slab_shrinks),
-            ] {
-                let _ = writeln!(
-                    page,
-                    "corelane_gc_passes_total{{worker=\"{}\",kind=\"{kind}\"}} {n}",
-                    w.worker
-                );
-            }
-        }
+        write_labelled(page, &workers);
+        self.write_steering(page);
+    }
+
+    /// The steering mode in force and, under eBPF, the program's counters.
+    fn write_steering(&self, page: &mut Vec<u8>) {
         let _ = writeln!(
             page,
             "# HELP corelane_steering_info The steering mode in force.\n\
@@ -183,6 +167,44 @@ impl Metrics {
                  # HELP corelane_steering_generation This process's generation: 1 for the process that loaded the steering program, one more per takeover since.\n\
                  # TYPE corelane_steering_generation gauge\ncorelane_steering_generation {}",
                 st.fallbacks, st.migrated, st.generation
+            );
+        }
+    }
+}
+
+/// The families with a label beside the worker: closes by reason, reclamation
+/// passes by kind.
+fn write_labelled(page: &mut Vec<u8>, workers: &[WorkerMetrics]) {
+    let _ = writeln!(
+        page,
+        "# HELP corelane_connections_closed_total Connections closed, by reason.\n\
+         # TYPE corelane_connections_closed_total counter"
+    );
+    for w in workers {
+        for reason in CloseReason::ALL {
+            let _ = writeln!(
+                page,
+                "corelane_connections_closed_total{{worker=\"{}\",reason=\"{reason}\"}} {}",
+                w.worker,
+                w.closed(reason)
+            );
+        }
+    }
+    let _ = writeln!(
+        page,
+        "# HELP corelane_gc_passes_total Reclamation passes, by kind.\n\
+         # TYPE corelane_gc_passes_total counter"
+    );
+    for w in workers {
+        for (kind, n) in [
+            ("pool_trim", w.pool_trims),
+            ("idle_sweep", w.idle_sweeps),
+            ("slab_shrink", w.slab_shrinks),
+        ] {
+            let _ = writeln!(
+                page,
+                "corelane_gc_passes_total{{worker=\"{}\",kind=\"{kind}\"}} {n}",
+                w.worker
             );
         }
     }

@@ -26,7 +26,10 @@
 //! deadline runs), then goes to [`Phase::Open`] with [`Activity::Idle`]
 //! (we speak first: the idle timeout runs until the peer's first byte).
 
+mod connect;
+mod deadline;
 mod token;
+mod writable;
 
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
@@ -36,11 +39,10 @@ use mio::net::TcpStream;
 
 use crate::buffer::{BufferPool, Input, Output};
 use crate::handler::{Action, CloseReason};
-use crate::options::ServerOptions;
 use crate::panic;
 use crate::probes;
 use crate::sys;
-use crate::timer::{Entry, Tick, TimerWheel};
+use crate::timer::Tick;
 
 pub use token::ConnToken;
 
@@ -171,83 +173,6 @@ impl<S> Conn<S> {
         }
     }
 
-    /// A connection being opened (see [`Phase::Connecting`]); it has no
-    /// handler state until it is established.
-    pub(crate) fn connecting(
-        stream: TcpStream,
-        generation: u32,
-        id: u64,
-        now: Instant,
-        deadline: Instant,
-        tag: u64,
-    ) -> Self {
-        Conn {
-            phase: Phase::Connecting { deadline, tag },
-            // The connect's outcome comes as a writable edge.
-            watch_writable: true,
-            activity: Activity::Idle { since: now },
-            ..Conn::new_open(stream, None, generation, id, now)
-        }
-    }
-
-    /// The handler's tag while the connect is in progress.
-    #[inline]
-    pub(crate) fn connect_tag(&self) -> Option<u64> {
-        match self.phase {
-            Phase::Connecting { tag, .. } => Some(tag),
-            _ => None,
-        }
-    }
-
-    /// The connect completed: the handler's state, and from now on it is
-    /// served as any other connection, idle until the peer's first byte
-    /// (bytes may already be in the socket: read once).
-    pub(crate) fn established(&mut self, user: S, now: Instant) {
-        self.user = Some(user);
-        self.phase = Phase::Open;
-        self.activity = Activity::Idle { since: now };
-        self.last_progress = now;
-        self.readable = Readable::Yes;
-    }
-
-    /// The connect's outcome, once an event came: `Ok(Some(peer))`
-    /// established, `Ok(None)` still in progress.
-    ///
-    /// # Errors
-    ///
-    /// Why it failed.
-    pub(crate) fn connect_outcome(&self) -> io::Result<Option<std::net::SocketAddr>> {
-        if let Some(e) = self.stream.take_error()? {
-            return Err(e);
-        }
-        match self.stream.peer_addr() {
-            Ok(peer) => Ok(Some(peer)),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The readiness this connection is registered for.
-    pub(crate) fn interest(&self) -> mio::Interest {
-        if self.watch_writable {
-            mio::Interest::READABLE | mio::Interest::WRITABLE
-        } else {
-            mio::Interest::READABLE
-        }
-    }
-
-    /// A flush left output behind and no writable edge is watched for:
-    /// the caller registers for them ([`watching_writable`](Self::watching_writable)).
-    #[inline]
-    pub(crate) fn needs_writable_edges(&self) -> bool {
-        !self.watch_writable && !self.output.is_empty()
-    }
-
-    /// Now registered for writable edges (`yes`), or readable ones only.
-    pub(crate) fn watching_writable(&mut self, yes: bool) {
-        self.watch_writable = yes;
-    }
-
     /// The handler's state (`None` only while it is being closed).
     pub(crate) fn state_mut(&mut self) -> Option<&mut S> {
         self.user.as_mut()
@@ -276,38 +201,6 @@ impl<S> Conn<S> {
     pub(crate) fn append(&mut self, pool: &mut BufferPool, bytes: &[u8]) {
         self.output_buffer(pool);
         self.output.extend_from_slice(bytes);
-    }
-
-    /// After output was appended: remember whether it reached `low_water`.
-    pub(crate) fn note_output(&mut self, low_water: usize) {
-        if self.output.len() >= low_water {
-            self.above_low_water = true;
-        }
-    }
-
-    /// The handler asked to hear when the output is below the low-water
-    /// mark (at once if it is).
-    pub(crate) fn notify_writable(&mut self) {
-        self.above_low_water = true;
-    }
-
-    /// Whether the output reached the low-water mark and the handler waits
-    /// to hear when it falls below.
-    #[inline]
-    pub(crate) fn awaits_writable(&self) -> bool {
-        self.above_low_water
-    }
-
-    /// Whether the output just fell below `low_water` after having reached
-    /// it (then the handler hears of it once, and an output buffer is
-    /// ready for it to append to).
-    pub(crate) fn drained_below(&mut self, pool: &mut BufferPool, low_water: usize) -> bool {
-        if !self.above_low_water || self.output.len() >= low_water {
-            return false;
-        }
-        self.above_low_water = false;
-        self.output_buffer(pool);
-        true
     }
 
     /// The state and output, for `on_writable`.
@@ -590,93 +483,6 @@ impl<S> Conn<S> {
             pool.give(buf, now);
         }
         self.user.take()
-    }
-
-    // ----- deadlines ------------------------------------------------------------
-
-    /// Between messages with nothing to write: a keep-alive connection a
-    /// drain may close.
-    pub(crate) fn is_idle_keepalive(&self) -> bool {
-        matches!(self.activity, Activity::Idle { .. })
-            && self.input.is_empty()
-            && self.output.is_empty()
-            && !matches!(
-                self.phase,
-                Phase::Lingering { .. } | Phase::Connecting { .. }
-            )
-    }
-
-    /// The deadline in force and the reason to close at it: lingering,
-    /// stalled output, a message in progress, or idle between messages.
-    /// `grace`: during a drain, an idle keep-alive connection closes at the
-    /// end of the drain grace.
-    pub(crate) fn deadline(
-        &self,
-        opts: &ServerOptions,
-        grace: Option<Instant>,
-    ) -> Option<(Instant, CloseReason)> {
-        let own = self.own_deadline(opts);
-        match grace {
-            Some(g) if self.is_idle_keepalive() => match own {
-                Some((at, reason)) if at < g => Some((at, reason)),
-                _ => Some((g, CloseReason::Shutdown)),
-            },
-            _ => own,
-        }
-    }
-
-    fn own_deadline(&self, opts: &ServerOptions) -> Option<(Instant, CloseReason)> {
-        match self.phase {
-            Phase::Lingering { since } => {
-                return Some((since + opts.linger_timeout, CloseReason::Handler))
-            }
-            // The worker turns this close into the connect's failure
-            // (`ConnectError::TimedOut`).
-            Phase::Connecting { deadline, .. } => return Some((deadline, CloseReason::Error)),
-            _ => {}
-        }
-        if !self.output.is_empty() {
-            return opts
-                .write_timeout
-                .map(|t| (self.last_progress + t, CloseReason::WriteTimeout));
-        }
-        match self.activity {
-            Activity::New { since } | Activity::Receiving { since } => opts
-                .header_timeout
-                .map(|t| (since + t, CloseReason::HeaderTimeout)),
-            // Idle means nothing either way: bytes still being written
-            // (a response streamed by timers, messages or an upstream)
-            // keep the connection alive as bytes read do.
-            Activity::Idle { since } => opts
-                .idle_timeout
-                .map(|t| (since.max(self.last_progress) + t, CloseReason::IdleTimeout)),
-        }
-    }
-
-    /// Makes sure the wheel holds an entry for `key` no later than `at`.
-    /// Deadlines that move later need no new entry: the old one fires, finds
-    /// the deadline moved, and reschedules.
-    pub(crate) fn arm(&mut self, wheel: &mut TimerWheel, key: usize, at: Instant) {
-        let tick = wheel.tick_for(at);
-        if self.scheduled.is_none_or(|s| tick < s) {
-            self.scheduled = Some(wheel.schedule(key, self.generation, at));
-        }
-    }
-
-    /// A wheel entry fired: whether it is this connection's live one (not
-    /// superseded by an earlier entry, nor for an older connection in the
-    /// slot). The connection then has no entry until re-armed.
-    pub(crate) fn fired(&mut self, entry: &Entry) -> bool {
-        if self.generation != entry.generation || self.scheduled != Some(entry.tick) {
-            return false;
-        }
-        self.scheduled = None;
-        true
-    }
-
-    /// Its wheel entry names an old slab key: forget it, to be re-armed.
-    pub(crate) fn forget_timer(&mut self) {
-        self.scheduled = None;
     }
 }
 
