@@ -322,6 +322,16 @@ impl Output {
     /// Records that `n` bytes were written.
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
+        if self.segs.is_empty() {
+            self.pos += n;
+            if self.pending == 0 {
+                self.buf.clear();
+                self.pos = 0;
+            } else {
+                self.compact();
+            }
+            return;
+        }
         while n > 0 {
             match self.segs.front() {
                 Some(Segment::Inline(end)) => {
@@ -358,8 +368,14 @@ impl Output {
             self.buf.clear();
             self.pos = 0;
             self.segs.clear();
-        } else if self.segs.is_empty() && self.pos > self.buf.len() / 2 && self.pos >= 4096 {
-            // Keep the unwritten tail at the front so the buffer does not creep.
+        } else if self.segs.is_empty() {
+            self.compact();
+        }
+    }
+
+    /// Keeps the unwritten tail at the front so the buffer does not creep.
+    fn compact(&mut self) {
+        if self.pos > self.buf.len() / 2 && self.pos >= 4096 {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
@@ -377,9 +393,15 @@ impl Output {
     ) -> io::Result<usize> {
         let mut total = 0;
         while self.pending > 0 {
-            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let cnt = self.slices(&mut iov);
-            match write(&iov[..cnt]) {
+            let written = if self.segs.is_empty() {
+                // The common case, all inline: one slice, no vector to fill.
+                write(&[IoSlice::new(&self.buf[self.pos..])])
+            } else {
+                let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+                let cnt = self.slices(&mut iov);
+                write(&iov[..cnt])
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     total += n;

@@ -1,4 +1,4 @@
-//! An HTTP/1.1 origin server on the corelane runtime, with httparse.
+//! An HTTP/1.1 origin server on the corelane runtime.
 //!
 //! Routes: `GET /plaintext` and `GET /json` (TechEmpower), `GET /` a short
 //! page, `POST /echo` returns the request body, `GET /metrics` the runtime's
@@ -27,6 +27,7 @@ pub mod date;
 /// support, not API.
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod head;
 pub mod request;
 pub mod status;
 

@@ -1,11 +1,12 @@
 //! Request parsing and message framing (RFC 9112), strict where laxness
 //! enables request smuggling.
 //!
-//! The head is parsed by httparse; this module adds what httparse leaves to
+//! The head is scanned by [`head`](crate::head); this module adds what the scan leaves to
 //! the server: the version check, the framing rules for `Content-Length` and
 //! `Transfer-Encoding`, `Host`, `Connection` and `Expect`, and a strict
 //! chunked-body decoder.
 
+use crate::head::{self, eq_lower, HeadError, Scan};
 use crate::status::Status;
 
 /// Most header fields in a request.
@@ -89,19 +90,87 @@ pub enum Parse<'a> {
     Error(Status),
 }
 
+/// What the header fields say about framing and the connection, gathered
+/// while the head is scanned; the first problem found is kept and answered
+/// once the head is complete (as if the fields were judged after it).
+#[derive(Default)]
+struct Fields {
+    content_length: Option<usize>,
+    chunked: bool,
+    transfer_encoding: bool,
+    hosts: usize,
+    close: bool,
+    keep_alive_token: bool,
+    expect_continue: bool,
+    error: Option<Status>,
+}
+
+impl Fields {
+    #[inline]
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        // Dispatch on length first: most headers (Accept, User-Agent, ...)
+        // match no interesting name and cost one comparison.
+        match name.len() {
+            14 if eq_lower(name, b"content-length") => {
+                if self.content_length.is_some() {
+                    self.error = Some(Status::BadRequest); // repeated: smuggling risk
+                    return;
+                }
+                match parse_length(value) {
+                    Some(n) => self.content_length = Some(n),
+                    None => self.error = Some(Status::BadRequest),
+                }
+            }
+            17 if eq_lower(name, b"transfer-encoding") => {
+                if self.transfer_encoding {
+                    self.error = Some(Status::BadRequest);
+                    return;
+                }
+                self.transfer_encoding = true;
+                match transfer_coding(value) {
+                    Ok(()) => self.chunked = true,
+                    Err(status) => self.error = Some(status),
+                }
+            }
+            4 if eq_lower(name, b"host") => self.hosts += 1,
+            10 if eq_lower(name, b"connection") => {
+                if eq_lower(value, b"keep-alive") {
+                    self.keep_alive_token = true;
+                } else {
+                    for token in value.split(|&b| b == b',') {
+                        let token = trim(token);
+                        self.close |= eq_lower(token, b"close");
+                        self.keep_alive_token |= eq_lower(token, b"keep-alive");
+                    }
+                }
+            }
+            6 if eq_lower(name, b"expect") => {
+                if eq_lower(trim(value), b"100-continue") {
+                    self.expect_continue = true;
+                } else {
+                    self.error = Some(Status::ExpectationFailed);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Parses the request at the start of `buf`.
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
-    // Uninitialised: zeroing 64 headers (2 KiB) per request cost more than
-    // parsing the request did.
-    let mut headers =
-        [const { std::mem::MaybeUninit::<httparse::Header<'a>>::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
     // Only the first `max_head` bytes can hold the head: judging no further
     // makes the answer the same however the bytes were split across reads.
     let head_window = &buf[..buf.len().min(limits.max_head)];
-    let head_len = match req.parse_with_uninit_headers(head_window, &mut headers) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
+    let mut fields = Fields::default();
+    let scanned = head::scan(head_window, MAX_HEADERS, |name, value| {
+        fields.field(name, value);
+    });
+    let (line, head_len) = match scanned {
+        Ok(Scan::Complete { line, len }) => (line, len),
+        Ok(Scan::Partial) => {
             return if buf.len() > limits.max_head {
                 Parse::Error(Status::HeaderFieldsTooLarge)
             } else {
@@ -110,8 +179,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
                 }
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Parse::Error(Status::HeaderFieldsTooLarge),
-        Err(httparse::Error::Version) => {
+        Err(HeadError::TooManyFields) => return Parse::Error(Status::HeaderFieldsTooLarge),
+        Err(HeadError::Version) => {
             // Judge the version only on a whole request line, so the answer
             // does not depend on how the bytes were split.
             if !buf.contains(&b'\n') && buf.len() <= limits.max_head {
@@ -125,72 +194,31 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
                 Status::BadRequest
             });
         }
-        Err(_) => return Parse::Error(Status::BadRequest),
+        Err(HeadError::Malformed) => return Parse::Error(Status::BadRequest),
     };
-    let minor = req.version.unwrap_or(1);
-    let method = match req.method.unwrap_or("") {
-        "GET" => Method::Get,
-        "HEAD" => Method::Head,
-        "POST" => Method::Post,
+    if let Some(status) = fields.error {
+        return Parse::Error(status);
+    }
+    let minor = line.minor;
+    let method = match line.method {
+        b"GET" => Method::Get,
+        b"HEAD" => Method::Head,
+        b"POST" => Method::Post,
         _ => Method::Other,
     };
-    let Some(path) = req.path.map(route_path) else {
-        return Parse::Error(Status::BadRequest);
-    };
-
-    let mut content_length: Option<usize> = None;
-    let mut chunked = false;
-    let mut transfer_encoding = false;
-    let mut hosts = 0;
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut expect_continue = false;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        // Dispatch on length first: most headers (Accept, User-Agent, ...)
-        // match no interesting name and cost one comparison.
-        match name.len() {
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                if content_length.is_some() {
-                    return Parse::Error(Status::BadRequest); // repeated: smuggling risk
-                }
-                match parse_length(h.value) {
-                    Some(n) => content_length = Some(n),
-                    None => return Parse::Error(Status::BadRequest),
-                }
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                if transfer_encoding {
-                    return Parse::Error(Status::BadRequest);
-                }
-                transfer_encoding = true;
-                match transfer_coding(h.value) {
-                    Ok(()) => chunked = true,
-                    Err(status) => return Parse::Error(status),
-                }
-            }
-            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                if h.value.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_token = true;
-                } else {
-                    for token in h.value.split(|&b| b == b',') {
-                        let token = trim(token);
-                        close |= token.eq_ignore_ascii_case(b"close");
-                        keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                    }
-                }
-            }
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
-                    expect_continue = minor == 1;
-                } else {
-                    return Parse::Error(Status::ExpectationFailed);
-                }
-            }
-            _ => {}
-        }
-    }
+    let path = route_path(line.target);
+    let Fields {
+        content_length,
+        chunked,
+        transfer_encoding,
+        hosts,
+        close,
+        keep_alive_token,
+        expect_continue,
+        ..
+    } = fields;
+    // `100 Continue` is an HTTP/1.1 interim response.
+    let expect_continue = expect_continue && minor == 1;
     if transfer_encoding && (content_length.is_some() || minor == 0) {
         return Parse::Error(Status::BadRequest);
     }
@@ -243,8 +271,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
 
 /// The path to route on: the query is dropped, and an absolute-form target
 /// (`http://host/path`) is reduced to its path.
-fn route_path(target: &str) -> &[u8] {
-    let mut t = target.as_bytes();
+fn route_path(target: &[u8]) -> &[u8] {
+    let mut t = target;
     if let Some(after) = t
         .strip_prefix(b"http://")
         .or_else(|| t.strip_prefix(b"https://"))
@@ -304,15 +332,15 @@ fn transfer_coding(value: &[u8]) -> Result<(), Status> {
             return Err(Status::BadRequest);
         }
         if let Some(prev) = last {
-            chunked_before_last |= <[u8]>::eq_ignore_ascii_case(prev, b"chunked");
+            chunked_before_last |= eq_lower(prev, b"chunked");
         }
         last = Some(c);
         count += 1;
     }
     match last {
         _ if chunked_before_last => Err(Status::BadRequest),
-        Some(c) if c.eq_ignore_ascii_case(b"chunked") && count == 1 => Ok(()),
-        Some(c) if c.eq_ignore_ascii_case(b"chunked") => Err(Status::NotImplemented),
+        Some(c) if eq_lower(c, b"chunked") && count == 1 => Ok(()),
+        Some(c) if eq_lower(c, b"chunked") => Err(Status::NotImplemented),
         // Chunked must be the final coding of a request (RFC 9112 §6.3).
         Some(c) if is_token(c) => Err(Status::NotImplemented),
         _ => Err(Status::BadRequest),
@@ -629,8 +657,8 @@ mod tests {
 
     #[test]
     fn absolute_form_targets_route_on_their_path() {
-        assert_eq!(route_path("http://example.com/json?x"), b"/json");
-        assert_eq!(route_path("http://example.com"), b"/");
-        assert_eq!(route_path("/a/b"), b"/a/b");
+        assert_eq!(route_path(b"http://example.com/json?x"), b"/json");
+        assert_eq!(route_path(b"http://example.com"), b"/");
+        assert_eq!(route_path(b"/a/b"), b"/a/b");
     }
 }

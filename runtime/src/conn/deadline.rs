@@ -8,7 +8,69 @@ use crate::handler::CloseReason;
 use crate::options::ServerOptions;
 use crate::timer::{Entry, TimerWheel};
 
+/// Which timeout sets a connection's deadline. Under one rule the deadline
+/// only moves later: its base (when the message began, when output or the
+/// connection last made progress) is a time that only grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    Linger,
+    Connect,
+    Write,
+    Header,
+    Idle,
+}
+
 impl<S> Conn<S> {
+    /// The rule that sets the deadline now (ignoring a drain's grace).
+    #[inline]
+    fn rule(&self) -> Rule {
+        match self.phase {
+            Phase::Lingering { .. } => Rule::Linger,
+            Phase::Connecting { .. } => Rule::Connect,
+            _ if !self.output.is_empty() => Rule::Write,
+            _ => match self.activity {
+                Activity::New { .. } | Activity::Receiving { .. } => Rule::Header,
+                Activity::Idle { .. } => Rule::Idle,
+            },
+        }
+    }
+
+    /// Makes sure the wheel holds an entry for `key` no later than the
+    /// deadline in force (see [`deadline`](Self::deadline)). The common
+    /// case, a request answered on a keep-alive connection, costs a
+    /// comparison: the rule is the one last armed for, so the deadline
+    /// only moved later and the entry in the wheel still comes first.
+    #[inline]
+    pub(crate) fn update_timer(
+        &mut self,
+        wheel: &mut TimerWheel,
+        key: usize,
+        opts: &ServerOptions,
+        grace: Option<Instant>,
+    ) {
+        let rule = self.rule();
+        if grace.is_none() && self.scheduled.is_some() && self.armed_rule == Some(rule) {
+            return;
+        }
+        self.rearm(wheel, key, opts, grace, rule);
+    }
+
+    #[inline(never)]
+    fn rearm(
+        &mut self,
+        wheel: &mut TimerWheel,
+        key: usize,
+        opts: &ServerOptions,
+        grace: Option<Instant>,
+        rule: Rule,
+    ) {
+        if let Some((at, _)) = self.deadline(opts, grace) {
+            self.arm(wheel, key, at);
+        }
+        // Under a drain's grace the deadline can move earlier: no shortcut.
+        self.armed_rule = grace.is_none().then_some(rule);
+    }
+
     /// Between messages with nothing to write: a keep-alive connection a
     /// drain may close.
     pub(crate) fn is_idle_keepalive(&self) -> bool {
@@ -71,7 +133,7 @@ impl<S> Conn<S> {
     /// Makes sure the wheel holds an entry for `key` no later than `at`.
     /// Deadlines that move later need no new entry: the old one fires, finds
     /// the deadline moved, and reschedules.
-    pub(crate) fn arm(&mut self, wheel: &mut TimerWheel, key: usize, at: Instant) {
+    fn arm(&mut self, wheel: &mut TimerWheel, key: usize, at: Instant) {
         let tick = wheel.tick_for(at);
         if self.scheduled.is_none_or(|s| tick < s) {
             self.scheduled = Some(wheel.schedule(key, self.generation, at));

@@ -28,6 +28,8 @@
 
 mod connect;
 mod deadline;
+
+use deadline::Rule;
 mod token;
 mod writable;
 
@@ -136,6 +138,10 @@ pub(crate) struct Conn<S> {
     above_low_water: bool,
     /// The tick of this connection's live timer-wheel entry.
     scheduled: Option<Tick>,
+    /// The rule in force when the deadline was last computed (the entry,
+    /// if any, is no later than that deadline): while the rule stays the
+    /// same its deadline only moves later, so nothing needs computing.
+    armed_rule: Option<Rule>,
     /// Registered for writable edges too. A connection starts registered
     /// for readable edges only (each ACK that frees send-buffer space would
     /// otherwise wake the loop for nothing); the first flush that leaves
@@ -169,6 +175,7 @@ impl<S> Conn<S> {
             paused: false,
             above_low_water: false,
             scheduled: None,
+            armed_rule: None,
             watch_writable: false,
         }
     }
@@ -409,7 +416,7 @@ impl<S> Conn<S> {
             .flush_to(|iov| {
                 let n = if iov.len() == 1 {
                     // The common case: one piece, one send(2).
-                    io::Write::write(&mut &*stream, &iov[0])
+                    sys::send(fd, &iov[0])
                 } else {
                     sys::send_vectored(fd, iov)
                 }?;

@@ -20,10 +20,9 @@ impl<H: Handler> Worker<H> {
 
     /// Makes sure the wheel holds an entry no later than the connection's
     /// current deadline.
+    #[inline]
     pub(super) fn update_timer(&mut self, key: usize) {
-        if let Some((at, _)) = self.deadline(key) {
-            self.conns[key].arm(&mut self.wheel, key, at);
-        }
+        self.conns[key].update_timer(&mut self.wheel, key, &self.opts, self.drain_grace_until);
     }
 
     pub(super) fn expire_timers(&mut self, now: Instant) {

@@ -1,0 +1,519 @@
+//! The request head scanner: the request line and the header fields, with
+//! exactly the checks httparse 1.10 makes in its default configuration
+//! (which this crate used before; `tests/head_differential.rs` holds the
+//! two to the same answers), in one pass that hands each field to the
+//! caller instead of filling an array.
+//!
+//! What is checked, byte for byte:
+//!
+//! - empty lines (`CRLF` or `LF`) before the request line are skipped;
+//! - the method is a token (RFC 9110 `tchar`s), then one space;
+//! - the target is one or more bytes of `!`..`~` or `0x80`..`0xFF` that
+//!   form valid UTF-8, then one space;
+//! - the version is exactly `HTTP/1.0` or `HTTP/1.1`, then `CRLF` or `LF`;
+//! - each field name is a token, directly followed by `:`; spaces and tabs
+//!   after the colon are skipped; the value is `HTAB`, `SP`..`~` and
+//!   `0x80`..`0xFF`, ending in `CRLF` or `LF`; trailing spaces and tabs are
+//!   not part of it; no obsolete line folding;
+//! - at most `max_fields` fields (one more, once complete, is an error).
+//!
+//! The scan answers the same for a prefix of the head as httparse does:
+//! [`Scan::Partial`] while every byte so far can still begin a valid head,
+//! an error as soon as one cannot. On x86-64 the target and the values are
+//! scanned 16 bytes at a time (SSE2, which every x86-64 CPU has).
+
+/// Why a head is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// The version is not `HTTP/1.0` or `HTTP/1.1`.
+    Version,
+    /// More header fields than allowed.
+    TooManyFields,
+    /// Any other malformation (a byte not allowed where it is, a missing
+    /// space, a bad line ending).
+    Malformed,
+}
+
+/// The request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line<'a> {
+    /// The method token.
+    pub method: &'a [u8],
+    /// The request target, as sent.
+    pub target: &'a [u8],
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+}
+
+/// What the scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan<'a> {
+    /// The whole head, `len` bytes including its final empty line.
+    Complete {
+        /// The request line.
+        line: Line<'a>,
+        /// Bytes of the head.
+        len: usize,
+    },
+    /// Every byte so far can begin a valid head; more are needed.
+    Partial,
+}
+
+/// Scans the head at the start of `buf`, calling `field(name, value)` for
+/// each header field in order (also for a head that then turns out
+/// partial or malformed: callers act on the fields once the scan is
+/// complete).
+///
+/// # Errors
+///
+/// Why the head is malformed, as soon as a byte shows it.
+pub fn scan<'a>(
+    buf: &'a [u8],
+    max_fields: usize,
+    mut field: impl FnMut(&'a [u8], &'a [u8]),
+) -> Result<Scan<'a>, HeadError> {
+    let Some((line, mut pos)) = request_line(buf)? else {
+        return Ok(Scan::Partial);
+    };
+    let mut fields = 0;
+    loop {
+        let Some(&b) = buf.get(pos) else {
+            return Ok(Scan::Partial);
+        };
+        if b == b'\r' || b == b'\n' {
+            return Ok(match newline(buf, pos, HeadError::Malformed)? {
+                Some(end) => Scan::Complete { line, len: end },
+                None => Scan::Partial,
+            });
+        }
+        let Some((name, value, next)) = header_field(buf, pos)? else {
+            return Ok(Scan::Partial);
+        };
+        fields += 1;
+        if fields > max_fields {
+            return Err(HeadError::TooManyFields);
+        }
+        field(name, value);
+        pos = next;
+    }
+}
+
+/// The request line: `Ok(None)` while partial, else the line and where the
+/// fields begin.
+fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
+    let mut pos = 0;
+    // Empty lines before the request line are skipped.
+    loop {
+        match buf.get(pos) {
+            None => return Ok(None),
+            Some(b'\r') => match buf.get(pos + 1) {
+                None => return Ok(None),
+                Some(b'\n') => pos += 2,
+                Some(_) => return Err(HeadError::Malformed),
+            },
+            Some(b'\n') => pos += 1,
+            Some(_) => break,
+        }
+    }
+    let start = pos;
+    let method_end = if buf[pos..].starts_with(b"GET ") {
+        pos + 3
+    } else {
+        let end = token_end(buf, pos);
+        match buf.get(end) {
+            None => return Ok(None),
+            Some(b' ') if end > pos => end,
+            Some(_) => return Err(HeadError::Malformed),
+        }
+    };
+    pos = method_end + 1;
+    let target_start = pos;
+    let target_end = target_end(buf, pos);
+    match buf.get(target_end) {
+        None => return Ok(None),
+        Some(b' ') if target_end > target_start => {}
+        Some(_) => return Err(HeadError::Malformed),
+    }
+    let target = &buf[target_start..target_end];
+    if !target.is_ascii() && std::str::from_utf8(target).is_err() {
+        return Err(HeadError::Malformed);
+    }
+    pos = target_end + 1;
+    let minor = match buf.get(pos..pos + 8) {
+        Some(b"HTTP/1.1") => 1,
+        Some(b"HTTP/1.0") => 0,
+        Some(_) => return Err(HeadError::Version),
+        None => {
+            // Fewer than 8 bytes: wrong already, or a prefix of a version.
+            let have = &buf[pos..];
+            return if b"HTTP/1."[..have.len().min(7)] == have[..have.len().min(7)] {
+                Ok(None)
+            } else {
+                Err(HeadError::Version)
+            };
+        }
+    };
+    pos += 8;
+    let Some(end) = newline(buf, pos, HeadError::Malformed)? else {
+        return Ok(None);
+    };
+    let line = Line {
+        method: &buf[start..method_end],
+        target,
+        minor,
+    };
+    Ok(Some((line, end)))
+}
+
+/// A field's name, its value, and where the next line begins.
+type Field<'a> = (&'a [u8], &'a [u8], usize);
+
+/// One field starting at `pos` (a byte is there, not a line end): its name,
+/// its value, and where the next line begins; `Ok(None)` while partial.
+#[inline]
+fn header_field(buf: &[u8], pos: usize) -> Result<Option<Field<'_>>, HeadError> {
+    let name_end = token_end(buf, pos);
+    match buf.get(name_end) {
+        None => return Ok(None),
+        Some(b':') if name_end > pos => {}
+        Some(_) => return Err(HeadError::Malformed),
+    }
+    let name = &buf[pos..name_end];
+    let mut at = name_end + 1;
+    // Spaces and tabs after the colon.
+    loop {
+        match buf.get(at) {
+            None => return Ok(None),
+            Some(b' ' | b'\t') => at += 1,
+            Some(_) => break,
+        }
+    }
+    let value_start = at;
+    let value_end = value_end(buf, at);
+    if value_end == buf.len() {
+        return Ok(None);
+    }
+    let Some(next) = newline(buf, value_end, HeadError::Malformed)? else {
+        return Ok(None);
+    };
+    let mut value = &buf[value_start..value_end];
+    while let [rest @ .., b' ' | b'\t'] = value {
+        value = rest;
+    }
+    Ok(Some((name, value, next)))
+}
+
+/// A line end at `pos`: `CRLF` or `LF`. Where the next line begins,
+/// `Ok(None)` if the bytes end first, `error` if another byte is there.
+#[inline]
+fn newline(buf: &[u8], pos: usize, error: HeadError) -> Result<Option<usize>, HeadError> {
+    match buf.get(pos) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some(pos + 1)),
+        Some(b'\r') => match buf.get(pos + 1) {
+            None => Ok(None),
+            Some(b'\n') => Ok(Some(pos + 2)),
+            Some(_) => Err(error),
+        },
+        Some(_) => Err(error),
+    }
+}
+
+/// Whether `s`, bytes of a token or a field value, equals `lower` ignoring
+/// ASCII case. `lower` is lowercase letters, digits and `-` (a header name
+/// or a keyword such as `keep-alive`): for those, setting bit 5 of each
+/// byte of `s` (`| 0x20`) folds case exactly, since no byte a token or a
+/// value may hold becomes one of them that way unless it already matched
+/// (the bytes that would, `CR` and `0x10`..`0x19`, are controls). Eight
+/// bytes are compared at a time.
+#[inline]
+pub fn eq_lower(s: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower
+        .iter()
+        .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let word =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let n = s.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        return s.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b);
+    }
+    let mut i = 0;
+    while i + 8 <= n {
+        if word(s, i) | FOLD != word(lower, i) {
+            return false;
+        }
+        i += 8;
+    }
+    // The last bytes, in the last eight (overlapping what was compared).
+    i == n || word(s, n - 8) | FOLD == word(lower, n - 8)
+}
+
+/// RFC 9110 `tchar`s.
+static TOKEN: [bool; 256] = {
+    let mut map = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        map[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    map
+};
+
+/// Where the token starting at `start` ends: the first byte from `start`
+/// on that is not a token character, or `buf.len()`.
+#[inline]
+fn token_end(buf: &[u8], start: usize) -> usize {
+    // Most names and methods are letters, digits and `-`: those are
+    // skipped 16 at a time; any other token character one at a time.
+    #[cfg(target_arch = "x86_64")]
+    let start =
+        simd::first::<{ simd::NAME }>(buf, start, |c| c.is_ascii_alphanumeric() || c == b'-');
+    buf[start..]
+        .iter()
+        .position(|&c| !TOKEN[c as usize])
+        .map_or(buf.len(), |n| start + n)
+}
+
+/// Where the request target starting at `start` ends: the first byte
+/// that is not `!`..`~` or `0x80`..`0xFF`, or `buf.len()`.
+#[inline]
+fn target_end(buf: &[u8], start: usize) -> usize {
+    let allowed = |c: u8| c > b' ' && c != 0x7F;
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::first::<{ simd::TARGET }>(buf, start, allowed)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar_end(buf, start, allowed)
+    }
+}
+
+/// Where the field value starting at `start` ends: the first byte that is
+/// not `HTAB`, `SP`..`~` or `0x80`..`0xFF`, or `buf.len()`.
+#[inline]
+fn value_end(buf: &[u8], start: usize) -> usize {
+    let allowed = |c: u8| (c >= b' ' && c != 0x7F) || c == b'\t';
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::first::<{ simd::VALUE }>(buf, start, allowed)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        scalar_end(buf, start, allowed)
+    }
+}
+
+/// The first byte from `start` on that `allowed` refuses, or `buf.len()`.
+#[inline]
+fn scalar_end(buf: &[u8], start: usize, allowed: impl Fn(u8) -> bool) -> usize {
+    buf[start..]
+        .iter()
+        .position(|&c| !allowed(c))
+        .map_or(buf.len(), |n| start + n)
+}
+
+/// SSE2 scanning, 16 bytes at a time (SSE2 is part of x86-64, so these
+/// need no run-time detection).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::{
+        __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8, _mm_set_epi64x, _mm_sub_epi8,
+    };
+
+    /// Which bytes a scan stops at.
+    pub(super) const TARGET: u8 = 0;
+    pub(super) const VALUE: u8 = 1;
+    pub(super) const NAME: u8 = 2;
+
+    /// The first byte from `start` on that is not allowed in a target
+    /// (`KIND` [`TARGET`]), a field value ([`VALUE`]), or is not a letter,
+    /// digit or `-` ([`NAME`]); `buf.len()` if none. 16 bytes at a time;
+    /// the last few are judged in the last 16 bytes of `buf` when it has
+    /// that many, one at a time with `allowed` otherwise.
+    #[inline]
+    pub(super) fn first<const KIND: u8>(
+        buf: &[u8],
+        start: usize,
+        allowed: impl Fn(u8) -> bool,
+    ) -> usize {
+        let mut i = start;
+        while let Some(chunk) = buf.get(i..i + 16) {
+            let mask = flagged::<KIND>(chunk);
+            if mask != 0 {
+                return i + mask.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+        if i >= buf.len() {
+            return buf.len();
+        }
+        if buf.len() >= 16 {
+            // Fewer than 16 left: the last 16 of the buffer, minus the
+            // bytes before `i`.
+            let base = buf.len() - 16;
+            let mask = flagged::<KIND>(&buf[base..]) >> (i - base);
+            return if mask != 0 {
+                i + mask.trailing_zeros() as usize
+            } else {
+                buf.len()
+            };
+        }
+        super::scalar_end(buf, i, allowed)
+    }
+
+    /// A bit per byte of `chunk` (16 bytes) that ends a `KIND` scan.
+    #[inline]
+    fn flagged<const KIND: u8>(chunk: &[u8]) -> u32 {
+        let lo = u64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
+        let hi = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
+        // SAFETY: SSE2 is enabled on every x86-64 target (it is part of the
+        // architecture's baseline), which is all `flagged_sse2` needs.
+        unsafe { flagged_sse2::<KIND>(lo, hi) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn flagged_sse2<const KIND: u8>(lo: u64, hi: u64) -> u32 {
+        let v: __m128i = _mm_set_epi64x(hi as i64, lo as i64);
+        // `x <= max` for unsigned bytes.
+        let at_most =
+            |x: __m128i, max: u8| _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(max as i8)), x);
+        let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        let bad = match KIND {
+            TARGET => _mm_or_si128(at_most(v, 0x20), eq(0x7F)),
+            VALUE => _mm_or_si128(_mm_andnot_si128(eq(b'\t'), at_most(v, 0x1F)), eq(0x7F)),
+            _ => {
+                // Letters (case folded), digits and `-` are fine.
+                let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+                let alpha = at_most(_mm_sub_epi8(lower, _mm_set1_epi8(b'a' as i8)), 25);
+                let digit = at_most(_mm_sub_epi8(v, _mm_set1_epi8(b'0' as i8)), 9);
+                let fine = _mm_or_si128(_mm_or_si128(alpha, digit), eq(b'-'));
+                return !(_mm_movemask_epi8(fine) as u32) & 0xFFFF;
+            }
+        };
+        _mm_movemask_epi8(bad) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(buf: &[u8]) -> (Result<Scan<'_>, HeadError>, Vec<(String, String)>) {
+        let mut seen = Vec::new();
+        let r = scan(buf, 64, |n, v| {
+            seen.push((
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ))
+        });
+        (r, seen)
+    }
+
+    #[test]
+    fn a_whole_head() {
+        let buf = b"\r\nGET /p?q HTTP/1.1\r\nHost: x\r\nAccept:  a b \t\r\nE:\r\n\r\nbody";
+        let (r, seen) = fields(buf);
+        assert_eq!(
+            r,
+            Ok(Scan::Complete {
+                line: Line {
+                    method: b"GET",
+                    target: b"/p?q",
+                    minor: 1
+                },
+                len: buf.len() - 4
+            })
+        );
+        assert_eq!(
+            seen,
+            [("Host", "x"), ("Accept", "a b"), ("E", "")]
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_head_is_partial() {
+        let buf = b"PATCH /a/long/enough/target/to/take/two/chunks HTTP/1.0\nX-A: \x80value with obs-text and more than sixteen bytes\n\n";
+        for n in 0..buf.len() {
+            assert_eq!(fields(&buf[..n]).0, Ok(Scan::Partial), "prefix {n}");
+        }
+        assert!(matches!(fields(buf).0, Ok(Scan::Complete { .. })));
+    }
+
+    #[test]
+    fn eq_lower_folds_case_and_nothing_else() {
+        for (s, lower, eq) in [
+            (&b"Content-Length"[..], &b"content-length"[..], true),
+            (b"CONTENT-LENGTH", b"content-length", true),
+            (b"content-lengtH", b"content-length", true),
+            (b"content.length", b"content-length", false),
+            (b"content-lengt", b"content-length", false),
+            (b"Keep-Alive", b"keep-alive", true),
+            (b"Keep_Alive", b"keep-alive", false),
+            (b"HOST", b"host", true),
+            (b"hosT", b"host", true),
+            (b"h@st", b"host", false),
+            (b"100-Continue", b"100-continue", true),
+            (b"100-continu\x05", b"100-continue", false),
+            (b"Transfer-Encoding", b"transfer-encoding", true),
+            (b"Transfer-EncodinG", b"transfer-encoding", true),
+            (b"Transfer-Encodin{", b"transfer-encoding", false),
+        ] {
+            assert_eq!(eq_lower(s, lower), eq, "{}", String::from_utf8_lossy(s));
+        }
+    }
+
+    #[test]
+    fn malformations() {
+        for (bad, why) in [
+            (&b"GET  / HTTP/1.1\r\n\r\n"[..], HeadError::Malformed),
+            (b"G@T / HTTP/1.1\r\n\r\n", HeadError::Malformed),
+            (b"GET /\x7f HTTP/1.1\r\n\r\n", HeadError::Malformed),
+            (b"GET /\xff HTTP/1.1\r\n\r\n", HeadError::Malformed),
+            (b"GET / HTTP/1.2\r\n\r\n", HeadError::Version),
+            (b"GET / HTTP/2", HeadError::Version),
+            (b"GET / HTTP/1.1\rX", HeadError::Malformed),
+            (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", HeadError::Malformed),
+            (b"GET / HTTP/1.1\r\n folded\r\n\r\n", HeadError::Malformed),
+            (b"GET / HTTP/1.1\r\nA: b\x01c\r\n\r\n", HeadError::Malformed),
+            (b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", HeadError::Malformed),
+        ] {
+            assert_eq!(fields(bad).0, Err(why), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_field_after_the_limit_is_an_error_once_complete() {
+        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+        for _ in 0..3 {
+            buf.extend_from_slice(b"A: b\r\n");
+        }
+        assert_eq!(scan(&buf, 2, |_, _| {}), Err(HeadError::TooManyFields));
+        assert_eq!(scan(&buf[..buf.len() - 1], 2, |_, _| {}), Ok(Scan::Partial));
+    }
+}

@@ -1,0 +1,139 @@
+//! The head scanner (`corelane_http::head`) against httparse 1.10, which the
+//! server used before: for the fuzz corpus, every prefix of each input, and
+//! some 200,000 seeded mutations of well-formed heads, both must give the
+//! same answer (complete with the same length, request line and fields;
+//! partial; or the same kind of error). What the server checks must not
+//! change when how it scans does.
+
+use corelane_http::head::{scan, HeadError, Line, Scan};
+
+const MAX: usize = 64;
+
+/// A complete head's request line and length, `None` while partial.
+type Answer<'a> = Result<Option<(Line<'a>, usize)>, HeadError>;
+/// The fields of a complete head, in order.
+type FieldList<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// What httparse says, in the scanner's terms.
+fn httparse_says(buf: &[u8]) -> (Answer<'_>, FieldList<'_>) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let line = Line {
+                method: req.method.unwrap().as_bytes(),
+                target: req.path.unwrap().as_bytes(),
+                minor: req.version.unwrap(),
+            };
+            let fields = req
+                .headers
+                .iter()
+                .map(|h| (h.name.as_bytes(), h.value))
+                .collect();
+            (Ok(Some((line, len))), fields)
+        }
+        Ok(httparse::Status::Partial) => (Ok(None), Vec::new()),
+        Err(httparse::Error::Version) => (Err(HeadError::Version), Vec::new()),
+        Err(httparse::Error::TooManyHeaders) => (Err(HeadError::TooManyFields), Vec::new()),
+        Err(_) => (Err(HeadError::Malformed), Vec::new()),
+    }
+}
+
+fn same_answer(buf: &[u8]) {
+    let mut fields = Vec::new();
+    let ours = scan(buf, MAX, |n, v| fields.push((n, v)));
+    let (theirs, their_fields) = httparse_says(buf);
+    let ours = ours.map(|s| match s {
+        Scan::Complete { line, len } => Some((line, len)),
+        Scan::Partial => None,
+    });
+    assert_eq!(ours, theirs, "input {:?}", String::from_utf8_lossy(buf));
+    if let Ok(Some(_)) = ours {
+        assert_eq!(
+            fields,
+            their_fields,
+            "input {:?}",
+            String::from_utf8_lossy(buf)
+        );
+    }
+}
+
+fn every_prefix(buf: &[u8]) {
+    for n in 0..=buf.len() {
+        same_answer(&buf[..n]);
+    }
+}
+
+const SEEDS: &[&[u8]] = &[
+    b"GET /plaintext HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain,text/html;q=0.9,application/xhtml+xml;q=0.9,application/xml;q=0.8,*/*;q=0.7\r\nConnection: keep-alive\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+    b"\r\n\nHEAD http://example.com/a?b=c HTTP/1.0\nConnection: Keep-Alive, close\nExpect:   100-continue \t\n\n",
+    b"PATCH /\xc3\xa9t\xc3\xa9 HTTP/1.1\r\nX-Empty:\r\nX-Tabs:\t\tv\t\r\nX-Obs: \x80\xff text\r\n\r\n",
+];
+
+#[test]
+fn every_prefix_of_the_seeds() {
+    for seed in SEEDS {
+        every_prefix(seed);
+    }
+}
+
+#[test]
+fn the_fuzz_corpus_and_its_prefixes() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/request");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        every_prefix(&data[..data.len().min(4096)]);
+        n += 1;
+    }
+    assert!(n >= 10, "the seed corpus went missing ({n} files)");
+}
+
+#[test]
+fn too_many_fields_at_the_limit_and_beyond() {
+    for count in [MAX - 1, MAX, MAX + 1, MAX + 2] {
+        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..count {
+            buf.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n");
+        every_prefix(&buf);
+    }
+}
+
+/// Seeded mutations: bytes replaced, inserted or removed, with the bytes
+/// that matter to a head (line ends, spaces, colons, controls, DEL,
+/// obs-text) far more likely than others.
+#[test]
+fn seeded_mutations() {
+    const INTERESTING: &[u8] = b"\r\n \t:\x00\x01\x7f\x80\xff\xc3/HTTP1.0?";
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..200_000 {
+        let mut buf = SEEDS[round % SEEDS.len()].to_vec();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (buf.len() + 1);
+            let byte = if next() % 4 == 0 {
+                next() as u8
+            } else {
+                INTERESTING[(next() as usize) % INTERESTING.len()]
+            };
+            match next() % 3 {
+                0 if at < buf.len() => buf[at] = byte,
+                1 if at < buf.len() => {
+                    buf.remove(at);
+                }
+                _ => buf.insert(at, byte),
+            }
+        }
+        same_answer(&buf);
+        let cut = (next() as usize) % (buf.len() + 1);
+        same_answer(&buf[..cut]);
+    }
+}
