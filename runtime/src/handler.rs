@@ -206,7 +206,13 @@ pub struct Accepted {
 pub enum Action {
     /// Keep the connection open and wait for more bytes.
     Continue,
-    /// Flush the output, then close the connection.
+    /// Flush the output, then close the connection. Input left
+    /// unconsumed makes the close linger (FIN first, then what the peer
+    /// still sends is read and dropped until its FIN or the linger
+    /// timeout), so a reply to a request the handler refused (say, a body
+    /// too large) is not destroyed by a reset: leave the unread bytes
+    /// unconsumed when more may be on their way. A handler that consumed
+    /// everything, on a socket that was drained, is closed at once.
     Close,
 }
 

@@ -109,6 +109,25 @@ fn quit_closes_after_the_reply_without_a_reset() {
 }
 
 #[test]
+fn quit_with_nothing_unread_closes_at_once_without_lingering() {
+    let server = TestServer::start(Server::builder().workers(1), |_| Lines::default());
+    let mut c = server.connect();
+    c.write_all(b"quit\n").unwrap();
+    assert_eq!(read_line(&mut c), "bye\n");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("a clean FIN, not a reset");
+    assert!(rest.is_empty());
+    // Every byte consumed and the socket drained: the server closed at
+    // once (no shutdown, no waiting for our FIN), while we still hold the
+    // connection open. A lingering close would keep it until we close.
+    server.wait_for("closed without lingering", Duration::from_secs(2), |m| {
+        m.closed(CloseReason::Handler) == 1 && m.active == 0
+    });
+    drop(c);
+    server.stop().unwrap();
+}
+
+#[test]
 fn a_request_already_in_the_socket_when_draining_starts_is_answered() {
     let server = TestServer::start(Server::builder().workers(1), |_| Lines::default());
     let mut idle = server.connect();

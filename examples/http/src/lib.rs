@@ -412,7 +412,9 @@ impl Http {
                 }
                 Parse::Error(status) => {
                     self.error(output, status);
-                    input.consume(buf.len());
+                    // Left unconsumed: the close lingers, so the rest of a
+                    // refused request still on its way is read and dropped
+                    // instead of resetting the connection under the reply.
                     self.answered += 1;
                     break Action::Close;
                 }
