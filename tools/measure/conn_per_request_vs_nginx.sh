@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# A connection per request: corelane-http against nginx, server CPU per
+# connection in alternating rounds, and the system calls each makes per
+# connection (strace -c, one short run each).
+#
+#   tools/measure/conn_per_request_vs_nginx.sh [rounds] [seconds]
+#
+# Each server runs one worker (nginx: one process, master_process off,
+# `return 200 "Hello, World!"`, access_log off) pinned to CPU 0; wrk -t1
+# -c16 with `Connection: close` runs on CPU 1, so every request opens and
+# closes a connection. CPU is the server's utime+stime from /proc over the
+# run, divided by the requests wrk counted; the ratio is taken per round.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-3}
+secs=${2:-8}
+for tool in wrk nginx strace; do
+  command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install wrk nginx strace)"; exit 1; }
+done
+cargo build --release -q -p corelane-http
+tck=$(getconf CLK_TCK)
+dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
+conf() { # port -> nginx.conf path
+  local d=$dir/$1; mkdir -p "$d"
+  cat >"$d/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; error_log $d/error.log crit; pid $d/nginx.pid;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $d/body; proxy_temp_path $d/proxy;
+  fastcgi_temp_path $d/fastcgi; uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
+  server { listen 127.0.0.1:$1; location / { default_type text/plain; return 200 "Hello, World!"; } } }
+EOF
+  echo "$d/nginx.conf"
+}
+start() { # server port [prefix...] -> pid
+  local server=$1 port=$2; shift 2
+  if [ "$server" = nginx ]; then
+    "$@" nginx -p "$dir/$port" -c "$(conf "$port")" -e "$dir/$port/error.log" >/dev/null 2>&1 &
+  else
+    "$@" target/release/corelane-http --addr 127.0.0.1:$port --workers 1 --steering kernel >/dev/null 2>&1 &
+  fi
+  echo $!
+  for _ in $(seq 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port)).close()" 2>/dev/null && return
+    sleep 0.1
+  done
+}
+cpu() { awk -v t="$tck" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+load() { taskset -c 1 wrk -t1 -c16 -d"$2"s -H 'Connection: close' "http://127.0.0.1:$1/plaintext" | awk '/requests in/ {print $1}'; }
+port=8700
+echo "round server requests/s cpu_us_per_connection"
+for r in $(seq 1 "$rounds"); do
+  order="corelane-http nginx"; [ $((r % 2)) = 0 ] && order="nginx corelane-http"
+  for server in $order; do
+    port=$((port + 1))
+    pid=$(start $server $port taskset -c 0)
+    load $port 1 >/dev/null
+    c0=$(cpu "$pid"); n=$(load $port "$secs"); c1=$(cpu "$pid")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    python3 -c "print($r, '$server', round($n / $secs), round(($c1 - $c0) * 1e6 / $n, 2))"
+  done
+done | tee "$dir/rounds.txt"
+python3 - "$dir/rounds.txt" <<'EOF'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l[0].isdigit()]
+by = {}
+for r, s, rps, us in rows:
+    by.setdefault(int(r), {})[s] = float(us)
+ratios = [v["corelane-http"] / v["nginx"] for v in by.values() if len(v) == 2]
+for s in ["corelane-http", "nginx"]:
+    print(f"{s}: median {statistics.median(float(u) for _, n, _, u in rows if n == s):.2f} µs CPU per connection")
+print("ratio corelane-http / nginx per round:", ", ".join(f"{x:.2f}" for x in ratios),
+      f"(median {statistics.median(ratios):.2f})")
+EOF
+echo "system calls per connection (strace -c -f, 2 s of load each):"
+for server in corelane-http nginx; do
+  port=$((port + 1))
+  pid=$(start $server $port taskset -c 0 strace -f -c -o "$dir/strace.$server")
+  n=$(load $port 2)
+  # Stop the traced server (strace's child); strace then writes its table.
+  pkill -INT -P "$pid"; wait "$pid" 2>/dev/null || true
+  sleep 0.5
+  python3 - "$dir/strace.$server" "$n" "$server" <<'EOF'
+import sys
+n = int(sys.argv[2]); calls = {}
+for line in open(sys.argv[1]):
+    p = line.split()
+    if len(p) >= 5 and p[0][0].isdigit() and p[-1] not in ("total",):
+        calls[p[-1]] = int(p[3])
+keep = ["accept4", "epoll_ctl", "read", "recvfrom", "write", "writev", "sendto", "shutdown", "close", "epoll_wait"]
+per = {k: calls[k] / n for k in keep if k in calls}
+print(f"  {sys.argv[3]}: {sum(per.values()):.2f} —", ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+EOF
+done

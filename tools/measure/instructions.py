@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""User-space instructions per request under callgrind, for echo and HTTP.
+
+Instruction counts are deterministic to about 1% where CPU time on this
+noisy 2-core machine swings ±15%: they are the figure to optimise, compare
+builds with, and guard in CI.
+
+    cargo build --release -p corelane-http -p corelane-echo
+    python3 tools/measure/instructions.py                     # the table
+    python3 tools/measure/instructions.py --runs 10           # worst and best of ten
+    python3 tools/measure/instructions.py --check .ci/instruction-budgets.json
+
+The method (as DESIGN.md and issue 14 describe it): the server runs with one
+worker under `valgrind --tool=callgrind`, is warmed for 2 s, its counters are
+zeroed (`callgrind_control -z`), the load runs, the counters are dumped
+(`callgrind_control -d`), and the dump's total is divided by the requests the
+client counted. Loads:
+
+| row | load |
+|---|---|
+| echo | `tools/measure/echo_rtt.py -c 4`: 4 connections, one 64-byte message in flight on each (per message) |
+| http plain | `wrk -t1 -c16`, TechEmpower plaintext request |
+| http pipelined-16 | `wrk -t1 -c16 -s loadtest/pipeline.lua -- 16` (requests carrying only Host) |
+| http connection per request | `wrk -t1 -c16 -H 'Connection: close'`: every request on a new connection (per connection) |
+
+Under valgrind the server is the slow side by far, so every loop turn finds
+all 16 (or 4) connections ready and the counts barely move with the
+machine's load. With --check, each figure must be within its budget times
+(1 + margin); the budgets file says why each margin is what it is.
+"""
+import argparse, json, os, re, signal, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+HEADERS = [
+    "-H", "Host: localhost",
+    "-H", "Accept: text/plain,text/html;q=0.9,application/xhtml+xml;q=0.9,"
+          "application/xml;q=0.8,*/*;q=0.7",
+]
+ROWS = ["echo", "http_plain", "http_pipelined_16", "http_connection_per_request"]
+LABELS = {
+    "echo": "echo, per message",
+    "http_plain": "HTTP plain, per request",
+    "http_pipelined_16": "HTTP pipelined-16, per request",
+    "http_connection_per_request": "HTTP connection per request, per connection",
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, what):
+    for _ in range(300):
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited under valgrind (status {proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"{what} did not listen on port {port} within 30 s under valgrind")
+
+
+def wrk(port, args, secs):
+    out = subprocess.run(["wrk", f"-d{secs}s", "-t1", "-c16", *args,
+                          f"http://127.0.0.1:{port}/plaintext"]
+                         + (["--", "16"] if "-s" in args else []),
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"(\d+) requests in", out)
+    if not m:
+        sys.exit(f"could not read wrk's request count:\n{out}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        sys.exit(f"wrk saw errors, the count would be wrong:\n{out}")
+    return int(m.group(1))
+
+
+def echo_load(port, secs):
+    # echo_rtt.py sends -m messages per connection; size the run to `secs`.
+    messages = max(200, 400 * secs)
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools/measure/echo_rtt.py"),
+                    "--port", str(port), "-c", "4", "-m", str(messages)],
+                   check=True, capture_output=True)
+    return 4 * messages
+
+
+def load(row, port, secs):
+    if row == "echo":
+        return echo_load(port, secs)
+    if row == "http_plain":
+        return wrk(port, HEADERS + ["-H", "Connection: keep-alive"], secs)
+    if row == "http_pipelined_16":
+        return wrk(port, ["-s", "loadtest/pipeline.lua"], secs)
+    if row == "http_connection_per_request":
+        return wrk(port, HEADERS + ["-H", "Connection: close"], secs)
+    raise ValueError(row)
+
+
+def measure(row, binary, secs):
+    """Instructions per request (message, connection) for one row."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "cg.out")
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
+             "--addr", f"127.0.0.1:{port}", "--workers", "1", "--steering", "kernel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(port, proc, binary)
+            load(row, port, 2)  # warm: pools, tables and caches at their size
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
+                           capture_output=True)
+            requests = load(row, port, secs)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
+                           capture_output=True)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        dumps = sorted((f for f in os.listdir(d) if f.startswith("cg.out.")),
+                       key=lambda f: os.path.getmtime(os.path.join(d, f)))
+        if not dumps:
+            sys.exit(f"callgrind wrote no dump for {row}")
+        with open(os.path.join(d, dumps[-1]), errors="replace") as f:
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    return int(line.split()[1]) / requests, requests
+    sys.exit(f"no total in the callgrind dump for {row}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--http", default=os.path.join(ROOT, "target/release/corelane-http"))
+    ap.add_argument("--echo", default=os.path.join(ROOT, "target/release/corelane-echo"))
+    ap.add_argument("--secs", type=int, default=5, help="seconds of load per row (default 5)")
+    ap.add_argument("--runs", type=int, default=1, help="measure each row this many times")
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
+    ap.add_argument("--check", metavar="BUDGETS", help="fail if a figure is over its budget")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args()
+    for tool in ["valgrind", "callgrind_control", "wrk"]:
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
+            sys.exit(f"{tool} is not installed (apt-get install valgrind wrk)")
+    budgets = None
+    if args.check:
+        with open(args.check) as f:
+            budgets = json.load(f)
+    rows = [r for r in args.rows.split(",") if r]
+    results = {}
+    for row in rows:
+        binary = args.echo if row == "echo" else args.http
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"{binary} is missing: cargo build --release -p corelane-http -p corelane-echo")
+        figures = [measure(row, binary, args.secs) for _ in range(args.runs)]
+        results[row] = {"per_request": [round(f, 1) for f, _ in figures],
+                        "requests": [n for _, n in figures]}
+        print(f"{row}: {', '.join(f'{f:,.1f}' for f, _ in figures)}", file=sys.stderr)
+    print("| what | instructions | runs (worst, best) |" + (" budget | limit |" if budgets else ""))
+    print("|---|---|---|" + ("---|---|" if budgets else ""))
+    failed = []
+    for row in rows:
+        figs = results[row]["per_request"]
+        line = f"| {LABELS[row]} | {figs[0]:,.1f} | {len(figs)} ({max(figs):,.1f}, {min(figs):,.1f}) |"
+        if budgets:
+            budget, margin = budgets["rows"][row]["budget"], budgets["rows"][row]["margin"]
+            limit = budget * (1 + margin)
+            line += f" {budget:,} | {limit:,.0f} (+{margin:.0%}) |"
+            if max(figs) > limit:
+                failed.append(f"{LABELS[row]}: {max(figs):,.1f} instructions, over the limit "
+                              f"{limit:,.0f} ({budget:,} + {margin:.0%})")
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if failed:
+        print("\ninstruction budgets exceeded:\n  " + "\n  ".join(failed), file=sys.stderr)
+        print("If the cost is deliberate, raise the budget in the same commit and say why.",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
