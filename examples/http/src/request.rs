@@ -1,7 +1,7 @@
 //! Request parsing and message framing (RFC 9112), strict where laxness
 //! enables request smuggling.
 //!
-//! The head is scanned by [`head`](crate::head); this module adds what the scan leaves to
+//! The head is scanned by [`head`](mod@crate::head); this module adds what the scan leaves to
 //! the server: the version check, the framing rules for `Content-Length` and
 //! `Transfer-Encoding`, `Host`, `Connection` and `Expect`, and a strict
 //! chunked-body decoder.
