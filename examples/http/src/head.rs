@@ -41,6 +41,8 @@ pub struct Line<'a> {
     pub method: &'a [u8],
     /// The request target, as sent.
     pub target: &'a [u8],
+    /// Bytes of `target` before its query (`?`), all of it if none.
+    pub path_len: usize,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
 }
@@ -128,21 +130,29 @@ fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
     };
     pos = method_end + 1;
     let target_start = pos;
-    let target_end = target_end(buf, pos);
+    let Target {
+        end: target_end,
+        query,
+        non_ascii,
+    } = target(buf, pos);
     match buf.get(target_end) {
         None => return Ok(None),
         Some(b' ') if target_end > target_start => {}
         Some(_) => return Err(HeadError::Malformed),
     }
     let target = &buf[target_start..target_end];
-    if !target.is_ascii() && std::str::from_utf8(target).is_err() {
+    if non_ascii && std::str::from_utf8(target).is_err() {
         return Err(HeadError::Malformed);
     }
     pos = target_end + 1;
+    const HTTP_11: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+    const HTTP_10: u64 = u64::from_le_bytes(*b"HTTP/1.0");
     let minor = match buf.get(pos..pos + 8) {
-        Some(b"HTTP/1.1") => 1,
-        Some(b"HTTP/1.0") => 0,
-        Some(_) => return Err(HeadError::Version),
+        Some(v) => match u64::from_le_bytes(v.try_into().unwrap_or_default()) {
+            HTTP_11 => 1,
+            HTTP_10 => 0,
+            _ => return Err(HeadError::Version),
+        },
         None => {
             // Fewer than 8 bytes: wrong already, or a prefix of a version.
             let have = &buf[pos..];
@@ -160,6 +170,7 @@ fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
     let line = Line {
         method: &buf[start..method_end],
         target,
+        path_len: query.min(target_end) - target_start,
         minor,
     };
     Ok(Some((line, end)))
@@ -290,24 +301,40 @@ fn token_end(buf: &[u8], start: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     let start =
         simd::first::<{ simd::NAME }>(buf, start, |c| c.is_ascii_alphanumeric() || c == b'-');
-    buf[start..]
-        .iter()
-        .position(|&c| !TOKEN[c as usize])
-        .map_or(buf.len(), |n| start + n)
+    match buf.get(start) {
+        Some(&c) if TOKEN[c as usize] => scalar_end(buf, start, |c| TOKEN[c as usize]),
+        _ => start,
+    }
 }
 
-/// Where the request target starting at `start` ends: the first byte
-/// that is not `!`..`~` or `0x80`..`0xFF`, or `buf.len()`.
+/// A request target's scan: where it ends (the first byte that is not
+/// `!`..`~` or `0x80`..`0xFF`, or `buf.len()`), where its query begins
+/// (the first `?`, or `buf.len()`), and whether it holds bytes above `0x7F`
+/// (which must then form UTF-8).
+struct Target {
+    end: usize,
+    query: usize,
+    non_ascii: bool,
+}
+
 #[inline]
-fn target_end(buf: &[u8], start: usize) -> usize {
-    let allowed = |c: u8| c > b' ' && c != 0x7F;
+fn target(buf: &[u8], start: usize) -> Target {
     #[cfg(target_arch = "x86_64")]
     {
-        simd::first::<{ simd::TARGET }>(buf, start, allowed)
+        simd::target(buf, start)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        scalar_end(buf, start, allowed)
+        let end = scalar_end(buf, start, |c| c > b' ' && c != 0x7F);
+        let t = &buf[start..end];
+        Target {
+            end,
+            query: t
+                .iter()
+                .position(|&c| c == b'?')
+                .map_or(buf.len(), |q| start + q),
+            non_ascii: !t.is_ascii(),
+        }
     }
 }
 
@@ -345,12 +372,11 @@ mod simd {
     };
 
     /// Which bytes a scan stops at.
-    pub(super) const TARGET: u8 = 0;
     pub(super) const VALUE: u8 = 1;
     pub(super) const NAME: u8 = 2;
 
-    /// The first byte from `start` on that is not allowed in a target
-    /// (`KIND` [`TARGET`]), a field value ([`VALUE`]), or is not a letter,
+    /// The first byte from `start` on that is not allowed in a field value
+    /// (`KIND` [`VALUE`]), or is not a letter,
     /// digit or `-` ([`NAME`]); `buf.len()` if none. 16 bytes at a time;
     /// the last few are judged in the last 16 bytes of `buf` when it has
     /// that many, one at a time with `allowed` otherwise.
@@ -385,6 +411,83 @@ mod simd {
         super::scalar_end(buf, i, allowed)
     }
 
+    /// The request target's scan, 16 bytes at a time: its end, its first
+    /// `?` and whether a byte above `0x7F` came before the end.
+    #[inline]
+    pub(super) fn target(buf: &[u8], start: usize) -> super::Target {
+        let mut i = start;
+        let mut query = buf.len();
+        let mut high = 0;
+        loop {
+            let (chunk, skip) = match buf.get(i..i + 16) {
+                Some(chunk) => (chunk, 0),
+                None if i >= buf.len() => break,
+                None if buf.len() >= 16 => (&buf[buf.len() - 16..], i - (buf.len() - 16)),
+                None => {
+                    let end = super::scalar_end(buf, i, |c| c > b' ' && c != 0x7F);
+                    let rest = &buf[i..end];
+                    if query == buf.len() {
+                        query = rest
+                            .iter()
+                            .position(|&c| c == b'?')
+                            .map_or(query, |q| i + q);
+                    }
+                    return super::Target {
+                        end,
+                        query,
+                        non_ascii: high != 0 || !rest.is_ascii(),
+                    };
+                }
+            };
+            let [end, q, hi] = masks_target(chunk).map(|m| m >> skip);
+            let before = if end != 0 {
+                (1u32 << end.trailing_zeros()) - 1
+            } else {
+                u32::MAX
+            };
+            if query == buf.len() && q & before != 0 {
+                query = i + (q & before).trailing_zeros() as usize;
+            }
+            high |= hi & before;
+            if end != 0 {
+                return super::Target {
+                    end: i + end.trailing_zeros() as usize,
+                    query,
+                    non_ascii: high != 0,
+                };
+            }
+            i += 16 - skip;
+        }
+        super::Target {
+            end: buf.len(),
+            query,
+            non_ascii: high != 0,
+        }
+    }
+
+    /// For a target: the bytes that end it, `?`s, and bytes above `0x7F`.
+    #[inline]
+    fn masks_target(chunk: &[u8]) -> [u32; 3] {
+        let lo = u64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
+        let hi = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
+        // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
+        unsafe { masks_target_sse2(lo, hi) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn masks_target_sse2(lo: u64, hi: u64) -> [u32; 3] {
+        let v: __m128i = _mm_set_epi64x(hi as i64, lo as i64);
+        let low = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x20)), v);
+        let end = _mm_or_si128(low, _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7F)));
+        let q = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'?' as i8));
+        [
+            _mm_movemask_epi8(end) as u32,
+            _mm_movemask_epi8(q) as u32,
+            _mm_movemask_epi8(v) as u32,
+        ]
+    }
+
     /// A bit per byte of `chunk` (16 bytes) that ends a `KIND` scan.
     #[inline]
     fn flagged<const KIND: u8>(chunk: &[u8]) -> u32 {
@@ -404,7 +507,6 @@ mod simd {
             |x: __m128i, max: u8| _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(max as i8)), x);
         let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
         let bad = match KIND {
-            TARGET => _mm_or_si128(at_most(v, 0x20), eq(0x7F)),
             VALUE => _mm_or_si128(_mm_andnot_si128(eq(b'\t'), at_most(v, 0x1F)), eq(0x7F)),
             _ => {
                 // Letters (case folded), digits and `-` are fine.
@@ -444,6 +546,7 @@ mod tests {
                 line: Line {
                     method: b"GET",
                     target: b"/p?q",
+                    path_len: 2,
                     minor: 1
                 },
                 len: buf.len() - 4

@@ -206,7 +206,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
         b"POST" => Method::Post,
         _ => Method::Other,
     };
-    let path = route_path(line.target);
+    let path = route_path(line.target, line.path_len);
     let Fields {
         content_length,
         chunked,
@@ -271,7 +271,11 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
 
 /// The path to route on: the query is dropped, and an absolute-form target
 /// (`http://host/path`) is reduced to its path.
-fn route_path(target: &[u8]) -> &[u8] {
+fn route_path(target: &[u8], path_len: usize) -> &[u8] {
+    if target.first() == Some(&b'/') {
+        // Origin form, the common case: the path is what precedes the query.
+        return &target[..path_len];
+    }
     let mut t = target;
     if let Some(after) = t
         .strip_prefix(b"http://")
@@ -657,8 +661,9 @@ mod tests {
 
     #[test]
     fn absolute_form_targets_route_on_their_path() {
-        assert_eq!(route_path(b"http://example.com/json?x"), b"/json");
-        assert_eq!(route_path(b"http://example.com"), b"/");
-        assert_eq!(route_path(b"/a/b"), b"/a/b");
+        assert_eq!(route_path(b"http://example.com/json?x", 23), b"/json");
+        assert_eq!(route_path(b"http://example.com", 18), b"/");
+        assert_eq!(route_path(b"/a/b", 4), b"/a/b");
+        assert_eq!(route_path(b"/a?b=c/d", 2), b"/a");
     }
 }

@@ -20,9 +20,14 @@ fn httparse_says(buf: &[u8]) -> (Answer<'_>, FieldList<'_>) {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => {
+            let target = req.path.unwrap().as_bytes();
             let line = Line {
                 method: req.method.unwrap().as_bytes(),
-                target: req.path.unwrap().as_bytes(),
+                target,
+                path_len: target
+                    .iter()
+                    .position(|&b| b == b'?')
+                    .unwrap_or(target.len()),
                 minor: req.version.unwrap(),
             };
             let fields = req
