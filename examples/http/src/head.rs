@@ -72,24 +72,86 @@ pub enum Scan<'a> {
 pub fn scan<'a>(
     buf: &'a [u8],
     max_fields: usize,
-    mut field: impl FnMut(&'a [u8], &'a [u8]),
+    field: impl FnMut(&'a [u8], &'a [u8]),
 ) -> Result<Scan<'a>, HeadError> {
-    let Some((line, mut pos)) = request_line(buf)? else {
+    let Some((line, pos)) = request_line(buf)? else {
         return Ok(Scan::Partial);
     };
+    Ok(match fields(buf, pos, max_fields, field)? {
+        Some(len) => Scan::Complete { line, len },
+        None => Scan::Partial,
+    })
+}
+
+/// A response's status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusLine<'a> {
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// The three-digit status code (any digits: judging its range is the
+    /// caller's).
+    pub code: u16,
+    /// The reason phrase, as sent; empty when it holds bytes above `0x7F`
+    /// (obsolete text, as httparse reports it).
+    pub reason: &'a [u8],
+}
+
+/// What a response head scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseScan<'a> {
+    /// The whole head, `len` bytes including its final empty line.
+    Complete {
+        /// The status line.
+        status: StatusLine<'a>,
+        /// Bytes of the head.
+        len: usize,
+    },
+    /// Every byte so far can begin a valid head; more are needed.
+    Partial,
+}
+
+/// Scans the response head at the start of `buf` as [`scan`] does a
+/// request's: the status line is `HTTP/1.x SP 3DIGIT`, then `SP reason` or
+/// nothing, then `CRLF` or `LF`; the reason is `HTAB`, `SP`, `!`..`~` and
+/// `0x80`..`0xFF`. The fields follow the same rules as a request's.
+///
+/// # Errors
+///
+/// Why the head is malformed (a missing space after the version is a
+/// [`HeadError::Version`], as httparse says), as soon as a byte shows it.
+pub fn scan_response<'a>(
+    buf: &'a [u8],
+    max_fields: usize,
+    field: impl FnMut(&'a [u8], &'a [u8]),
+) -> Result<ResponseScan<'a>, HeadError> {
+    let Some((status, pos)) = status_line(buf)? else {
+        return Ok(ResponseScan::Partial);
+    };
+    Ok(match fields(buf, pos, max_fields, field)? {
+        Some(len) => ResponseScan::Complete { status, len },
+        None => ResponseScan::Partial,
+    })
+}
+
+/// The header fields from `pos` to the empty line that ends the head:
+/// where the head ends, `Ok(None)` while partial.
+#[inline(always)]
+fn fields<'a>(
+    buf: &'a [u8],
+    mut pos: usize,
+    max_fields: usize,
+    mut field: impl FnMut(&'a [u8], &'a [u8]),
+) -> Result<Option<usize>, HeadError> {
     let mut fields = 0;
     loop {
         let Some(&b) = buf.get(pos) else {
-            return Ok(Scan::Partial);
+            return Ok(None);
         };
         if b == b'\r' || b == b'\n' {
-            return Ok(match newline(buf, pos, HeadError::Malformed)? {
-                Some(end) => Scan::Complete { line, len: end },
-                None => Scan::Partial,
-            });
+            return newline(buf, pos, HeadError::Malformed);
         }
         let Some((name, value, next)) = header_field(buf, pos)? else {
-            return Ok(Scan::Partial);
+            return Ok(None);
         };
         fields += 1;
         if fields > max_fields {
@@ -100,11 +162,11 @@ pub fn scan<'a>(
     }
 }
 
-/// The request line: `Ok(None)` while partial, else the line and where the
-/// fields begin.
-fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
+/// Empty lines (`CRLF` or `LF`) before a start line are skipped: where the
+/// start line begins, `Ok(None)` while only empty lines are there.
+#[inline(always)]
+fn skip_empty_lines(buf: &[u8]) -> Result<Option<usize>, HeadError> {
     let mut pos = 0;
-    // Empty lines before the request line are skipped.
     loop {
         match buf.get(pos) {
             None => return Ok(None),
@@ -114,9 +176,85 @@ fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
                 Some(_) => return Err(HeadError::Malformed),
             },
             Some(b'\n') => pos += 1,
-            Some(_) => break,
+            Some(_) => return Ok(Some(pos)),
         }
     }
+}
+
+/// `HTTP/1.1` or `HTTP/1.0` at `pos`: the minor version, `Ok(None)` while
+/// fewer than 8 bytes are there and they begin `HTTP/1.`.
+#[inline(always)]
+fn version(buf: &[u8], pos: usize) -> Result<Option<u8>, HeadError> {
+    const HTTP_11: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+    const HTTP_10: u64 = u64::from_le_bytes(*b"HTTP/1.0");
+    match buf.get(pos..pos + 8) {
+        Some(v) => match u64::from_le_bytes(v.try_into().unwrap_or_default()) {
+            HTTP_11 => Ok(Some(1)),
+            HTTP_10 => Ok(Some(0)),
+            _ => Err(HeadError::Version),
+        },
+        None => {
+            // Fewer than 8 bytes: wrong already, or a prefix of a version.
+            let have = &buf[pos.min(buf.len())..];
+            if b"HTTP/1."[..have.len().min(7)] == have[..have.len().min(7)] {
+                Ok(None)
+            } else {
+                Err(HeadError::Version)
+            }
+        }
+    }
+}
+
+/// The status line: `Ok(None)` while partial, else the line and where the
+/// fields begin.
+fn status_line(buf: &[u8]) -> Result<Option<(StatusLine<'_>, usize)>, HeadError> {
+    let Some(mut pos) = skip_empty_lines(buf)? else {
+        return Ok(None);
+    };
+    let Some(minor) = version(buf, pos)? else {
+        return Ok(None);
+    };
+    pos += 8;
+    match buf.get(pos) {
+        None => return Ok(None),
+        Some(b' ') => pos += 1,
+        Some(_) => return Err(HeadError::Version),
+    }
+    let mut code = 0u16;
+    for _ in 0..3 {
+        match buf.get(pos) {
+            None => return Ok(None),
+            Some(&d @ b'0'..=b'9') => code = code * 10 + u16::from(d - b'0'),
+            Some(_) => return Err(HeadError::Malformed),
+        }
+        pos += 1;
+    }
+    let reason_start = match buf.get(pos) {
+        None => return Ok(None),
+        Some(b' ') => pos + 1,
+        Some(b'\r' | b'\n') => pos,
+        Some(_) => return Err(HeadError::Malformed),
+    };
+    // The reason allows exactly what a field value does.
+    let reason_end = value_end(buf, reason_start);
+    let Some(next) = newline(buf, reason_end, HeadError::Malformed)? else {
+        return Ok(None);
+    };
+    let reason = &buf[reason_start..reason_end];
+    let status = StatusLine {
+        minor,
+        code,
+        reason: if reason.is_ascii() { reason } else { b"" },
+    };
+    Ok(Some((status, next)))
+}
+
+/// The request line: `Ok(None)` while partial, else the line and where the
+/// fields begin.
+fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
+    let Some(mut pos) = skip_empty_lines(buf)? else {
+        return Ok(None);
+    };
     let start = pos;
     let method_end = if buf[pos..].starts_with(b"GET ") {
         pos + 3
@@ -145,23 +283,8 @@ fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
         return Err(HeadError::Malformed);
     }
     pos = target_end + 1;
-    const HTTP_11: u64 = u64::from_le_bytes(*b"HTTP/1.1");
-    const HTTP_10: u64 = u64::from_le_bytes(*b"HTTP/1.0");
-    let minor = match buf.get(pos..pos + 8) {
-        Some(v) => match u64::from_le_bytes(v.try_into().unwrap_or_default()) {
-            HTTP_11 => 1,
-            HTTP_10 => 0,
-            _ => return Err(HeadError::Version),
-        },
-        None => {
-            // Fewer than 8 bytes: wrong already, or a prefix of a version.
-            let have = &buf[pos..];
-            return if b"HTTP/1."[..have.len().min(7)] == have[..have.len().min(7)] {
-                Ok(None)
-            } else {
-                Err(HeadError::Version)
-            };
-        }
+    let Some(minor) = version(buf, pos)? else {
+        return Ok(None);
     };
     pos += 8;
     let Some(end) = newline(buf, pos, HeadError::Malformed)? else {
@@ -181,7 +304,7 @@ type Field<'a> = (&'a [u8], &'a [u8], usize);
 
 /// One field starting at `pos` (a byte is there, not a line end): its name,
 /// its value, and where the next line begins; `Ok(None)` while partial.
-#[inline]
+#[inline(always)]
 fn header_field(buf: &[u8], pos: usize) -> Result<Option<Field<'_>>, HeadError> {
     let name_end = token_end(buf, pos);
     match buf.get(name_end) {

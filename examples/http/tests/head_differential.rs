@@ -1,11 +1,11 @@
 //! The head scanner (`corelane_http::head`) against httparse 1.10, which the
-//! server used before: for the fuzz corpus, every prefix of each input, and
+//! server (requests) and the proxy (responses) used before: for the fuzz corpus, every prefix of each input, and
 //! some 200,000 seeded mutations of well-formed heads, both must give the
 //! same answer (complete with the same length, request line and fields;
 //! partial; or the same kind of error). What the server checks must not
 //! change when how it scans does.
 
-use corelane_http::head::{scan, HeadError, Line, Scan};
+use corelane_http::head::{scan, scan_response, HeadError, Line, ResponseScan, Scan, StatusLine};
 
 const MAX: usize = 64;
 
@@ -140,5 +140,98 @@ fn seeded_mutations() {
         same_answer(&buf);
         let cut = (next() as usize) % (buf.len() + 1);
         same_answer(&buf[..cut]);
+    }
+}
+
+/// What httparse says of a response head, in the scanner's terms.
+fn httparse_says_response(
+    buf: &[u8],
+) -> (
+    Result<Option<(StatusLine<'_>, usize)>, HeadError>,
+    FieldList<'_>,
+) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let status = StatusLine {
+                minor: resp.version.unwrap(),
+                code: resp.code.unwrap(),
+                reason: resp.reason.unwrap().as_bytes(),
+            };
+            let fields = resp
+                .headers
+                .iter()
+                .map(|h| (h.name.as_bytes(), h.value))
+                .collect();
+            (Ok(Some((status, len))), fields)
+        }
+        Ok(httparse::Status::Partial) => (Ok(None), Vec::new()),
+        Err(httparse::Error::Version) => (Err(HeadError::Version), Vec::new()),
+        Err(httparse::Error::TooManyHeaders) => (Err(HeadError::TooManyFields), Vec::new()),
+        Err(_) => (Err(HeadError::Malformed), Vec::new()),
+    }
+}
+
+fn same_response_answer(buf: &[u8]) {
+    let mut fields = Vec::new();
+    let ours = scan_response(buf, MAX, |n, v| fields.push((n, v))).map(|s| match s {
+        ResponseScan::Complete { status, len } => Some((status, len)),
+        ResponseScan::Partial => None,
+    });
+    let (theirs, their_fields) = httparse_says_response(buf);
+    assert_eq!(ours, theirs, "input {:?}", String::from_utf8_lossy(buf));
+    if let Ok(Some(_)) = ours {
+        assert_eq!(
+            fields,
+            their_fields,
+            "input {:?}",
+            String::from_utf8_lossy(buf)
+        );
+    }
+}
+
+const RESPONSES: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nServer: corelane\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!",
+    b"\r\nHTTP/1.0 404 Not \tFound\nConnection: close\n\n",
+    b"HTTP/1.1 204\r\nX-A:\r\n\r\n",
+    b"HTTP/1.1 503 Service \x80 Unavailable\r\nRetry-After:  5 \r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+];
+
+#[test]
+fn responses_every_prefix_and_seeded_mutations() {
+    for seed in RESPONSES {
+        for n in 0..=seed.len() {
+            same_response_answer(&seed[..n]);
+        }
+    }
+    const INTERESTING: &[u8] = b"\r\n \t:\x00\x01\x7f\x80\xff09HTTP1.0";
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..100_000 {
+        let mut buf = RESPONSES[round % RESPONSES.len()].to_vec();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (buf.len() + 1);
+            let byte = if next() % 4 == 0 {
+                next() as u8
+            } else {
+                INTERESTING[(next() as usize) % INTERESTING.len()]
+            };
+            match next() % 3 {
+                0 if at < buf.len() => buf[at] = byte,
+                1 if at < buf.len() => {
+                    buf.remove(at);
+                }
+                _ => buf.insert(at, byte),
+            }
+        }
+        same_response_answer(&buf);
+        let cut = (next() as usize) % (buf.len() + 1);
+        same_response_answer(&buf[..cut]);
     }
 }

@@ -4,6 +4,7 @@
 //! added on request. The request has passed `corelane-http`'s strict
 //! parser first, so nothing ambiguous reaches this point.
 
+use corelane_http::head::{self, eq_lower, Scan};
 use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
 use crate::hop::{connection_tokens, is_hop_by_hop};
@@ -16,6 +17,43 @@ pub struct Forwarded {
     pub idempotent: bool,
 }
 
+/// What the fields said, as they were written.
+#[derive(Default)]
+struct Fields<'a> {
+    host: bool,
+    had_framing: bool,
+    /// The first `X-Forwarded-For` value, extended with the client at the
+    /// end.
+    xff: Option<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    /// Writes one field as forwarded, unless it is hop-by-hop, listed in
+    /// `Connection` (`listed`), re-framed or folded.
+    fn write(&mut self, name: &'a [u8], value: &'a [u8], listed: &[&[u8]], out: &mut Vec<u8>) {
+        if eq_lower(name, b"content-length") || eq_lower(name, b"transfer-encoding") {
+            self.had_framing = true;
+            return;
+        }
+        if is_hop_by_hop(name)
+            || eq_lower(name, b"expect")
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+        {
+            return;
+        }
+        if eq_lower(name, b"x-forwarded-for") && self.xff.is_none() {
+            // Folded into one field at the end, with the client appended.
+            self.xff = Some(value);
+            return;
+        }
+        self.host |= eq_lower(name, b"host");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes the request at the start of `buf` (parsed as `req`), as sent to
 /// the upstream, into `out` (cleared first).
 pub fn write_request(
@@ -25,65 +63,50 @@ pub fn write_request(
     via: bool,
     out: &mut Vec<u8>,
 ) -> Forwarded {
-    let mut headers =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    // Already parsed whole by `corelane_http::request::parse`.
-    let _ = parsed.parse_with_uninit_headers(&buf[..req.head_len], &mut headers);
-    let method = parsed.method.unwrap_or("GET");
+    let head = &buf[..req.head_len];
     out.clear();
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parsed.path.unwrap_or("/").as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // One pass writes the fields; the fields `Connection` lists are known
+    // only once it is seen, so when it lists any (rare: `close` and
+    // `keep-alive` name no field), a second pass writes them again
+    // without those.
     let mut listed: [&[u8]; 16] = [b""; 16];
     let mut n_listed = 0;
-    let mut host = false;
-    let mut had_framing = false;
-    for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
-            for t in connection_tokens(h.value) {
-                if n_listed < listed.len() {
+    let mut fields = Fields::default();
+    let scanned = head::scan(head, MAX_HEADERS, |name, value| {
+        if eq_lower(name, b"connection") {
+            for t in connection_tokens(value) {
+                if n_listed < listed.len() && !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive")
+                {
                     listed[n_listed] = t;
                     n_listed += 1;
                 }
             }
         }
+        fields.write(name, value, &[], out);
+    });
+    let (method, target): (&[u8], &[u8]) = match scanned {
+        Ok(Scan::Complete { line, .. }) => (line.method, line.target),
+        _ => (b"GET", b"/"),
+    };
+    if n_listed > 0 {
+        out.clear();
+        fields = Fields::default();
+        let _ = head::scan(head, MAX_HEADERS, |name, value| {
+            fields.write(name, value, &listed[..n_listed], out);
+        });
     }
-    let listed = &listed[..n_listed];
-    let mut xff: Option<&[u8]> = None;
-    for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-        {
-            had_framing = true;
-            continue;
-        }
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"expect")
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            // Folded into one field below, with the client appended.
-            if xff.is_none() {
-                xff = Some(h.value);
-                continue;
-            }
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-            continue;
-        }
-        host |= name.eq_ignore_ascii_case(b"host");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
+    // The request line goes before the fields: built after them, moved in front.
+    let fields_len = out.len();
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.rotate_left(fields_len);
+    let Fields {
+        host,
+        had_framing,
+        xff,
+    } = fields;
     if !host {
         // An HTTP/1.0 request may lack Host; HTTP/1.1 requires one.
         out.extend_from_slice(b"Host: upstream\r\n");
@@ -118,7 +141,7 @@ pub fn write_request(
     Forwarded {
         idempotent: matches!(
             method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
         ),
     }
 }
@@ -144,7 +167,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_forwarding_headers_come() {
         let (out, f) = forward(
-            b"GET /a?b=1 HTTP/1.1\r\nHost: example\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\nTE: trailers\r\nUpgrade: websocket\r\nX-Forwarded-For: 1.1.1.1\r\nAccept: */*\r\n\r\n",
+            b"GET /a?b=1 HTTP/1.1\r\nHost: example\r\nX-Private: 1\r\nConnection: keep-alive, X-Private\r\nTE: trailers\r\nUpgrade: websocket\r\nX-Forwarded-For: 1.1.1.1\r\nAccept: */*\r\n\r\n",
         );
         assert_eq!(
             out,

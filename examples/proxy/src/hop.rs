@@ -1,5 +1,7 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1): what a proxy never forwards.
 
+use corelane_http::head::eq_lower;
+
 /// Whether `name` is a hop-by-hop header, or one the proxy re-frames
 /// itself (`Content-Length` of requests is written anew, `Transfer-Encoding`
 /// decoded), so never copied as is.
@@ -13,7 +15,8 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         b"upgrade",
         b"trailer",
     ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    // `eq_lower` compares lengths first: most names cost one comparison each.
+    NAMES.iter().any(|n| eq_lower(name, n))
 }
 
 /// The tokens of a `Connection` header value (the headers it names are

@@ -4,6 +4,8 @@
 //! decoder. A response whose framing is ambiguous is refused (502), never
 //! forwarded.
 
+use corelane_http::head::{self, eq_lower, HeadError, ResponseScan};
+
 use crate::hop::{connection_tokens, is_hop_by_hop};
 
 /// Most header fields in a response.
@@ -76,71 +78,81 @@ impl ClientSide {
 /// client's connection stays open (`keep_alive` in the result's framing:
 /// `UntilClose` or a decoded chunked body close it).
 pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Vec<u8>) -> Parsed {
-    let mut headers =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
     let window = &buf[..buf.len().min(max_head)];
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        window,
-        &mut headers,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > max_head => {
-            return Parsed::Invalid("response head too large")
-        }
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid("too many header fields"),
-        Err(_) => return Parsed::Invalid("malformed response head"),
-    };
-    let status = resp.code.unwrap_or(0);
-    let minor = resp.version.unwrap_or(1);
-    if !(100..=599).contains(&status) {
-        return Parsed::Invalid("status code out of range");
-    }
-    if status == 101 {
-        // Upgrade is never asked for (the proxy drops it from requests).
-        return Parsed::Invalid("unrequested protocol switch");
-    }
-    if status < 200 {
-        return Parsed::Interim(len);
-    }
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut listed: [&[u8]; 16] = [b""; 16];
     let mut n_listed = 0;
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = parse_length(h.value) else {
-                return Parsed::Invalid("bad Content-Length");
+    // The first problem a field shows, judged once the head is whole.
+    let mut invalid: Option<&'static str> = None;
+    // The fields are written as they are scanned; the status line is put
+    // in front of them at the end. When `Connection` lists fields (rare:
+    // `close` and `keep-alive` name none), a second pass writes them again
+    // without those.
+    out.clear();
+    let scanned = head::scan_response(window, MAX_HEADERS, |name, value| {
+        write_field(name, value, client, &[], out);
+        if invalid.is_some() {
+            return;
+        }
+        if eq_lower(name, b"content-length") {
+            let Some(n) = parse_length(value) else {
+                invalid = Some("bad Content-Length");
+                return;
             };
             if content_length.is_some_and(|c| c != n) {
-                return Parsed::Invalid("conflicting Content-Length");
+                invalid = Some("conflicting Content-Length");
+                return;
             }
             content_length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if chunked || !trim(h.value).eq_ignore_ascii_case(b"chunked") {
-                return Parsed::Invalid("unsupported Transfer-Encoding");
+        } else if eq_lower(name, b"transfer-encoding") {
+            if chunked || !eq_lower(trim(value), b"chunked") {
+                invalid = Some("unsupported Transfer-Encoding");
+                return;
             }
             chunked = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in connection_tokens(h.value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                if n_listed < listed.len() {
+        } else if eq_lower(name, b"connection") {
+            for token in connection_tokens(value) {
+                let is_close = eq_lower(token, b"close");
+                let is_keep_alive = eq_lower(token, b"keep-alive");
+                close |= is_close;
+                keep_alive_token |= is_keep_alive;
+                if n_listed < listed.len() && !is_close && !is_keep_alive {
                     listed[n_listed] = token;
                     n_listed += 1;
                 }
             }
         }
+    });
+    let (status, len) = match scanned {
+        Ok(ResponseScan::Complete { status, len }) => (status, len),
+        Ok(ResponseScan::Partial) if buf.len() > max_head => {
+            return Parsed::Invalid("response head too large")
+        }
+        Ok(ResponseScan::Partial) => return Parsed::Partial,
+        Err(HeadError::TooManyFields) => return Parsed::Invalid("too many header fields"),
+        Err(_) => return Parsed::Invalid("malformed response head"),
+    };
+    let (code, minor) = (status.code, status.minor);
+    if !(100..=599).contains(&code) {
+        return Parsed::Invalid("status code out of range");
+    }
+    if code == 101 {
+        // Upgrade is never asked for (the proxy drops it from requests).
+        return Parsed::Invalid("unrequested protocol switch");
+    }
+    if code < 200 {
+        return Parsed::Interim(len);
+    }
+    if let Some(why) = invalid {
+        return Parsed::Invalid(why);
     }
     if chunked && content_length.is_some() {
         return Parsed::Invalid("both Content-Length and Transfer-Encoding");
     }
-    let framing = if client.head_request || status == 204 || status == 304 {
+    let framing = if client.head_request || code == 204 || code == 304 {
         Framing::Empty
     } else if chunked {
         Framing::Chunked
@@ -152,25 +164,20 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     let reusable = framing != Framing::UntilClose && !close && (minor == 1 || keep_alive_token);
     let keep_client = keeps_client(framing, client);
 
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let listed = &listed[..n_listed];
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        let keep_te = name.eq_ignore_ascii_case(b"transfer-encoding") && !client.dechunk();
-        if !keep_te && (is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)))
-        {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+    if n_listed > 0 {
+        out.clear();
+        let listed = &listed[..n_listed];
+        let _ = head::scan_response(window, MAX_HEADERS, |name, value| {
+            write_field(name, value, client, listed, out);
+        });
     }
+    let fields_len = out.len();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.reason);
+    out.extend_from_slice(b"\r\n");
+    out.rotate_left(fields_len);
     if client.via {
         out.extend_from_slice(b"Via: 1.1 corelane\r\n");
     }
@@ -181,11 +188,31 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     }
     out.extend_from_slice(b"\r\n");
     Parsed::Complete(Head {
-        status,
+        status: code,
         len,
         framing,
         reusable,
     })
+}
+
+/// Writes one response field for the client, unless it is hop-by-hop or
+/// listed in `Connection` (`listed`); `Transfer-Encoding` is kept for a
+/// client that gets the chunked body as is.
+fn write_field(
+    name: &[u8],
+    value: &[u8],
+    client: &ClientSide,
+    listed: &[&[u8]],
+    out: &mut Vec<u8>,
+) {
+    let keep_te = eq_lower(name, b"transfer-encoding") && !client.dechunk();
+    if !keep_te && (is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name))) {
+        return;
+    }
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether the client's connection stays open after a response with this
@@ -390,7 +417,8 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped_and_the_rest_kept() {
         let mut out = Vec::new();
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\nhi";
+        // X-Secret comes before the Connection field that names it.
+        let r = b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nContent-Length: 2\r\nConnection: x-secret, keep-alive\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\nhi";
         let Parsed::Complete(h) = parse_head(r, 8192, &client(), &mut out) else {
             panic!()
         };
