@@ -104,7 +104,7 @@ fn a_handle_writes_to_and_closes_other_connections_and_a_stale_one_is_refused() 
 }
 
 /// `pause` pauses the sender's reading for 150 ms (a connection timer
-/// resumes it); `in <ms> <tag>` sets a timer that writes `tag <tag>`;
+/// resumes it); `hold` too, leaving the rest of the read unconsumed; `in <ms> <tag>` sets a timer that writes `tag <tag>`;
 /// `cancel` sets one and cancels it; anything else is echoed.
 #[derive(Default)]
 struct Timed {
@@ -139,6 +139,14 @@ impl Handler for Timed {
                     cx.set_timer(Some(me), Duration::from_millis(150), RESUME)
                         .unwrap();
                     // What follows in this read is still answered.
+                }
+                ["hold"] => {
+                    // Pause and leave the rest of this read unconsumed:
+                    // resuming must present it without new bytes.
+                    cx.pause_reading(me).unwrap();
+                    cx.set_timer(Some(me), Duration::from_millis(150), RESUME)
+                        .unwrap();
+                    break;
                 }
                 ["in", ms, tag] => {
                     let after = Duration::from_millis(ms.parse().unwrap());
@@ -219,6 +227,22 @@ fn pausing_reading_holds_the_bytes_until_resumed() {
     std::thread::sleep(Duration::from_millis(20));
     let start = Instant::now();
     c.get_mut().write_all(b"after\n").unwrap();
+    assert_eq!(line(&mut c), "after\n");
+    let held = start.elapsed();
+    assert!(
+        held >= Duration::from_millis(100),
+        "answered after {held:?}: reading was not paused"
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn resuming_presents_input_held_unconsumed_without_new_bytes() {
+    let server = TestServer::start(Server::builder().workers(1), |_| Timed::default());
+    let mut c = BufReader::new(server.connect());
+    let start = Instant::now();
+    // One write: `after` arrives with `hold` and waits in the input.
+    c.get_mut().write_all(b"hold\nafter\n").unwrap();
     assert_eq!(line(&mut c), "after\n");
     let held = start.elapsed();
     assert!(

@@ -190,10 +190,13 @@ impl<S> Conn<S> {
         self.paused = true;
     }
 
-    /// Reads again, at once: bytes may have arrived while paused.
+    /// Reads again. Bytes that arrived while paused are known: their edge
+    /// was recorded (events keep coming while paused, only reading
+    /// stops), and a socket not drained before the pause is still marked
+    /// readable. Reading without either would only hear `EAGAIN` (it did,
+    /// once per proxied request, before this).
     pub(crate) fn resume(&mut self) {
         self.paused = false;
-        self.recheck_readable();
     }
 
     /// Gives the output a pooled buffer to append to, if it holds none.
@@ -256,6 +259,12 @@ impl<S> Conn<S> {
         if self.readable == Readable::No {
             self.readable = Readable::Yes;
         }
+    }
+
+    /// Whether input held unconsumed may be handed to the handler now
+    /// (reading is not paused and the connection is open).
+    pub(crate) fn takes_input(&self) -> bool {
+        !self.paused && self.phase == Phase::Open
     }
 
     /// Whether the socket should be read now.

@@ -115,7 +115,7 @@ impl<H: Handler> Worker<H> {
             }
             Op::Resume(_) => {
                 conn.resume();
-                if conn.has_input() && conn.wants_read() {
+                if conn.has_input() && conn.takes_input() {
                     // Bytes read before the pause wait unconsumed: no new
                     // edge will bring them back to the handler.
                     if let Err(reason) = self.call_handler(key, now) {
