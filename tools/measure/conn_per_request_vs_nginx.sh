@@ -4,6 +4,10 @@
 # connection (strace -c, one short run each).
 #
 #   tools/measure/conn_per_request_vs_nginx.sh [rounds] [seconds]
+#   CORELANE_ARGS='--defer-accept 1s' NGINX_LISTEN=deferred tools/measure/conn_per_request_vs_nginx.sh 3 6
+#
+# (both servers with TCP_DEFER_ACCEPT: a connection is accepted only once
+# its request has arrived)
 #
 # Each server runs one worker (nginx: one process, master_process off,
 # `return 200 "Hello, World!"`, access_log off) pinned to CPU 0; wrk -t1
@@ -27,7 +31,7 @@ daemon off; master_process off; worker_processes 1; error_log $d/error.log crit;
 events { worker_connections 4096; }
 http { access_log off; client_body_temp_path $d/body; proxy_temp_path $d/proxy;
   fastcgi_temp_path $d/fastcgi; uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
-  server { listen 127.0.0.1:$1; location / { default_type text/plain; return 200 "Hello, World!"; } } }
+  server { listen 127.0.0.1:$1 ${NGINX_LISTEN:-}; location / { default_type text/plain; return 200 "Hello, World!"; } } }
 EOF
   echo "$d/nginx.conf"
 }
@@ -36,7 +40,8 @@ start() { # server port [prefix...] -> pid
   if [ "$server" = nginx ]; then
     "$@" nginx -p "$dir/$port" -c "$(conf "$port")" -e "$dir/$port/error.log" >/dev/null 2>&1 &
   else
-    "$@" target/release/corelane-http --addr 127.0.0.1:$port --workers 1 --steering kernel >/dev/null 2>&1 &
+    # shellcheck disable=SC2086 # CORELANE_ARGS is a list of options
+    "$@" target/release/corelane-http --addr 127.0.0.1:$port --workers 1 --steering kernel ${CORELANE_ARGS:-} >/dev/null 2>&1 &
   fi
   echo $!
   for _ in $(seq 100); do
