@@ -107,27 +107,25 @@ fn too_many_fields_at_the_limit_and_beyond() {
     }
 }
 
-/// Seeded mutations: bytes replaced, inserted or removed, with the bytes
-/// that matter to a head (line ends, spaces, colons, controls, DEL,
-/// obs-text) far more likely than others.
-#[test]
-fn seeded_mutations() {
-    const INTERESTING: &[u8] = b"\r\n \t:\x00\x01\x7f\x80\xff\xc3/HTTP1.0?";
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+/// Seeded mutations of `seeds`: bytes replaced, inserted or removed, with
+/// the bytes that matter to a head (`interesting`: line ends, spaces,
+/// colons, controls, DEL, obs-text) far more likely than others. Each
+/// mutant and a random prefix of it go to `check`.
+fn mutations(seeds: &[&[u8]], interesting: &[u8], rounds: usize, mut rng: u64, check: fn(&[u8])) {
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         rng
     };
-    for round in 0..200_000 {
-        let mut buf = SEEDS[round % SEEDS.len()].to_vec();
+    for round in 0..rounds {
+        let mut buf = seeds[round % seeds.len()].to_vec();
         for _ in 0..1 + next() % 3 {
             let at = (next() as usize) % (buf.len() + 1);
             let byte = if next() % 4 == 0 {
                 next() as u8
             } else {
-                INTERESTING[(next() as usize) % INTERESTING.len()]
+                interesting[(next() as usize) % interesting.len()]
             };
             match next() % 3 {
                 0 if at < buf.len() => buf[at] = byte,
@@ -137,10 +135,22 @@ fn seeded_mutations() {
                 _ => buf.insert(at, byte),
             }
         }
-        same_answer(&buf);
+        check(&buf);
         let cut = (next() as usize) % (buf.len() + 1);
-        same_answer(&buf[..cut]);
+        check(&buf[..cut]);
     }
+}
+
+#[test]
+fn seeded_mutations() {
+    let interesting = b"\r\n \t:\x00\x01\x7f\x80\xff\xc3/HTTP1.0?";
+    mutations(
+        SEEDS,
+        interesting,
+        200_000,
+        0x9E37_79B9_7F4A_7C15,
+        same_answer,
+    );
 }
 
 /// What httparse says of a response head, in the scanner's terms.
@@ -205,33 +215,12 @@ fn responses_every_prefix_and_seeded_mutations() {
             same_response_answer(&seed[..n]);
         }
     }
-    const INTERESTING: &[u8] = b"\r\n \t:\x00\x01\x7f\x80\xff09HTTP1.0";
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    for round in 0..100_000 {
-        let mut buf = RESPONSES[round % RESPONSES.len()].to_vec();
-        for _ in 0..1 + next() % 3 {
-            let at = (next() as usize) % (buf.len() + 1);
-            let byte = if next() % 4 == 0 {
-                next() as u8
-            } else {
-                INTERESTING[(next() as usize) % INTERESTING.len()]
-            };
-            match next() % 3 {
-                0 if at < buf.len() => buf[at] = byte,
-                1 if at < buf.len() => {
-                    buf.remove(at);
-                }
-                _ => buf.insert(at, byte),
-            }
-        }
-        same_response_answer(&buf);
-        let cut = (next() as usize) % (buf.len() + 1);
-        same_response_answer(&buf[..cut]);
-    }
+    let interesting = b"\r\n \t:\x00\x01\x7f\x80\xff09HTTP1.0";
+    mutations(
+        RESPONSES,
+        interesting,
+        100_000,
+        0x2545_F491_4F6C_DD1D,
+        same_response_answer,
+    );
 }
