@@ -260,8 +260,7 @@ pub(crate) fn send_vectored(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<u
     // SAFETY: IoSlice is ABI-compatible with iovec (guaranteed by std), the
     // slices outlive the call, the kernel only reads them, and msg_iovlen does
     // not exceed `bufs.len()`.
-    let n = syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL))?;
-    Ok(n as usize)
+    direct!(libc::SYS_sendmsg, fd, &raw const msg, libc::MSG_NOSIGNAL)
 }
 
 /// Reads from a descriptor into the spare capacity of `buf` with one

@@ -6,7 +6,7 @@ mod util;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use corelane::{CloseReason, Server};
+use corelane::{Accepted, Action, CloseReason, Context, Handler, Input, Output, Server};
 use util::{closed_within, read_line, Lines, TestServer};
 
 #[test]
@@ -124,6 +124,52 @@ fn quit_with_nothing_unread_closes_at_once_without_lingering() {
         m.closed(CloseReason::Handler) == 1 && m.active == 0
     });
     drop(c);
+    server.stop().unwrap();
+}
+
+/// Answers every connection from `on_accept` with `busy` and closes it,
+/// before reading anything (a connection limit, say).
+struct Busy;
+
+impl Handler for Busy {
+    type Conn = ();
+
+    fn on_accept(&mut self, conn: &Accepted, cx: &mut Context<'_>) {
+        cx.write(conn.handle, b"busy\n").unwrap();
+        cx.close(conn.handle).unwrap();
+    }
+
+    fn on_data(
+        &mut self,
+        _: &mut (),
+        _: &mut Input<'_>,
+        _: &mut Output,
+        _: &mut Context<'_>,
+    ) -> Action {
+        Action::Continue
+    }
+}
+
+#[test]
+fn a_close_before_anything_was_read_lingers() {
+    let server = TestServer::start(Server::builder().workers(1), |_| Busy);
+    let mut c = server.connect();
+    assert_eq!(read_line(&mut c), "busy\n");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("a clean FIN, not a reset");
+    // Our request may still be on its way: the server waits for our FIN
+    // (up to the linger timeout) instead of closing under it.
+    std::thread::sleep(Duration::from_millis(300));
+    let m = server.metrics.total();
+    assert_eq!(
+        (m.active, m.closed(CloseReason::Handler)),
+        (1, 0),
+        "closed without lingering"
+    );
+    drop(c);
+    server.wait_for("closed after our FIN", Duration::from_secs(2), |m| {
+        m.closed(CloseReason::Handler) == 1 && m.active == 0
+    });
     server.stop().unwrap();
 }
 

@@ -28,8 +28,6 @@
 
 mod connect;
 mod deadline;
-
-use deadline::Rule;
 mod token;
 mod writable;
 
@@ -45,6 +43,7 @@ use crate::panic;
 use crate::probes;
 use crate::sys;
 use crate::timer::Tick;
+use deadline::Rule;
 
 pub use token::ConnToken;
 
@@ -396,15 +395,18 @@ impl<S> Conn<S> {
 
     /// Stops reading; closes for `reason` once the output is flushed,
     /// lingering first if the peer may still be sending: input is left
-    /// unconsumed, or the socket was not seen drained. (A close with unread
-    /// bytes in the socket, or arriving after it, sends a reset that can
-    /// destroy the reply before the peer reads it. When the handler took
-    /// every byte and the last read drained the socket, as after a request
-    /// that asked to close, the close is at once, as nginx does: no
-    /// `shutdown` and no draining read.)
+    /// unconsumed, the socket was not seen drained, or nothing was read yet
+    /// (a handler that answers from `on_accept`, say "busy", while the
+    /// request is on its way). A close with unread bytes in the socket, or
+    /// arriving after it, sends a reset that can destroy the reply before
+    /// the peer reads it. When the handler took every byte and the last read
+    /// drained the socket, as after a request that asked to close, the close
+    /// is at once, as nginx does: no `shutdown` and no draining read.
     pub(crate) fn close_after_flush(&mut self, reason: CloseReason) {
-        let linger =
-            self.phase == Phase::Open && (!self.input.is_empty() || self.readable != Readable::No);
+        let linger = self.phase == Phase::Open
+            && (!self.input.is_empty()
+                || self.readable != Readable::No
+                || matches!(self.activity, Activity::New { .. }));
         if matches!(self.phase, Phase::Open | Phase::PeerClosed) {
             self.phase = Phase::Closing { reason, linger };
         }
