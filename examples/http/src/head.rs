@@ -47,13 +47,14 @@ pub struct Line<'a> {
     pub minor: u8,
 }
 
-/// What the scan found.
+/// What a scan found: `L` is the start line, a request's [`Line`] or a
+/// response's [`StatusLine`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scan<'a> {
+pub enum Scan<L> {
     /// The whole head, `len` bytes including its final empty line.
     Complete {
-        /// The request line.
-        line: Line<'a>,
+        /// The start line.
+        line: L,
         /// Bytes of the head.
         len: usize,
     },
@@ -73,14 +74,8 @@ pub fn scan<'a>(
     buf: &'a [u8],
     max_fields: usize,
     field: impl FnMut(&'a [u8], &'a [u8]),
-) -> Result<Scan<'a>, HeadError> {
-    let Some((line, pos)) = request_line(buf)? else {
-        return Ok(Scan::Partial);
-    };
-    Ok(match fields(buf, pos, max_fields, field)? {
-        Some(len) => Scan::Complete { line, len },
-        None => Scan::Partial,
-    })
+) -> Result<Scan<Line<'a>>, HeadError> {
+    head(buf, max_fields, field, request_line)
 }
 
 /// A response's status line.
@@ -96,20 +91,6 @@ pub struct StatusLine<'a> {
     pub reason: &'a [u8],
 }
 
-/// What a response head scan found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseScan<'a> {
-    /// The whole head, `len` bytes including its final empty line.
-    Complete {
-        /// The status line.
-        status: StatusLine<'a>,
-        /// Bytes of the head.
-        len: usize,
-    },
-    /// Every byte so far can begin a valid head; more are needed.
-    Partial,
-}
-
 /// Scans the response head at the start of `buf` as [`scan`] does a
 /// request's: the status line is `HTTP/1.x SP 3DIGIT`, then `SP reason` or
 /// nothing, then `CRLF` or `LF`; the reason is `HTAB`, `SP`, `!`..`~` and
@@ -123,13 +104,24 @@ pub fn scan_response<'a>(
     buf: &'a [u8],
     max_fields: usize,
     field: impl FnMut(&'a [u8], &'a [u8]),
-) -> Result<ResponseScan<'a>, HeadError> {
-    let Some((status, pos)) = status_line(buf)? else {
-        return Ok(ResponseScan::Partial);
+) -> Result<Scan<StatusLine<'a>>, HeadError> {
+    head(buf, max_fields, field, status_line)
+}
+
+/// A head: the start line `start` reads, then the fields.
+#[inline(always)]
+fn head<'a, L>(
+    buf: &'a [u8],
+    max_fields: usize,
+    field: impl FnMut(&'a [u8], &'a [u8]),
+    start: impl FnOnce(&'a [u8]) -> Result<Option<(L, usize)>, HeadError>,
+) -> Result<Scan<L>, HeadError> {
+    let Some((line, pos)) = start(buf)? else {
+        return Ok(Scan::Partial);
     };
     Ok(match fields(buf, pos, max_fields, field)? {
-        Some(len) => ResponseScan::Complete { status, len },
-        None => ResponseScan::Partial,
+        Some(len) => Scan::Complete { line, len },
+        None => Scan::Partial,
     })
 }
 
@@ -148,7 +140,7 @@ fn fields<'a>(
             return Ok(None);
         };
         if b == b'\r' || b == b'\n' {
-            return newline(buf, pos, HeadError::Malformed);
+            return newline(buf, pos);
         }
         let Some((name, value, next)) = header_field(buf, pos)? else {
             return Ok(None);
@@ -237,7 +229,7 @@ fn status_line(buf: &[u8]) -> Result<Option<(StatusLine<'_>, usize)>, HeadError>
     };
     // The reason allows exactly what a field value does.
     let reason_end = value_end(buf, reason_start);
-    let Some(next) = newline(buf, reason_end, HeadError::Malformed)? else {
+    let Some(next) = newline(buf, reason_end)? else {
         return Ok(None);
     };
     let reason = &buf[reason_start..reason_end];
@@ -287,7 +279,7 @@ fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
         return Ok(None);
     };
     pos += 8;
-    let Some(end) = newline(buf, pos, HeadError::Malformed)? else {
+    let Some(end) = newline(buf, pos)? else {
         return Ok(None);
     };
     let line = Line {
@@ -324,10 +316,7 @@ fn header_field(buf: &[u8], pos: usize) -> Result<Option<Field<'_>>, HeadError> 
     }
     let value_start = at;
     let value_end = value_end(buf, at);
-    if value_end == buf.len() {
-        return Ok(None);
-    }
-    let Some(next) = newline(buf, value_end, HeadError::Malformed)? else {
+    let Some(next) = newline(buf, value_end)? else {
         return Ok(None);
     };
     let mut value = &buf[value_start..value_end];
@@ -338,18 +327,18 @@ fn header_field(buf: &[u8], pos: usize) -> Result<Option<Field<'_>>, HeadError> 
 }
 
 /// A line end at `pos`: `CRLF` or `LF`. Where the next line begins,
-/// `Ok(None)` if the bytes end first, `error` if another byte is there.
+/// `Ok(None)` if the bytes end first, malformed if another byte is there.
 #[inline]
-fn newline(buf: &[u8], pos: usize, error: HeadError) -> Result<Option<usize>, HeadError> {
+fn newline(buf: &[u8], pos: usize) -> Result<Option<usize>, HeadError> {
     match buf.get(pos) {
         None => Ok(None),
         Some(b'\n') => Ok(Some(pos + 1)),
         Some(b'\r') => match buf.get(pos + 1) {
             None => Ok(None),
             Some(b'\n') => Ok(Some(pos + 2)),
-            Some(_) => Err(error),
+            Some(_) => Err(HeadError::Malformed),
         },
-        Some(_) => Err(error),
+        Some(_) => Err(HeadError::Malformed),
     }
 }
 
@@ -448,16 +437,21 @@ fn target(buf: &[u8], start: usize) -> Target {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let end = scalar_end(buf, start, |c| c > b' ' && c != 0x7F);
-        let t = &buf[start..end];
-        Target {
-            end,
-            query: t
-                .iter()
-                .position(|&c| c == b'?')
-                .map_or(buf.len(), |q| start + q),
-            non_ascii: !t.is_ascii(),
-        }
+        scalar_target(buf, start)
+    }
+}
+
+/// [`target`] one byte at a time.
+fn scalar_target(buf: &[u8], start: usize) -> Target {
+    let end = scalar_end(buf, start, |c| c > b' ' && c != 0x7F);
+    let t = &buf[start..end];
+    Target {
+        end,
+        query: t
+            .iter()
+            .position(|&c| c == b'?')
+            .map_or(buf.len(), |q| start + q),
+        non_ascii: !t.is_ascii(),
     }
 }
 
@@ -498,11 +492,26 @@ mod simd {
     pub(super) const VALUE: u8 = 1;
     pub(super) const NAME: u8 = 2;
 
+    /// The 16 bytes to judge from `i` on, and how many at their start
+    /// come before `i` (to shift out of the masks): `buf[i..i + 16]`, or,
+    /// with fewer left, the last 16 of `buf`. `None` when nothing is left,
+    /// or `buf` is shorter than 16 (then the caller goes byte by byte).
+    #[inline]
+    fn window(buf: &[u8], i: usize) -> Option<(&[u8], usize)> {
+        match buf.get(i..i + 16) {
+            Some(chunk) => Some((chunk, 0)),
+            None if i < buf.len() && buf.len() >= 16 => {
+                let base = buf.len() - 16;
+                Some((&buf[base..], i - base))
+            }
+            None => None,
+        }
+    }
+
     /// The first byte from `start` on that is not allowed in a field value
-    /// (`KIND` [`VALUE`]), or is not a letter,
-    /// digit or `-` ([`NAME`]); `buf.len()` if none. 16 bytes at a time;
-    /// the last few are judged in the last 16 bytes of `buf` when it has
-    /// that many, one at a time with `allowed` otherwise.
+    /// (`KIND` [`VALUE`]), or is not a letter, digit or `-` ([`NAME`]);
+    /// `buf.len()` if none. 16 bytes at a time; in a buffer shorter than
+    /// that, one at a time with `allowed`.
     #[inline]
     pub(super) fn first<const KIND: u8>(
         buf: &[u8],
@@ -510,6 +519,8 @@ mod simd {
         allowed: impl Fn(u8) -> bool,
     ) -> usize {
         let mut i = start;
+        // Whole chunks first, the last window once: one loop over
+        // `window` costs ~80 instructions more per plain request.
         while let Some(chunk) = buf.get(i..i + 16) {
             let mask = flagged::<KIND>(chunk);
             if mask != 0 {
@@ -517,21 +528,17 @@ mod simd {
             }
             i += 16;
         }
-        if i >= buf.len() {
-            return buf.len();
+        match window(buf, i) {
+            Some((chunk, skip)) => {
+                let mask = flagged::<KIND>(chunk) >> skip;
+                if mask != 0 {
+                    i + mask.trailing_zeros() as usize
+                } else {
+                    buf.len()
+                }
+            }
+            None => super::scalar_end(buf, i, allowed),
         }
-        if buf.len() >= 16 {
-            // Fewer than 16 left: the last 16 of the buffer, minus the
-            // bytes before `i`.
-            let base = buf.len() - 16;
-            let mask = flagged::<KIND>(&buf[base..]) >> (i - base);
-            return if mask != 0 {
-                i + mask.trailing_zeros() as usize
-            } else {
-                buf.len()
-            };
-        }
-        super::scalar_end(buf, i, allowed)
     }
 
     /// The request target's scan, 16 bytes at a time: its end, its first
@@ -541,27 +548,7 @@ mod simd {
         let mut i = start;
         let mut query = buf.len();
         let mut high = 0;
-        loop {
-            let (chunk, skip) = match buf.get(i..i + 16) {
-                Some(chunk) => (chunk, 0),
-                None if i >= buf.len() => break,
-                None if buf.len() >= 16 => (&buf[buf.len() - 16..], i - (buf.len() - 16)),
-                None => {
-                    let end = super::scalar_end(buf, i, |c| c > b' ' && c != 0x7F);
-                    let rest = &buf[i..end];
-                    if query == buf.len() {
-                        query = rest
-                            .iter()
-                            .position(|&c| c == b'?')
-                            .map_or(query, |q| i + q);
-                    }
-                    return super::Target {
-                        end,
-                        query,
-                        non_ascii: high != 0 || !rest.is_ascii(),
-                    };
-                }
-            };
+        while let Some((chunk, skip)) = window(buf, i) {
             let [end, q, hi] = masks_target(chunk).map(|m| m >> skip);
             let before = if end != 0 {
                 (1u32 << end.trailing_zeros()) - 1
@@ -581,10 +568,12 @@ mod simd {
             }
             i += 16 - skip;
         }
+        // Nothing left, or a buffer shorter than 16: byte by byte.
+        let rest = super::scalar_target(buf, i);
         super::Target {
-            end: buf.len(),
-            query,
-            non_ascii: high != 0,
+            end: rest.end,
+            query: query.min(rest.query),
+            non_ascii: high != 0 || rest.non_ascii,
         }
     }
 
@@ -648,7 +637,9 @@ mod simd {
 mod tests {
     use super::*;
 
-    fn fields(buf: &[u8]) -> (Result<Scan<'_>, HeadError>, Vec<(String, String)>) {
+    type Scanned<'a> = Result<Scan<Line<'a>>, HeadError>;
+
+    fn fields(buf: &[u8]) -> (Scanned<'_>, Vec<(String, String)>) {
         let mut seen = Vec::new();
         let r = scan(buf, 64, |n, v| {
             seen.push((

@@ -4,7 +4,7 @@
 //! decoder. A response whose framing is ambiguous is refused (502), never
 //! forwarded.
 
-use corelane_http::head::{self, eq_lower, HeadError, ResponseScan};
+use corelane_http::head::{self, eq_lower, HeadError, Scan};
 
 use crate::hop::{connection_tokens, is_hop_by_hop};
 
@@ -127,11 +127,11 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
         }
     });
     let (status, len) = match scanned {
-        Ok(ResponseScan::Complete { status, len }) => (status, len),
-        Ok(ResponseScan::Partial) if buf.len() > max_head => {
+        Ok(Scan::Complete { line, len }) => (line, len),
+        Ok(Scan::Partial) if buf.len() > max_head => {
             return Parsed::Invalid("response head too large")
         }
-        Ok(ResponseScan::Partial) => return Parsed::Partial,
+        Ok(Scan::Partial) => return Parsed::Partial,
         Err(HeadError::TooManyFields) => return Parsed::Invalid("too many header fields"),
         Err(_) => return Parsed::Invalid("malformed response head"),
     };
