@@ -59,6 +59,10 @@ pub enum Body {
 pub struct Request<'a> {
     /// The method.
     pub method: Method,
+    /// The method token, as sent.
+    pub method_token: &'a [u8],
+    /// The request target, as sent (with its query).
+    pub target: &'a [u8],
     /// Path of the target, without the query (origin-form, or the path of an
     /// absolute-form target).
     pub path: &'a [u8],
@@ -161,12 +165,25 @@ impl Fields {
 
 /// Parses the request at the start of `buf`.
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
+    parse_with(buf, limits, |_, _| {})
+}
+
+/// [`parse`], also handing each header field to `field(name, value)` as
+/// the head is scanned, so a caller that needs the fields (a proxy
+/// rewriting them) scans the head once. Fields are handed over before the
+/// answer is known: act on them only if it is [`Parse::Complete`].
+pub fn parse_with<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+    mut field: impl FnMut(&'a [u8], &'a [u8]),
+) -> Parse<'a> {
     // Only the first `max_head` bytes can hold the head: judging no further
     // makes the answer the same however the bytes were split across reads.
     let head_window = &buf[..buf.len().min(limits.max_head)];
     let mut fields = Fields::default();
     let scanned = head::scan(head_window, MAX_HEADERS, |name, value| {
         fields.field(name, value);
+        field(name, value);
     });
     let (line, head_len) = match scanned {
         Ok(Scan::Complete { line, len }) => (line, len),
@@ -260,6 +277,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
     };
     Parse::Complete(Request {
         method,
+        method_token: line.method,
+        target: line.target,
         path,
         minor,
         keep_alive,

@@ -4,10 +4,10 @@
 //! added on request. The request has passed `corelane-http`'s strict
 //! parser first, so nothing ambiguous reaches this point.
 
-use corelane_http::head::{self, eq_lower, Scan};
+use corelane_http::head::{self, eq_lower};
 use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
-use crate::hop::{connection_tokens, is_hop_by_hop};
+use crate::hop::{connection_tokens, copy_field, is_hop_by_hop, start_line};
 
 /// What the proxy needs to know about the request it forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,20 +18,44 @@ pub struct Forwarded {
 }
 
 /// What the fields said, as they were written.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Fields<'a> {
     host: bool,
     had_framing: bool,
     /// The first `X-Forwarded-For` value, extended with the client at the
     /// end.
     xff: Option<&'a [u8]>,
+    /// Fields seen so far.
+    seen: usize,
+    /// The request line was copied as sent, before the first field.
+    line: bool,
 }
 
 impl<'a> Fields<'a> {
-    /// Writes one field as forwarded, unless it is hop-by-hop, listed in
-    /// `Connection` (`listed`), re-framed or folded.
-    fn write(&mut self, name: &'a [u8], value: &'a [u8], listed: &[&[u8]], out: &mut Vec<u8>) {
-        if eq_lower(name, b"content-length") || eq_lower(name, b"transfer-encoding") {
+    /// Writes one field of `head` as forwarded, unless it is hop-by-hop,
+    /// listed in `Connection` (`listed`), re-framed or folded. Before the
+    /// first, the request line as sent when it is already what is
+    /// forwarded (HTTP/1.1, `CRLF`).
+    fn write(
+        &mut self,
+        head: &'a [u8],
+        name: &'a [u8],
+        value: &'a [u8],
+        listed: &[&[u8]],
+        out: &mut Vec<u8>,
+    ) {
+        if self.seen == 0 {
+            if let Some(line) = start_line(head, name) {
+                if line.ends_with(b" HTTP/1.1\r\n") && !matches!(line[0], b'\r' | b'\n') {
+                    out.extend_from_slice(line);
+                    self.line = true;
+                }
+            }
+        }
+        self.seen += 1;
+        if name.len() >= 14
+            && (eq_lower(name, b"content-length") || eq_lower(name, b"transfer-encoding"))
+        {
             self.had_framing = true;
             return;
         }
@@ -41,72 +65,129 @@ impl<'a> Fields<'a> {
         {
             return;
         }
-        if eq_lower(name, b"x-forwarded-for") && self.xff.is_none() {
+        if name.len() == 15 && eq_lower(name, b"x-forwarded-for") && self.xff.is_none() {
             // Folded into one field at the end, with the client appended.
             self.xff = Some(value);
             return;
         }
-        self.host |= eq_lower(name, b"host");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        self.host |= name.len() == 4 && eq_lower(name, b"host");
+        copy_field(head, name, value, out);
     }
 }
 
-/// Writes the request at the start of `buf` (parsed as `req`), as sent to
-/// the upstream, into `out` (cleared first).
-pub fn write_request(
+/// The request as forwarded, written while it is parsed, so its head is
+/// scanned once: hand [`Rewrite::field`] to
+/// [`parse_with`](corelane_http::request::parse_with), then, once the
+/// request is complete, [`Rewrite::finish`] adds the request line, the
+/// forwarding fields and the body.
+#[derive(Debug)]
+pub struct Rewrite<'a> {
+    /// The bytes the request is at the start of.
+    head: &'a [u8],
+    out: Vec<u8>,
+    fields: Fields<'a>,
+    /// The fields `Connection` lists (besides `close` and `keep-alive`).
+    listed: [&'a [u8]; 16],
+    n_listed: usize,
+}
+
+impl<'a> Rewrite<'a> {
+    /// A rewrite of the request at the start of `buf` into `out`
+    /// (cleared; its capacity is reused).
+    pub fn new(buf: &'a [u8], mut out: Vec<u8>) -> Self {
+        out.clear();
+        Rewrite {
+            head: buf,
+            out,
+            fields: Fields::default(),
+            listed: [b""; 16],
+            n_listed: 0,
+        }
+    }
+
+    /// One field of the request, in order.
+    #[inline]
+    pub fn field(&mut self, name: &'a [u8], value: &'a [u8]) {
+        if name.len() == 10 && eq_lower(name, b"connection") {
+            for t in connection_tokens(value) {
+                if self.n_listed < self.listed.len()
+                    && !eq_lower(t, b"close")
+                    && !eq_lower(t, b"keep-alive")
+                {
+                    self.listed[self.n_listed] = t;
+                    self.n_listed += 1;
+                }
+            }
+        }
+        self.fields
+            .write(self.head, name, value, &[], &mut self.out);
+    }
+
+    /// The buffer back, the request being incomplete or refused.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.out
+    }
+
+    /// Completes the request at the start of `buf` (parsed as `req`, its
+    /// fields handed to [`field`](Self::field)) as sent to the upstream:
+    /// the buffer holding it, and what the proxy needs to know of it.
+    pub fn finish(
+        self,
+        buf: &'a [u8],
+        req: &Request<'a>,
+        client: &[u8],
+        via: bool,
+    ) -> (Vec<u8>, Forwarded) {
+        let Rewrite {
+            head: _,
+            mut out,
+            mut fields,
+            listed,
+            n_listed,
+        } = self;
+        // The fields `Connection` lists are known only once it is seen:
+        // when it lists any (rare: `close` and `keep-alive` name no
+        // field), a second pass writes the fields again without those.
+        if n_listed > 0 {
+            out.clear();
+            fields = Fields::default();
+            let _ = head::scan(&buf[..req.head_len], MAX_HEADERS, |name, value| {
+                fields.write(buf, name, value, &listed[..n_listed], &mut out);
+            });
+        }
+        let forwarded = finish(buf, req, fields, client, via, &mut out);
+        (out, forwarded)
+    }
+}
+
+/// The request line, the forwarding fields, the framing and the body,
+/// around the fields already in `out`.
+fn finish(
     buf: &[u8],
     req: &Request<'_>,
+    fields: Fields<'_>,
     client: &[u8],
     via: bool,
     out: &mut Vec<u8>,
 ) -> Forwarded {
-    let head = &buf[..req.head_len];
-    out.clear();
-    // One pass writes the fields; the fields `Connection` lists are known
-    // only once it is seen, so when it lists any (rare: `close` and
-    // `keep-alive` name no field), a second pass writes them again
-    // without those.
-    let mut listed: [&[u8]; 16] = [b""; 16];
-    let mut n_listed = 0;
-    let mut fields = Fields::default();
-    let scanned = head::scan(head, MAX_HEADERS, |name, value| {
-        if eq_lower(name, b"connection") {
-            for t in connection_tokens(value) {
-                if n_listed < listed.len() && !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive")
-                {
-                    listed[n_listed] = t;
-                    n_listed += 1;
-                }
-            }
-        }
-        fields.write(name, value, &[], out);
-    });
-    let (method, target): (&[u8], &[u8]) = match scanned {
-        Ok(Scan::Complete { line, .. }) => (line.method, line.target),
-        _ => (b"GET", b"/"),
-    };
-    if n_listed > 0 {
-        out.clear();
-        fields = Fields::default();
-        let _ = head::scan(head, MAX_HEADERS, |name, value| {
-            fields.write(name, value, &listed[..n_listed], out);
-        });
-    }
-    // The request line goes before the fields: built after them, moved in front.
-    let fields_len = out.len();
-    out.extend_from_slice(method);
-    out.push(b' ');
-    out.extend_from_slice(target);
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    out.rotate_left(fields_len);
+    let (method, target) = (req.method_token, req.target);
     let Fields {
         host,
         had_framing,
         xff,
+        line,
+        ..
     } = fields;
+    if !line {
+        // The request line goes before the fields: built after them,
+        // moved in front.
+        let fields_len = out.len();
+        out.extend_from_slice(method);
+        out.push(b' ');
+        out.extend_from_slice(target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        out.rotate_left(fields_len);
+    }
     if !host {
         // An HTTP/1.0 request may lack Host; HTTP/1.1 requires one.
         out.extend_from_slice(b"Host: upstream\r\n");
@@ -149,18 +230,18 @@ pub fn write_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corelane_http::request::{parse, Limits, Parse};
+    use corelane_http::request::{parse_with, Limits, Parse};
 
     fn forward(raw: &[u8]) -> (String, Forwarded) {
         let limits = Limits {
             max_head: 8192,
             max_body: 1 << 20,
         };
-        let Parse::Complete(req) = parse(raw, &limits) else {
+        let mut rewrite = Rewrite::new(raw, Vec::new());
+        let Parse::Complete(req) = parse_with(raw, &limits, |n, v| rewrite.field(n, v)) else {
             panic!("does not parse")
         };
-        let mut out = Vec::new();
-        let f = write_request(raw, &req, b"10.1.2.3", true, &mut out);
+        let (out, f) = rewrite.finish(raw, &req, b"10.1.2.3", true);
         (String::from_utf8(out).unwrap(), f)
     }
 
@@ -184,6 +265,27 @@ mod tests {
         assert!(out.ends_with("Content-Length: 9\r\n\r\nWikipedia"), "{out}");
         assert!(!out.contains("chunked"));
         assert!(!f.idempotent);
+    }
+
+    #[test]
+    fn the_request_line_is_forwarded_as_http11_whatever_its_form() {
+        for (sent, forwarded) in [
+            ("GET /a?b HTTP/1.1\r\n", "GET /a?b HTTP/1.1\r\n"),
+            ("GET /a?b HTTP/1.0\r\n", "GET /a?b HTTP/1.1\r\n"),
+            ("GET /a?b HTTP/1.1\n", "GET /a?b HTTP/1.1\r\n"),
+            ("\r\nPUT /\u{e9} HTTP/1.1\r\n", "PUT /\u{e9} HTTP/1.1\r\n"),
+        ] {
+            // The first field dropped, the second kept.
+            let (out, _) =
+                forward(format!("{sent}Connection: close\r\nHost: h\r\n\r\n").as_bytes());
+            assert_eq!(
+                out,
+                format!(
+                    "{forwarded}Host: h\r\nX-Forwarded-For: 10.1.2.3\r\nVia: 1.1 corelane\r\n\r\n"
+                ),
+                "{sent:?}"
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ use corelane::{
     Metrics, Output, TimerId, WorkerInfo,
 };
 use corelane_http::date::{format_http_date, DATE_LEN};
-use corelane_http::request::{parse, Limits, Parse};
+use corelane_http::request::{parse_with, Limits, Parse};
 use corelane_http::status::Status;
 use slab::Slab;
 
@@ -527,9 +527,16 @@ impl Proxy {
             if c.up.is_some() || input.bytes().is_empty() {
                 return Action::Continue;
             }
-            let req = match parse(input.bytes(), &self.opts.limits) {
+            // The request is rewritten for the upstream as it is parsed
+            // (one scan of its head), into the client's request buffer.
+            let mut rewrite = forward::Rewrite::new(input.bytes(), std::mem::take(&mut c.request));
+            let parsed = parse_with(input.bytes(), &self.opts.limits, |name, value| {
+                rewrite.field(name, value)
+            });
+            let req = match parsed {
                 Parse::Complete(req) => req,
                 Parse::Partial { expect_continue } => {
+                    c.request = rewrite.into_buffer();
                     if expect_continue && !c.continue_sent {
                         c.continue_sent = true;
                         output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -537,6 +544,7 @@ impl Proxy {
                     return Action::Continue;
                 }
                 Parse::Error(status) => {
+                    c.request = rewrite.into_buffer();
                     bump(&self.count().bad_requests);
                     self.error_response(status, false);
                     output.extend_from_slice(&self.scratch);
@@ -546,6 +554,7 @@ impl Proxy {
             c.continue_sent = false;
             let keep_alive = req.keep_alive && !input.draining();
             if req.path.starts_with(b"/_proxy/") {
+                c.request = rewrite.into_buffer();
                 let path = req.path;
                 let len = req.total_len;
                 self.admin(path, keep_alive, output);
@@ -555,13 +564,8 @@ impl Proxy {
                 }
                 continue;
             }
-            let f = forward::write_request(
-                input.bytes(),
-                &req,
-                c.ip.as_bytes(),
-                self.opts.via,
-                &mut c.request,
-            );
+            let (request, f) = rewrite.finish(input.bytes(), &req, c.ip.as_bytes(), self.opts.via);
+            c.request = request;
             c.side = ClientSide {
                 head_request: req.method == corelane_http::request::Method::Head,
                 minor: req.minor,

@@ -6,7 +6,7 @@
 
 use corelane_http::head::{self, eq_lower, HeadError, Scan};
 
-use crate::hop::{connection_tokens, is_hop_by_hop};
+use crate::hop::{connection_tokens, copy_field, is_hop_by_hop, start_line};
 
 /// Most header fields in a response.
 const MAX_HEADERS: usize = 96;
@@ -92,8 +92,14 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     // `close` and `keep-alive` name none), a second pass writes them again
     // without those.
     out.clear();
+    // The status line as sent, when it is already what is forwarded.
+    let mut line_sent = false;
+    let mut first = true;
     let scanned = head::scan_response(window, MAX_HEADERS, |name, value| {
-        write_field(name, value, client, &[], out);
+        if std::mem::take(&mut first) {
+            line_sent = copy_status_line(window, name, out);
+        }
+        write_field(window, name, value, client, &[], out);
         if invalid.is_some() {
             return;
         }
@@ -167,17 +173,24 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     if n_listed > 0 {
         out.clear();
         let listed = &listed[..n_listed];
+        let mut first = true;
         let _ = head::scan_response(window, MAX_HEADERS, |name, value| {
-            write_field(name, value, client, listed, out);
+            if std::mem::take(&mut first) {
+                line_sent = copy_status_line(window, name, out);
+            }
+            write_field(window, name, value, client, listed, out);
         });
     }
-    let fields_len = out.len();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.reason);
-    out.extend_from_slice(b"\r\n");
-    out.rotate_left(fields_len);
+    if !line_sent {
+        // Built after the fields, moved in front of them.
+        let fields_len = out.len();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.reason);
+        out.extend_from_slice(b"\r\n");
+        out.rotate_left(fields_len);
+    }
     if client.via {
         out.extend_from_slice(b"Via: 1.1 corelane\r\n");
     }
@@ -199,20 +212,36 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
 /// listed in `Connection` (`listed`); `Transfer-Encoding` is kept for a
 /// client that gets the chunked body as is.
 fn write_field(
+    head: &[u8],
     name: &[u8],
     value: &[u8],
     client: &ClientSide,
     listed: &[&[u8]],
     out: &mut Vec<u8>,
 ) {
-    let keep_te = eq_lower(name, b"transfer-encoding") && !client.dechunk();
+    let keep_te = name.len() == 17 && eq_lower(name, b"transfer-encoding") && !client.dechunk();
     if !keep_te && (is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name))) {
         return;
     }
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+    copy_field(head, name, value, out);
+}
+
+/// Copies the status line of `head` (whose first field is `name`) to `out`
+/// if it is already what the client gets: `HTTP/1.1 ddd reason CRLF`, in
+/// ASCII, with no empty lines before it. Whether it did.
+fn copy_status_line(head: &[u8], name: &[u8], out: &mut Vec<u8>) -> bool {
+    match start_line(head, name) {
+        Some(line)
+            if line.starts_with(b"HTTP/1.1 ")
+                && line.get(12) == Some(&b' ')
+                && line.ends_with(b"\r\n")
+                && line.is_ascii() =>
+        {
+            out.extend_from_slice(line);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Whether the client's connection stays open after a response with this
@@ -429,6 +458,33 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_status_line_is_forwarded_as_http11_whatever_its_form() {
+        for (sent, forwarded) in [
+            (&b"HTTP/1.1 200 OK\r\n"[..], &b"HTTP/1.1 200 OK\r\n"[..]),
+            (b"HTTP/1.0 200 OK\r\n", b"HTTP/1.1 200 OK\r\n"),
+            (b"HTTP/1.1 200 OK\n", b"HTTP/1.1 200 OK\r\n"),
+            (b"\r\nHTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\n"),
+            (b"HTTP/1.1 200\r\n", b"HTTP/1.1 200 \r\n"),
+            (b"HTTP/1.1 200 \xe2\x9c\x93\r\n", b"HTTP/1.1 200 \r\n"),
+        ] {
+            let mut r = sent.to_vec();
+            r.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            let mut out = Vec::new();
+            let Parsed::Complete(_) = parse_head(&r, 8192, &client(), &mut out) else {
+                panic!("{}", String::from_utf8_lossy(sent))
+            };
+            let mut want = forwarded.to_vec();
+            want.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&want),
+                "{}",
+                String::from_utf8_lossy(sent)
+            );
+        }
     }
 
     #[test]
