@@ -110,6 +110,17 @@ pub struct Input<'a> {
     consumed: usize,
     peer_closed: bool,
     draining: bool,
+    tls: Option<TlsInfo<'a>>,
+}
+
+/// What a TLS connection's handshake settled (feature `tls`), as a handler
+/// sees it in [`Input::tls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInfo<'a> {
+    /// The application protocol agreed with ALPN (`h2`, `http/1.1`), if any.
+    pub alpn: Option<&'a [u8]>,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub server_name: Option<&'a str>,
 }
 
 impl<'a> Input<'a> {
@@ -123,7 +134,22 @@ impl<'a> Input<'a> {
             consumed: 0,
             peer_closed,
             draining,
+            tls: None,
         }
+    }
+
+    /// The same input, on a TLS connection that negotiated `tls`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<TlsInfo<'a>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// On a TLS connection, what its handshake settled (ALPN, SNI); `None`
+    /// on a plain one.
+    #[must_use]
+    pub fn tls(&self) -> Option<TlsInfo<'a>> {
+        self.tls
     }
 
     /// The bytes not consumed yet.

@@ -243,11 +243,15 @@ pub enum CloseReason {
     /// closed at once (its unwritten output dropped), and the worker went on
     /// serving the others.
     Panic,
+    /// TLS failed: a handshake that could not complete (no shared version
+    /// or cipher, not TLS at all) or a record that did not decrypt. The
+    /// alert saying why was sent.
+    TlsError,
 }
 
 impl CloseReason {
     /// Every reason, in the order of [`index`](CloseReason::index).
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::PeerClosed,
         CloseReason::Reset,
         CloseReason::Handler,
@@ -258,6 +262,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Error,
         CloseReason::Panic,
+        CloseReason::TlsError,
     ];
 
     /// A short, stable name (`peer_closed`, `idle_timeout`, ...), used in
@@ -281,6 +286,7 @@ impl CloseReason {
             CloseReason::Shutdown => c"shutdown",
             CloseReason::Error => c"error",
             CloseReason::Panic => c"panic",
+            CloseReason::TlsError => c"tls_error",
         }
     }
 

@@ -118,9 +118,11 @@ mod steering;
 mod sys;
 mod takeover;
 mod timer;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod worker;
 
-pub use buffer::{Input, Output};
+pub use buffer::{Input, Output, TlsInfo};
 pub use context::{ConnHandle, Context, DetachedContext, HandleError, TimerId};
 pub use error::{Error, Result};
 pub use handler::{Accepted, Action, CloseReason, ConnectError, Connected, Handler};

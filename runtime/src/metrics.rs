@@ -121,6 +121,10 @@ worker_counters! {
     slab_shrinks,
     /// Capacity of the connection table (slots).
     slab_capacity,
+    /// TLS handshakes completed (full and resumed).
+    tls_handshakes,
+    /// TLS handshakes that resumed a session (a ticket).
+    tls_resumed,
 }
 
 impl SharedCounters {

@@ -157,6 +157,10 @@ pub struct ServerOptions {
     /// it to hand over. Only root and this process's own user may use it.
     /// Default `true`.
     pub control_socket: bool,
+    /// Speak TLS on every accepted connection with this configuration
+    /// (see [`crate::tls`]). Default `None`: plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -197,6 +201,8 @@ impl Default for ServerOptions {
             takeover: false,
             defer_accept: None,
             control_socket: true,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

@@ -17,6 +17,18 @@ type Family = (
 
 const FAMILIES: &[Family] = &[
     (
+        "tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed (failures are closes with reason tls_error).",
+        |w| w.tls_handshakes,
+    ),
+    (
+        "tls_resumed_total",
+        "counter",
+        "TLS handshakes that resumed a session.",
+        |w| w.tls_resumed,
+    ),
+    (
         "connections_accepted_total",
         "counter",
         "Connections accepted.",

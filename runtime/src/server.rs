@@ -50,6 +50,14 @@ impl ServerBuilder {
         self.opts
     }
 
+    /// Speaks TLS on every accepted connection, with rustls and this
+    /// configuration (see [`crate::tls`]).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
+        self.opts.tls = Some(config);
+        self
+    }
+
     /// Starts one worker per CPU of the affinity mask (the default).
     pub fn workers_per_cpu(mut self) -> Self {
         self.opts.workers = Workers::PerCpu;

@@ -29,6 +29,13 @@ struct Args {
     /// Largest request head (request line and headers), in bytes (431 above it).
     #[arg(long, default_value_t = 16 * 1024)]
     max_head: usize,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs
+    /// `--tls-key`.
+    #[arg(long, requires = "tls_key", value_name = "PATH")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", value_name = "PATH")]
+    tls_key: Option<std::path::PathBuf>,
     /// Serve `GET /_test/stall/<ms>`, which blocks a worker for `<ms>`
     /// milliseconds (fault-injection tests only; never in production).
     #[arg(long, hide = true)]
@@ -46,6 +53,11 @@ fn serve(args: Args) -> corelane::Result<()> {
     opts.limits.max_body = args.max_body;
     opts.limits.max_head = args.max_head;
     opts.test_routes = args.test_routes;
-    let builder = Server::builder().max_input(opts.max_input());
+    let mut builder = Server::builder().max_input(opts.max_input());
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let config = corelane::tls::server_config_from_pem(cert, key, &[b"http/1.1"])
+            .map_err(|e| corelane::Error::Config(e.to_string()))?;
+        builder = builder.tls(config);
+    }
     args.server.apply(builder).build(Http::factory(opts))?.run()
 }

@@ -27,7 +27,7 @@ impl<S> Conn<S> {
         match self.phase {
             Phase::Lingering { .. } => Rule::Linger,
             Phase::Connecting { .. } => Rule::Connect,
-            _ if !self.output.is_empty() => Rule::Write,
+            _ if self.unflushed() => Rule::Write,
             _ => match self.activity {
                 Activity::New { .. } | Activity::Receiving { .. } => Rule::Header,
                 Activity::Idle { .. } => Rule::Idle,
@@ -76,7 +76,7 @@ impl<S> Conn<S> {
     pub(crate) fn is_idle_keepalive(&self) -> bool {
         matches!(self.activity, Activity::Idle { .. })
             && self.input.is_empty()
-            && self.output.is_empty()
+            && !self.unflushed()
             && !matches!(
                 self.phase,
                 Phase::Lingering { .. } | Phase::Connecting { .. }
@@ -112,7 +112,7 @@ impl<S> Conn<S> {
             Phase::Connecting { deadline, .. } => return Some((deadline, CloseReason::Error)),
             _ => {}
         }
-        if !self.output.is_empty() {
+        if self.unflushed() {
             return opts
                 .write_timeout
                 .map(|t| (self.last_progress + t, CloseReason::WriteTimeout));

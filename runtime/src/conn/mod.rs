@@ -28,6 +28,8 @@
 
 mod connect;
 mod deadline;
+#[cfg(feature = "tls")]
+mod tls;
 mod token;
 mod writable;
 
@@ -146,6 +148,9 @@ pub(crate) struct Conn<S> {
     /// otherwise wake the loop for nothing); the first flush that leaves
     /// output behind adds writable edges, for good.
     watch_writable: bool,
+    /// The TLS session, on a TLS listener's connections.
+    #[cfg(feature = "tls")]
+    tls: Option<Box<tls::Tls>>,
 }
 
 impl<S> Conn<S> {
@@ -176,7 +181,41 @@ impl<S> Conn<S> {
             scheduled: None,
             armed_rule: None,
             watch_writable: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Speaks TLS with `config` from now on (an accepted connection, before
+    /// any byte was read).
+    ///
+    /// # Errors
+    ///
+    /// rustls refused the configuration.
+    #[cfg(feature = "tls")]
+    pub(crate) fn start_tls(
+        &mut self,
+        config: &std::sync::Arc<rustls::ServerConfig>,
+    ) -> Result<(), rustls::Error> {
+        self.tls = Some(Box::new(tls::Tls::new(config)?));
+        Ok(())
+    }
+
+    /// Whether bytes wait to be written: output, or (TLS) ciphertext.
+    #[inline]
+    pub(crate) fn unflushed(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.as_ref().is_some_and(|t| t.wants_write()) {
+            return true;
+        }
+        !self.output.is_empty()
+    }
+
+    /// The handshake finished during the last read: `Some(resumed)`, once.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_established(&mut self) -> Option<bool> {
+        let tls = self.tls.as_mut()?;
+        tls.just_established().then(|| tls.resumed())
     }
 
     /// The handler's state (`None` only while it is being closed).
@@ -300,6 +339,10 @@ impl<S> Conn<S> {
             let grow = self.input.len().min(max_input - self.input.len());
             self.input.reserve_exact(grow);
         }
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return self.read_tls();
+        }
         let space = self.input.capacity() - self.input.len();
         match sys::read_spare(self.stream.as_raw_fd(), &mut self.input) {
             Ok(0) => {
@@ -321,6 +364,38 @@ impl<S> Conn<S> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Again),
             Err(e) => Err(classify(&e)),
+        }
+    }
+
+    /// [`read`](Self::read) on a TLS connection (the input has room):
+    /// plaintext that waits in rustls first, else one read of ciphertext.
+    /// Reads on to `EAGAIN` (a short read of ciphertext proves nothing:
+    /// rustls reads at most its own buffer's worth).
+    #[cfg(feature = "tls")]
+    fn read_tls(&mut self) -> Result<ReadOutcome, CloseReason> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(ReadOutcome::Again);
+        };
+        if !tls.has_plaintext() {
+            if tls.ended() {
+                self.phase = Phase::PeerClosed;
+                self.readable = Readable::No;
+                return Ok(ReadOutcome::Eof);
+            }
+            match tls.read_records(&self.stream)? {
+                tls::Records::Drained => {
+                    self.readable = Readable::No;
+                    return Ok(ReadOutcome::Drained);
+                }
+                tls::Records::Again => return Ok(ReadOutcome::Again),
+                tls::Records::Read | tls::Records::Eof => {}
+            }
+        }
+        match tls.take_plaintext(&mut self.input) {
+            // Handshake records, or an end with nothing before it: the
+            // next read says which.
+            0 => Ok(ReadOutcome::Again),
+            n => Ok(ReadOutcome::Bytes(n)),
         }
     }
 
@@ -366,7 +441,12 @@ impl<S> Conn<S> {
             return Ok(());
         };
         let peer_closed = self.phase == Phase::PeerClosed;
-        let mut input = Input::new(&self.input, peer_closed, draining);
+        // What the TLS handshake settled, for the handler.
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_deref().map(tls::Tls::info);
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        let mut input = Input::new(&self.input, peer_closed, draining).with_tls(tls);
         let output = &mut self.output;
         let action = panic::catch(|| on_data(user, &mut input, output))?;
         let consumed = input.consumed();
@@ -411,6 +491,12 @@ impl<S> Conn<S> {
             self.phase = Phase::Closing { reason, linger };
         }
         self.readable = Readable::No;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            // Flushed after the output: the peer learns the close is
+            // deliberate, not a truncation.
+            tls.close_notify();
+        }
     }
 
     // ----- writing --------------------------------------------------------------
@@ -423,8 +509,21 @@ impl<S> Conn<S> {
     ///
     /// The reason to close when the socket fails.
     pub(crate) fn flush(&mut self, worker: usize, now: Instant) -> Result<(u64, u64), CloseReason> {
-        if self.output.is_empty() || matches!(self.phase, Phase::Connecting { .. }) {
+        if !self.unflushed() || matches!(self.phase, Phase::Connecting { .. }) {
             return Ok((0, 0));
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            let fd = self.stream.as_raw_fd();
+            let before = self.output.len();
+            let (writes, bytes) = tls.flush(fd, &mut self.output).map_err(|e| classify(&e))?;
+            if bytes > 0 {
+                probes::write(worker, fd, self.id, bytes as usize);
+            }
+            if bytes > 0 || self.output.len() < before {
+                self.last_progress = now;
+            }
+            return Ok((writes, bytes));
         }
         let stream = &self.stream;
         let (fd, id) = (stream.as_raw_fd(), self.id);
@@ -454,7 +553,7 @@ impl<S> Conn<S> {
     /// What to do once this turn's I/O is done. `drain_idle`: a drain is
     /// closing idle keep-alive connections.
     pub(crate) fn next(&self, drain_idle: bool) -> Next {
-        if !self.output.is_empty() {
+        if self.unflushed() {
             return Next::Keep;
         }
         match self.phase {
@@ -501,6 +600,12 @@ impl<S> Conn<S> {
     /// hands back the handler's state. Dropping the connection then closes
     /// the descriptor (which also removes it from the epoll set).
     pub(crate) fn finish(&mut self, pool: &mut BufferPool, now: Instant) -> Option<S> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            // A close that did not wait for a flush (a timeout, a drain of
+            // idle connections): `close_notify`, best effort.
+            tls.close_now(self.stream.as_raw_fd());
+        }
         if self.input.capacity() != 0 {
             pool.give(std::mem::take(&mut self.input), now);
         }

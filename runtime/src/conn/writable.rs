@@ -18,7 +18,7 @@ impl<S> Conn<S> {
     /// the caller registers for them ([`watching_writable`](Self::watching_writable)).
     #[inline]
     pub(crate) fn needs_writable_edges(&self) -> bool {
-        !self.watch_writable && !self.output.is_empty()
+        !self.watch_writable && self.unflushed()
     }
 
     /// Now registered for writable edges (`yes`), or readable ones only.

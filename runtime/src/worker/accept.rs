@@ -176,9 +176,18 @@ impl<H: Handler> Worker<H> {
                 return;
             }
         };
-        let inserted = self
-            .conns
-            .insert(Conn::new(stream, state, generation, id, now));
+        #[allow(unused_mut)]
+        let mut conn = Conn::new(stream, state, generation, id, now);
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.opts.tls {
+            if let Err(e) = conn.start_tls(config) {
+                tracing::warn!(worker = self.info.index, error = %e, %peer, "starting TLS failed; closing the connection");
+                let inserted = self.conns.insert(conn);
+                self.counters.active += 1;
+                return self.close(inserted, CloseReason::TlsError, now);
+            }
+        }
+        let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, key);
         self.counters.active += 1;
         self.update_timer(key);

@@ -72,7 +72,13 @@ impl<H: Handler> Worker<H> {
                 return Ok(false);
             }
             *reads += 1;
-            match conn.read(&mut self.pool, self.opts.max_input)? {
+            let outcome = conn.read(&mut self.pool, self.opts.max_input)?;
+            #[cfg(feature = "tls")]
+            if let Some(resumed) = conn.tls_established() {
+                self.counters.tls_handshakes += 1;
+                self.counters.tls_resumed += u64::from(resumed);
+            }
+            match outcome {
                 ReadOutcome::Bytes(n) => {
                     self.counters.bytes_read += n as u64;
                     self.counters.reads += 1;
