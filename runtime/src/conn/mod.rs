@@ -491,12 +491,6 @@ impl<S> Conn<S> {
             self.phase = Phase::Closing { reason, linger };
         }
         self.readable = Readable::No;
-        #[cfg(feature = "tls")]
-        if let Some(tls) = self.tls.as_mut() {
-            // Flushed after the output: the peer learns the close is
-            // deliberate, not a truncation.
-            tls.close_notify();
-        }
     }
 
     // ----- writing --------------------------------------------------------------
@@ -516,7 +510,11 @@ impl<S> Conn<S> {
         if let Some(tls) = self.tls.as_mut() {
             let fd = self.stream.as_raw_fd();
             let before = self.output.len();
-            let (writes, bytes) = tls.flush(fd, &mut self.output).map_err(|e| classify(&e))?;
+            // Closing: `close_notify` follows the last of the output.
+            let closing = matches!(self.phase, Phase::Closing { .. } | Phase::PeerClosed);
+            let (writes, bytes) = tls
+                .flush(fd, &mut self.output, closing)
+                .map_err(|e| classify(&e))?;
             if bytes > 0 {
                 probes::write(worker, fd, self.id, bytes as usize);
             }

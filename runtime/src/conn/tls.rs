@@ -117,9 +117,7 @@ impl Tls {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Records::Drained),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Records::Again),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                return Err(CloseReason::Reset)
-            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(CloseReason::Reset),
             Err(_) => return Err(CloseReason::Error),
         };
         match self.conn.process_new_packets() {
@@ -182,7 +180,13 @@ impl Tls {
     /// # Errors
     ///
     /// The socket failed.
-    pub(crate) fn flush(&mut self, fd: RawFd, output: &mut Output) -> io::Result<(u64, u64)> {
+    /// `closing`: once `output` is all encrypted, `close_notify` follows.
+    pub(crate) fn flush(
+        &mut self,
+        fd: RawFd,
+        output: &mut Output,
+        closing: bool,
+    ) -> io::Result<(u64, u64)> {
         let (mut writes, mut written) = (0, 0);
         loop {
             if !output.is_empty() {
@@ -197,6 +201,9 @@ impl Tls {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
+            }
+            if closing && output.is_empty() {
+                self.close_notify();
             }
             if !self.conn.wants_write() {
                 return Ok((writes, written));

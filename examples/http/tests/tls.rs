@@ -1,0 +1,270 @@
+//! HTTPS: corelane-http with `ServerBuilder::tls`, against curl, Python's
+//! `ssl` and rustls's own client, and against clients that are not TLS at
+//! all or never finish the handshake.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use corelane::tls::rustls;
+use corelane::{Accepted, Action, CloseReason, Context, Handler, Input, Output, Server};
+use corelane_http::HttpOptions;
+use corelane_test_support::TestServer;
+
+/// A certificate for `localhost` and 127.0.0.1, and its key, written as
+/// PEM files to a directory of the test's own (removed when dropped).
+struct TestCert {
+    dir: PathBuf,
+}
+
+impl TestCert {
+    fn new(name: &str) -> TestCert {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
+        let cert = params.self_signed(&key).expect("self-signed");
+        let dir = std::env::temp_dir().join(format!("corelane-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        TestCert { dir }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        corelane::tls::server_config_from_pem(&self.cert(), &self.dir.join("key.pem"), alpn)
+            .expect("the test certificate loads")
+    }
+
+    /// A rustls client that trusts this certificate.
+    fn client(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.cert()).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn https_server(cert: &TestCert) -> TestServer {
+    util::start_with(
+        Server::builder()
+            .workers(2)
+            .tls(cert.config(&[b"http/1.1"])),
+        HttpOptions::default(),
+    )
+}
+
+/// A rustls client connection to `server`, as `localhost`.
+fn connect(
+    cert: &TestCert,
+    server: &TestServer,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(cert.client(), name).unwrap();
+    let tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn curl_over_https_keep_alive_and_a_body() {
+    if !util::needs(util::has_tool("curl"), "curl") {
+        return;
+    }
+    let cert = TestCert::new("curl");
+    let server = https_server(&cert);
+    let url = |path: &str| format!("https://localhost:{}{path}", server.addr.port());
+    let cacert = cert.cert();
+    let cacert = cacert.to_str().unwrap();
+    // Two URLs in one run share one connection: one handshake.
+    let out = util::curl(&["--cacert", cacert, &url("/plaintext"), &url("/json")]);
+    assert_eq!(out, "Hello, World!{\"message\":\"Hello, World!\"}");
+    server.wait_for("one handshake", util::WAIT, |m| {
+        m.tls_handshakes == 1 && m.accepted == 1
+    });
+    let body: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let path = cert.dir.join("body");
+    std::fs::write(&path, &body).unwrap();
+    let data = format!("@{}", path.display());
+    let echoed = util::curl(&["--cacert", cacert, "--data-binary", &data, &url("/echo")]);
+    assert!(echoed == body, "the echoed body differs");
+}
+
+/// Answers every read with what the TLS handshake settled.
+struct Negotiated;
+
+impl Handler for Negotiated {
+    type Conn = ();
+
+    fn on_accept(&mut self, _: &Accepted, _: &mut Context<'_>) {}
+
+    fn on_data(
+        &mut self,
+        _: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _: &mut Context<'_>,
+    ) -> Action {
+        input.consume(input.bytes().len());
+        let tls = input.tls().expect("a TLS connection");
+        let alpn = tls.alpn.map(String::from_utf8_lossy).unwrap_or_default();
+        let sni = tls.server_name.unwrap_or("-");
+        output.extend_from_slice(format!("alpn={alpn} sni={sni}\n").as_bytes());
+        Action::Close
+    }
+}
+
+#[test]
+fn alpn_and_sni_reach_the_handler_with_python_ssl() {
+    let cert = TestCert::new("alpn");
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .tls(cert.config(&[b"h2", b"http/1.1"])),
+        |_: &corelane::WorkerInfo| Negotiated,
+    );
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile={cafile:?})
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port})), server_hostname="localhost")
+s.sendall(b"hello")
+data = b""
+while True:
+    d = s.recv(1024)
+    if not d:
+        break
+    data += d
+print(s.selected_alpn_protocol(), data.decode(), end="")
+"#,
+        cafile = cert.cert().to_str().unwrap(),
+        port = server.addr.port()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "http/1.1 alpn=http/1.1 sni=localhost\n"
+    );
+}
+
+#[test]
+fn a_close_sends_close_notify_after_the_whole_reply() {
+    let cert = TestCert::new("close");
+    let server = https_server(&cert);
+    let mut tls = connect(&cert, &server);
+    tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\nGET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    // rustls's client says UnexpectedEof for a close without close_notify.
+    tls.read_to_end(&mut all).expect("a clean TLS close");
+    let text = String::from_utf8(all).unwrap();
+    assert!(text.contains("Hello, World!"), "{text}");
+    assert!(text.ends_with("{\"message\":\"Hello, World!\"}"), "{text}");
+    server.wait_for("the close counted", util::WAIT, |m| {
+        m.closed(CloseReason::Handler) == 1
+    });
+}
+
+#[test]
+fn plaintext_http_on_the_tls_port_is_refused_and_others_are_served() {
+    let cert = TestCert::new("garbage");
+    let server = https_server(&cert);
+    let mut raw = server.connect();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&0x15), "a TLS alert: {reply:?}");
+    server.wait_for("the refusal counted", util::WAIT, |m| {
+        m.closed(CloseReason::TlsError) == 1
+    });
+    // The worker goes on serving TLS clients.
+    let mut tls = connect(&cert, &server);
+    tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    tls.read_to_end(&mut all).unwrap();
+    assert!(all.ends_with(b"Hello, World!"));
+}
+
+#[test]
+fn a_handshake_that_never_finishes_is_closed_at_the_header_timeout() {
+    let cert = TestCert::new("trickle");
+    let server = util::start_with(
+        Server::builder()
+            .workers(1)
+            .header_timeout(Some(Duration::from_millis(500)))
+            .tls(cert.config(&[])),
+        HttpOptions::default(),
+    );
+    let mut raw = server.connect();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The first bytes of a ClientHello record, then nothing.
+    raw.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    let start = Instant::now();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    server.wait_for("the timeout counted", util::WAIT, |m| {
+        m.closed(CloseReason::HeaderTimeout) == 1
+    });
+}
+
+#[test]
+fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
+    let cert = TestCert::new("slow");
+    let server = https_server(&cert);
+    let mut tls = connect(&cert, &server);
+    let body = vec![b'z'; 900_000];
+    let mut request = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    tls.write_all(&request).unwrap();
+    // The reply is larger than the socket buffers: the server waits on
+    // writable edges (with plaintext held back in the output) meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut all = Vec::new();
+    tls.read_to_end(&mut all).expect("a clean TLS close");
+    assert!(all.ends_with(&body), "the echoed body is whole");
+}
