@@ -110,7 +110,9 @@ pub struct Input<'a> {
     consumed: usize,
     peer_closed: bool,
     draining: bool,
-    tls: Option<TlsInfo<'a>>,
+    /// The TLS session, on a TLS connection.
+    #[cfg(feature = "tls")]
+    tls: Option<&'a rustls::ServerConnection>,
 }
 
 /// What a TLS connection's handshake settled (feature `tls`), as a handler
@@ -134,13 +136,14 @@ impl<'a> Input<'a> {
             consumed: 0,
             peer_closed,
             draining,
+            #[cfg(feature = "tls")]
             tls: None,
         }
     }
 
-    /// The same input, on a TLS connection that negotiated `tls`.
-    #[must_use]
-    pub fn with_tls(mut self, tls: Option<TlsInfo<'a>>) -> Self {
+    /// The same input, on a TLS connection.
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls(mut self, tls: Option<&'a rustls::ServerConnection>) -> Self {
         self.tls = tls;
         self
     }
@@ -149,7 +152,14 @@ impl<'a> Input<'a> {
     /// on a plain one.
     #[must_use]
     pub fn tls(&self) -> Option<TlsInfo<'a>> {
-        self.tls
+        #[cfg(feature = "tls")]
+        if let Some(conn) = self.tls {
+            return Some(TlsInfo {
+                alpn: conn.alpn_protocol(),
+                server_name: conn.server_name(),
+            });
+        }
+        None
     }
 
     /// The bytes not consumed yet.

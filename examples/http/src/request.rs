@@ -290,6 +290,7 @@ pub fn parse_with<'a>(
 
 /// The path to route on: the query is dropped, and an absolute-form target
 /// (`http://host/path`) is reduced to its path.
+#[inline]
 fn route_path(target: &[u8], path_len: usize) -> &[u8] {
     if target.first() == Some(&b'/') {
         // Origin form, the common case: the path is what precedes the query.

@@ -41,6 +41,7 @@ use mio::net::TcpStream;
 
 use crate::buffer::{BufferPool, Input, Output};
 use crate::handler::{Action, CloseReason};
+use crate::metrics::Counters;
 use crate::panic;
 use crate::probes;
 use crate::sys;
@@ -204,19 +205,16 @@ impl<S> Conn<S> {
     /// Whether bytes wait to be written: output, or (TLS) ciphertext.
     #[inline]
     pub(crate) fn unflushed(&self) -> bool {
+        if !self.output.is_empty() {
+            return true;
+        }
         #[cfg(feature = "tls")]
         if self.tls.as_ref().is_some_and(|t| t.wants_write()) {
             return true;
         }
-        !self.output.is_empty()
+        false
     }
 
-    /// The handshake finished during the last read: `Some(resumed)`, once.
-    #[cfg(feature = "tls")]
-    pub(crate) fn tls_established(&mut self) -> Option<bool> {
-        let tls = self.tls.as_mut()?;
-        tls.just_established().then(|| tls.resumed())
-    }
 
     /// The handler's state (`None` only while it is being closed).
     pub(crate) fn state_mut(&mut self) -> Option<&mut S> {
@@ -322,10 +320,13 @@ impl<S> Conn<S> {
     ///
     /// The reason to close: a reset or another error, input beyond
     /// `max_input`, or the end of a lingering close.
+    ///
+    /// A TLS handshake that completes counts in `counters`.
     pub(crate) fn read(
         &mut self,
         pool: &mut BufferPool,
         max_input: usize,
+        #[allow(unused_variables)] counters: &mut Counters,
     ) -> Result<ReadOutcome, CloseReason> {
         if let Phase::Lingering { .. } = self.phase {
             return self.discard_some();
@@ -341,7 +342,7 @@ impl<S> Conn<S> {
         }
         #[cfg(feature = "tls")]
         if self.tls.is_some() {
-            return self.read_tls();
+            return self.read_tls(counters);
         }
         let space = self.input.capacity() - self.input.len();
         match sys::read_spare(self.stream.as_raw_fd(), &mut self.input) {
@@ -372,7 +373,7 @@ impl<S> Conn<S> {
     /// Reads on to `EAGAIN` (a short read of ciphertext proves nothing:
     /// rustls reads at most its own buffer's worth).
     #[cfg(feature = "tls")]
-    fn read_tls(&mut self) -> Result<ReadOutcome, CloseReason> {
+    fn read_tls(&mut self, counters: &mut Counters) -> Result<ReadOutcome, CloseReason> {
         let Some(tls) = self.tls.as_mut() else {
             return Ok(ReadOutcome::Again);
         };
@@ -389,6 +390,10 @@ impl<S> Conn<S> {
                 }
                 tls::Records::Again => return Ok(ReadOutcome::Again),
                 tls::Records::Read | tls::Records::Eof => {}
+            }
+            if tls.just_established() {
+                counters.tls_handshakes += 1;
+                counters.tls_resumed += u64::from(tls.resumed());
             }
         }
         match tls.take_plaintext(&mut self.input) {
@@ -441,12 +446,11 @@ impl<S> Conn<S> {
             return Ok(());
         };
         let peer_closed = self.phase == Phase::PeerClosed;
-        // What the TLS handshake settled, for the handler.
+        let input = Input::new(&self.input, peer_closed, draining);
+        // What the TLS handshake settled, for the handler to ask.
         #[cfg(feature = "tls")]
-        let tls = self.tls.as_deref().map(tls::Tls::info);
-        #[cfg(not(feature = "tls"))]
-        let tls = None;
-        let mut input = Input::new(&self.input, peer_closed, draining).with_tls(tls);
+        let input = input.with_tls(self.tls.as_deref().map(tls::Tls::session));
+        let mut input = input;
         let output = &mut self.output;
         let action = panic::catch(|| on_data(user, &mut input, output))?;
         let consumed = input.consumed();

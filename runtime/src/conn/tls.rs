@@ -241,12 +241,9 @@ impl Tls {
         let _ = self.conn.write_tls(&mut Socket(fd));
     }
 
-    /// The negotiated ALPN protocol and the SNI name the client sent.
-    pub(crate) fn info(&self) -> crate::buffer::TlsInfo<'_> {
-        crate::buffer::TlsInfo {
-            alpn: self.conn.alpn_protocol(),
-            server_name: self.conn.server_name(),
-        }
+    /// The rustls session (what the handshake negotiated: ALPN, SNI).
+    pub(crate) fn session(&self) -> &ServerConnection {
+        &self.conn
     }
 }
 

@@ -72,13 +72,7 @@ impl<H: Handler> Worker<H> {
                 return Ok(false);
             }
             *reads += 1;
-            let outcome = conn.read(&mut self.pool, self.opts.max_input)?;
-            #[cfg(feature = "tls")]
-            if let Some(resumed) = conn.tls_established() {
-                self.counters.tls_handshakes += 1;
-                self.counters.tls_resumed += u64::from(resumed);
-            }
-            match outcome {
+            match conn.read(&mut self.pool, self.opts.max_input, &mut self.counters)? {
                 ReadOutcome::Bytes(n) => {
                     self.counters.bytes_read += n as u64;
                     self.counters.reads += 1;
