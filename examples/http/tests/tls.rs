@@ -81,8 +81,17 @@ fn connect(
     cert: &TestCert,
     server: &TestServer,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    connect_with(cert.client(), server)
+}
+
+/// A connection with the client configuration `client` (which remembers
+/// the session tickets it got).
+fn connect_with(
+    client: Arc<rustls::ClientConfig>,
+    server: &TestServer,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(cert.client(), name).unwrap();
+    let conn = rustls::ClientConnection::new(client, name).unwrap();
     let tcp = TcpStream::connect(server.addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     rustls::StreamOwned::new(conn, tcp)
@@ -267,4 +276,28 @@ fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
     let mut all = Vec::new();
     tls.read_to_end(&mut all).expect("a clean TLS close");
     assert!(all.ends_with(&body), "the echoed body is whole");
+}
+
+#[test]
+fn sessions_resume_on_any_worker() {
+    let cert = TestCert::new("resume");
+    let server = https_server(&cert);
+    let client = cert.client();
+    let rounds = 8;
+    for _ in 0..rounds {
+        let mut tls = connect_with(Arc::clone(&client), &server);
+        tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = Vec::new();
+        tls.read_to_end(&mut all).unwrap();
+        assert!(all.ends_with(b"Hello, World!"));
+    }
+    // The first handshake is full; every later one resumes with a ticket,
+    // whichever of the two workers took it (they share the ticket key).
+    server.wait_for("every handshake counted", util::WAIT, |m| {
+        m.tls_handshakes == rounds
+    });
+    let per_worker = server.metrics.snapshot();
+    let resumed: u64 = per_worker.iter().map(|w| w.tls_resumed).sum();
+    assert_eq!(resumed, rounds - 1, "{per_worker:?}");
 }

@@ -215,7 +215,6 @@ impl<S> Conn<S> {
         false
     }
 
-
     /// The handler's state (`None` only while it is being closed).
     pub(crate) fn state_mut(&mut self) -> Option<&mut S> {
         self.user.as_mut()
