@@ -20,10 +20,17 @@
 //! | `gc_done` | worker, kind, freed, nanoseconds |
 //! | `steer` | worker, mode |
 //! | `panic` | worker, conn_id (`u64::MAX` outside a connection) |
+//! | `tls_handshake` | worker, conn_id, nanoseconds since accept, resumed (0 or 1) |
+//! | `tls_error` | worker, conn_id, reason |
 //!
 //! An outbound connection fires `connect` and `connected` instead of
 //! `accept`, then `read`, `write` and `close` as an accepted one does; a
 //! connect that fails fires `close` with the reason `connect_failed`.
+//!
+//! The `tls_*` probes exist in builds with the `tls` feature. `tls_error`'s
+//! reason is one of `invalid_message` (not TLS, or malformed),
+//! `peer_incompatible` (no shared version or cipher suite),
+//! `peer_misbehaved`, `alert_received`, `decrypt_error`, `other`.
 //!
 //! Built without the `probes` feature, every function here is empty.
 
@@ -119,4 +126,18 @@ pub(crate) fn steer(worker: usize, mode: &'static CStr) {
 #[inline(always)]
 pub(crate) fn panic(worker: usize, conn_id: u64) {
     fire!(panic, worker, conn_id);
+}
+
+/// A TLS handshake completed, `nanos` after the accept.
+#[cfg(feature = "tls")]
+#[inline(always)]
+pub(crate) fn tls_handshake(worker: usize, conn_id: u64, nanos: u64, resumed: bool) {
+    fire!(tls_handshake, worker, conn_id, nanos, u64::from(resumed));
+}
+
+/// TLS failed on a connection (it is closed with `tls_error`).
+#[cfg(feature = "tls")]
+#[inline(always)]
+pub(crate) fn tls_error(worker: usize, conn_id: u64, reason: &'static CStr) {
+    fire!(tls_error, worker, conn_id, reason.as_ptr());
 }

@@ -320,12 +320,13 @@ impl<S> Conn<S> {
     /// The reason to close: a reset or another error, input beyond
     /// `max_input`, or the end of a lingering close.
     ///
-    /// A TLS handshake that completes counts in `counters`.
+    /// A TLS handshake that completes counts in `counters` (of worker
+    /// `worker`, for the probes).
     pub(crate) fn read(
         &mut self,
         pool: &mut BufferPool,
         max_input: usize,
-        #[allow(unused_variables)] counters: &mut Counters,
+        #[allow(unused_variables)] (worker, counters): (usize, &mut Counters),
     ) -> Result<ReadOutcome, CloseReason> {
         if let Phase::Lingering { .. } = self.phase {
             return self.discard_some();
@@ -341,7 +342,7 @@ impl<S> Conn<S> {
         }
         #[cfg(feature = "tls")]
         if self.tls.is_some() {
-            return self.read_tls(counters);
+            return self.read_tls(worker, counters);
         }
         let space = self.input.capacity() - self.input.len();
         match sys::read_spare(self.stream.as_raw_fd(), &mut self.input) {
@@ -372,7 +373,11 @@ impl<S> Conn<S> {
     /// Reads on to `EAGAIN` (a short read of ciphertext proves nothing:
     /// rustls reads at most its own buffer's worth).
     #[cfg(feature = "tls")]
-    fn read_tls(&mut self, counters: &mut Counters) -> Result<ReadOutcome, CloseReason> {
+    fn read_tls(
+        &mut self,
+        worker: usize,
+        counters: &mut Counters,
+    ) -> Result<ReadOutcome, CloseReason> {
         let Some(tls) = self.tls.as_mut() else {
             return Ok(ReadOutcome::Again);
         };
@@ -382,7 +387,7 @@ impl<S> Conn<S> {
                 self.readable = Readable::No;
                 return Ok(ReadOutcome::Eof);
             }
-            match tls.read_records(&self.stream)? {
+            match tls.read_records(&self.stream, worker, self.id)? {
                 tls::Records::Drained => {
                     self.readable = Readable::No;
                     return Ok(ReadOutcome::Drained);
@@ -391,8 +396,13 @@ impl<S> Conn<S> {
                 tls::Records::Read | tls::Records::Eof => {}
             }
             if tls.just_established() {
+                let resumed = tls.resumed();
                 counters.tls_handshakes += 1;
-                counters.tls_resumed += u64::from(tls.resumed());
+                counters.tls_resumed += u64::from(resumed);
+                if let Activity::New { since } = self.activity {
+                    let nanos = since.elapsed().as_nanos() as u64;
+                    probes::tls_handshake(worker, self.id, nanos, resumed);
+                }
             }
         }
         match tls.take_plaintext(&mut self.input) {

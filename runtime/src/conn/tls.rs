@@ -111,7 +111,12 @@ impl Tls {
     /// The socket failed, or the peer sent what TLS refuses (a bad
     /// handshake, garbage, a bad record): [`CloseReason::TlsError`], after
     /// the alert rustls queued is sent (best effort).
-    pub(crate) fn read_records(&mut self, stream: &TcpStream) -> Result<Records, CloseReason> {
+    pub(crate) fn read_records(
+        &mut self,
+        stream: &TcpStream,
+        worker: usize,
+        conn_id: u64,
+    ) -> Result<Records, CloseReason> {
         let mut socket: &TcpStream = stream;
         let n = match self.conn.read_tls(&mut socket as &mut dyn Read) {
             Ok(n) => n,
@@ -130,7 +135,8 @@ impl Tls {
                 Ok(Records::Read)
             }
             Err(e) => {
-                tracing::debug!(error = %e, "TLS error; closing the connection");
+                tracing::debug!(worker, conn_id, error = %e, "TLS error; closing the connection");
+                crate::probes::tls_error(worker, conn_id, error_reason(&e));
                 // The alert rustls queued tells the peer why.
                 let _ = self.conn.write_tls(&mut Socket(fd_of(stream)));
                 Err(CloseReason::TlsError)
@@ -244,6 +250,20 @@ impl Tls {
     /// The rustls session (what the handshake negotiated: ALPN, SNI).
     pub(crate) fn session(&self) -> &ServerConnection {
         &self.conn
+    }
+}
+
+/// The `tls_error` probe's reason for a rustls error.
+fn error_reason(e: &rustls::Error) -> &'static std::ffi::CStr {
+    match e {
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => c"invalid_message",
+        rustls::Error::PeerIncompatible(_) => c"peer_incompatible",
+        rustls::Error::PeerMisbehaved(_) => c"peer_misbehaved",
+        rustls::Error::AlertReceived(_) => c"alert_received",
+        rustls::Error::DecryptError => c"decrypt_error",
+        _ => c"other",
     }
 }
 

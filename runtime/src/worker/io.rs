@@ -72,7 +72,11 @@ impl<H: Handler> Worker<H> {
                 return Ok(false);
             }
             *reads += 1;
-            match conn.read(&mut self.pool, self.opts.max_input, &mut self.counters)? {
+            match conn.read(
+                &mut self.pool,
+                self.opts.max_input,
+                (self.info.index, &mut self.counters),
+            )? {
                 ReadOutcome::Bytes(n) => {
                     self.counters.bytes_read += n as u64;
                     self.counters.reads += 1;
