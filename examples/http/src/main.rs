@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = 16 * 1024)]
     max_head: usize,
     /// Serve HTTPS with this PEM certificate chain (leaf first); needs
-    /// `--tls-key`.
+    /// `--tls-key`. The files are read again when they change or on SIGHUP.
     #[arg(long, requires = "tls_key", value_name = "PATH")]
     tls_cert: Option<std::path::PathBuf>,
     /// The PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
@@ -55,9 +55,17 @@ fn serve(args: Args) -> corelane::Result<()> {
     opts.test_routes = args.test_routes;
     let mut builder = Server::builder().max_input(opts.max_input());
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let config = corelane::tls::server_config_from_pem(cert, key, &[b"http/1.1"])
-            .map_err(|e| corelane::Error::Config(e.to_string()))?;
-        builder = builder.tls(config);
+        let config_error = |e: &dyn std::fmt::Display| corelane::Error::Config(e.to_string());
+        let files = corelane::tls::CertFiles::load(cert, key).map_err(|e| config_error(&e))?;
+        // New certificate files (or SIGHUP) take effect without a restart.
+        files
+            .watch(std::time::Duration::from_secs(2))
+            .map_err(|e| config_error(&e))?;
+        builder = builder.tls(
+            files
+                .server_config(&[b"http/1.1"])
+                .map_err(|e| config_error(&e))?,
+        );
     }
     args.server.apply(builder).build(Http::factory(opts))?.run()
 }

@@ -21,18 +21,35 @@ struct TestCert {
     dir: PathBuf,
 }
 
+/// A new self-signed certificate for `localhost` and 127.0.0.1, and its
+/// key, as PEM.
+fn self_signed() -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params");
+    let cert = params.self_signed(&key).expect("self-signed");
+    (cert.pem(), key.serialize_pem())
+}
+
 impl TestCert {
     fn new(name: &str) -> TestCert {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("params");
-        let cert = params.self_signed(&key).expect("self-signed");
         let dir = std::env::temp_dir().join(format!("corelane-tls-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        TestCert { dir }
+        let cert = TestCert { dir };
+        let (pem, key) = self_signed();
+        cert.replace(&pem, &key);
+        cert
+    }
+
+    /// Puts a new pair in place, each file renamed over the old one (as
+    /// certificate renewals do), the key first.
+    fn replace(&self, cert: &str, key: &str) {
+        for (name, text) in [("key.pem", key), ("cert.pem", cert)] {
+            let tmp = self.dir.join(format!("{name}.new"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.dir.join(name)).unwrap();
+        }
     }
 
     fn cert(&self) -> PathBuf {
@@ -44,12 +61,20 @@ impl TestCert {
             .expect("the test certificate loads")
     }
 
-    /// A rustls client that trusts this certificate.
+    /// A rustls client that trusts this certificate (and `more`, PEM).
     fn client(&self) -> Arc<rustls::ClientConfig> {
+        self.client_trusting(&[])
+    }
+
+    fn client_trusting(&self, more: &[&str]) -> Arc<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
         let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(self.cert()).unwrap() {
-            roots.add(c.unwrap()).unwrap();
+        let own = std::fs::read_to_string(self.cert()).unwrap();
+        for pem in more.iter().copied().chain([own.as_str()]) {
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -300,4 +325,73 @@ fn sessions_resume_on_any_worker() {
     let per_worker = server.metrics.snapshot();
     let resumed: u64 = per_worker.iter().map(|w| w.tls_resumed).sum();
     assert_eq!(resumed, rounds - 1, "{per_worker:?}");
+}
+
+#[test]
+fn a_certificate_reload_under_load_fails_no_request() {
+    let cert = TestCert::new("reload");
+    let files = corelane::tls::CertFiles::load(&cert.cert(), &cert.dir.join("key.pem")).unwrap();
+    files.watch(Duration::from_millis(50)).unwrap();
+    let server = util::start_with(
+        Server::builder()
+            .workers(2)
+            .tls(files.server_config(&[b"http/1.1"]).unwrap()),
+        HttpOptions::default(),
+    );
+    let old = std::fs::read_to_string(cert.cert()).unwrap();
+    let (new_cert, new_key) = self_signed();
+    // Full handshakes only: a resumed session presents no certificate.
+    let mut client = Arc::unwrap_or_clone(cert.client_trusting(&[&new_cert]));
+    client.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(client);
+    let leaf = |pem: &str| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    };
+    let (old_leaf, new_leaf) = (leaf(&old), leaf(&new_cert));
+    // New connections, one request each, until told to stop: which
+    // certificate each saw.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, client, addr) = (Arc::clone(&stop), Arc::clone(&client), server.addr);
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let conn = rustls::ClientConnection::new(Arc::clone(&client), name).unwrap();
+                let tcp = TcpStream::connect(addr).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .expect("a request is sent");
+                let mut all = Vec::new();
+                tls.read_to_end(&mut all).expect("a whole reply");
+                assert!(all.ends_with(b"Hello, World!"), "{all:?}");
+                seen.push(tls.conn.peer_certificates().unwrap()[0].clone());
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    cert.replace(&new_cert, &new_key);
+    std::thread::sleep(Duration::from_millis(500));
+    // A broken key is refused; the new pair stays in use.
+    cert.replace(
+        &new_cert,
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    );
+    assert!(files.reload().is_err(), "a broken key is refused");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.join().expect("no request failed");
+    let first_new = seen
+        .iter()
+        .position(|c| *c == new_leaf)
+        .expect("the new certificate served");
+    assert!(seen[..first_new].iter().all(|c| *c == old_leaf));
+    assert!(first_new > 0, "the old certificate served first");
+    assert!(
+        seen[first_new..].iter().all(|c| *c == new_leaf),
+        "once reloaded, only the new certificate (also after the broken reload)"
+    );
 }
