@@ -16,13 +16,12 @@
 # run, divided by the requests wrk counted; the ratio is taken per round.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tools/measure/common.sh
+. tools/measure/common.sh
 rounds=${1:-3}
 secs=${2:-8}
-for tool in wrk nginx strace; do
-  command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install wrk nginx strace)"; exit 1; }
-done
+need wrk nginx strace
 cargo build --release -q -p corelane-http
-tck=$(getconf CLK_TCK)
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 conf() { # port -> nginx.conf path
   local d=$dir/$1; mkdir -p "$d"
@@ -44,12 +43,8 @@ start() { # server port [prefix...] -> pid
     "$@" target/release/corelane-http --addr 127.0.0.1:$port --workers 1 --steering kernel ${CORELANE_ARGS:-} >/dev/null 2>&1 &
   fi
   echo $!
-  for _ in $(seq 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port)).close()" 2>/dev/null && return
-    sleep 0.1
-  done
+  wait_listening "$port"
 }
-cpu() { awk -v t="$tck" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 load() { taskset -c 1 wrk -t1 -c16 -d"$2"s -H 'Connection: close' "http://127.0.0.1:$1/plaintext" | awk '/requests in/ {print $1}'; }
 port=8700
 echo "round server requests/s cpu_us_per_connection"

@@ -21,13 +21,12 @@
 # the client counted; the ratio corelane ÷ nginx is taken per round.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tools/measure/common.sh
+. tools/measure/common.sh
 rounds=${1:-3}
 secs=${2:-5}
-for tool in wrk nginx openssl; do
-  command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install wrk nginx openssl)"; exit 1; }
-done
+need wrk nginx openssl
 cargo build --release -q -p corelane-http
-tck=$(getconf CLK_TCK)
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" -subj /CN=localhost \
@@ -56,12 +55,8 @@ start() { # server port -> pid
       --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem" >/dev/null 2>&1 &
   fi
   echo $!
-  for _ in $(seq 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port)).close()" 2>/dev/null && return
-    sleep 0.1
-  done
+  wait_listening "$port"
 }
-cpu() { awk -v t="$tck" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 load() { # mode port seconds -> requests or connections the client counted
   case $1 in
     keepalive) taskset -c 1 wrk -t1 -c16 -d"$3"s "https://127.0.0.1:$2/plaintext" | awk '/requests in/ {print $1}' ;;

@@ -122,6 +122,19 @@ fn connect_with(
     rustls::StreamOwned::new(conn, tcp)
 }
 
+/// Sends `request` and reads to the end of the connection, which must be
+/// a clean TLS close (rustls's client says `UnexpectedEof` for a close
+/// without `close_notify`).
+fn exchange<S: Read + Write>(tls: &mut S, request: &[u8]) -> Vec<u8> {
+    tls.write_all(request).expect("the request is sent");
+    let mut all = Vec::new();
+    tls.read_to_end(&mut all)
+        .expect("a whole reply and a clean TLS close");
+    all
+}
+
+const PLAINTEXT_CLOSE: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
 #[test]
 fn curl_over_https_keep_alive_and_a_body() {
     if !util::needs(util::has_tool("curl"), "curl") {
@@ -219,11 +232,10 @@ fn a_close_sends_close_notify_after_the_whole_reply() {
     let cert = TestCert::new("close");
     let server = https_server(&cert);
     let mut tls = connect(&cert, &server);
-    tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\nGET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut all = Vec::new();
-    // rustls's client says UnexpectedEof for a close without close_notify.
-    tls.read_to_end(&mut all).expect("a clean TLS close");
+    let all = exchange(
+        &mut tls,
+        b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\nGET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     let text = String::from_utf8(all).unwrap();
     assert!(text.contains("Hello, World!"), "{text}");
     assert!(text.ends_with("{\"message\":\"Hello, World!\"}"), "{text}");
@@ -247,11 +259,7 @@ fn plaintext_http_on_the_tls_port_is_refused_and_others_are_served() {
         m.closed(CloseReason::TlsError) == 1
     });
     // The worker goes on serving TLS clients.
-    let mut tls = connect(&cert, &server);
-    tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut all = Vec::new();
-    tls.read_to_end(&mut all).unwrap();
+    let all = exchange(&mut connect(&cert, &server), PLAINTEXT_CLOSE);
     assert!(all.ends_with(b"Hello, World!"));
 }
 
@@ -298,8 +306,7 @@ fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
     // The reply is larger than the socket buffers: the server waits on
     // writable edges (with plaintext held back in the output) meanwhile.
     std::thread::sleep(Duration::from_millis(500));
-    let mut all = Vec::new();
-    tls.read_to_end(&mut all).expect("a clean TLS close");
+    let all = exchange(&mut tls, b"");
     assert!(all.ends_with(&body), "the echoed body is whole");
 }
 
@@ -310,11 +317,10 @@ fn sessions_resume_on_any_worker() {
     let client = cert.client();
     let rounds = 8;
     for _ in 0..rounds {
-        let mut tls = connect_with(Arc::clone(&client), &server);
-        tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut all = Vec::new();
-        tls.read_to_end(&mut all).unwrap();
+        let all = exchange(
+            &mut connect_with(Arc::clone(&client), &server),
+            PLAINTEXT_CLOSE,
+        );
         assert!(all.ends_with(b"Hello, World!"));
     }
     // The first handshake is full; every later one resumes with a ticket,
@@ -362,10 +368,7 @@ fn a_certificate_reload_under_load_fails_no_request() {
                 let tcp = TcpStream::connect(addr).unwrap();
                 tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
-                tls.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .expect("a request is sent");
-                let mut all = Vec::new();
-                tls.read_to_end(&mut all).expect("a whole reply");
+                let all = exchange(&mut tls, PLAINTEXT_CLOSE);
                 assert!(all.ends_with(b"Hello, World!"), "{all:?}");
                 seen.push(tls.conn.peer_certificates().unwrap()[0].clone());
             }
