@@ -161,6 +161,11 @@ pub struct ServerOptions {
     /// (see [`crate::tls`]). Default `None`: plain TCP.
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The keys `tls`'s configuration seals session tickets with, handed
+    /// to (or taken from) the process on the other side of a takeover, so
+    /// sessions resume across it. Default `None`.
+    #[cfg(feature = "tls")]
+    pub tls_ticket_keys: Option<std::sync::Arc<crate::tls::TicketKeys>>,
 }
 
 impl Default for ServerOptions {
@@ -203,6 +208,8 @@ impl Default for ServerOptions {
             control_socket: true,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            tls_ticket_keys: None,
         }
     }
 }

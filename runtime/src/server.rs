@@ -58,6 +58,16 @@ impl ServerBuilder {
         self
     }
 
+    /// The keys the [`tls`](Self::tls) configuration seals session tickets
+    /// with ([`crate::tls::TicketKeys`], set as its `ticketer`): a takeover
+    /// hands them from the old process to the new one, so sessions resume
+    /// across it.
+    #[cfg(feature = "tls")]
+    pub fn tls_ticket_keys(mut self, keys: std::sync::Arc<crate::tls::TicketKeys>) -> Self {
+        self.opts.tls_ticket_keys = Some(keys);
+        self
+    }
+
     /// Starts one worker per CPU of the affinity mask (the default).
     pub fn workers_per_cpu(mut self) -> Self {
         self.opts.workers = Workers::PerCpu;
@@ -184,6 +194,10 @@ impl ServerBuilder {
             raise_nofile_limit();
         }
         let previous = takeover::predecessor(&opts)?;
+        #[cfg(feature = "tls")]
+        if let (Some(previous), Some(keys)) = (&previous, &opts.tls_ticket_keys) {
+            previous.take_ticket_keys(keys);
+        }
         let listeners = listener::bind_group(
             opts.addr,
             cpus.len(),

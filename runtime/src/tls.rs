@@ -45,8 +45,8 @@
 //! alone (aws-lc-rs needs cmake, and more time to build).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::sign::CertifiedKey;
 
@@ -87,7 +87,7 @@ pub fn server_config_from_pem(
     key: &Path,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
-    CertFiles::load(cert, key)?.server_config(alpn)
+    CertFiles::load(cert, key)?.server_config(alpn, &TicketKeys::new()?)
 }
 
 /// A certificate chain and key read from PEM files, which can be read again
@@ -135,9 +135,13 @@ impl CertFiles {
     /// # Errors
     ///
     /// rustls refused a setting.
+    /// Session tickets are sealed with `tickets` (give the same keys to
+    /// [`ServerBuilder::tls_ticket_keys`](crate::ServerBuilder::tls_ticket_keys)
+    /// so they survive a takeover).
     pub fn server_config(
         self: &Arc<Self>,
         alpn: &[&[u8]],
+        tickets: &Arc<TicketKeys>,
     ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -145,9 +149,8 @@ impl CertFiles {
             .with_cert_resolver(Arc::clone(self) as Arc<dyn rustls::server::ResolvesServerCert>);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // Stateless session tickets: one key for every worker (they share
-        // this configuration), rotated every 6 hours, the previous key
-        // still accepted for the 6 hours after.
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        // this configuration).
+        config.ticketer = Arc::clone(tickets) as Arc<dyn rustls::server::ProducesTickets>;
         Ok(Arc::new(config))
     }
 
@@ -232,4 +235,222 @@ fn read_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsConfigError> {
     // `from_der` lets a pair whose match it cannot tell through.
     pair.keys_match()?;
     Ok(pair)
+}
+
+/// The keys that seal stateless session tickets (ChaCha20-Poly1305), shared
+/// by every worker of a server: a session resumes on any worker. The key
+/// in use is replaced every [`ROTATION`](TicketKeys::ROTATION); tickets
+/// sealed with the one before stay valid for one more period. A process
+/// that takes over ([`ServerBuilder::takeover`](crate::ServerBuilder::takeover))
+/// gets the keys of the one it replaces over the control socket, when both
+/// were given theirs with
+/// [`ServerBuilder::tls_ticket_keys`](crate::ServerBuilder::tls_ticket_keys):
+/// sessions resume across the restart.
+pub struct TicketKeys {
+    keys: Mutex<Keys>,
+    rng: ring::rand::SystemRandom,
+}
+
+struct Keys {
+    current: Key,
+    previous: Option<Key>,
+    since: Instant,
+}
+
+/// One key and the id that prefixes its tickets.
+#[derive(Clone, Copy)]
+struct Key {
+    id: [u8; 4],
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for TicketKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketKeys { .. }")
+    }
+}
+
+impl TicketKeys {
+    /// How long a key seals new tickets.
+    pub const ROTATION: Duration = Duration::from_secs(6 * 60 * 60);
+    const NONCE: usize = 12;
+
+    /// Fresh random keys.
+    ///
+    /// # Errors
+    ///
+    /// The system's random source failed.
+    pub fn new() -> Result<Arc<TicketKeys>, rustls::Error> {
+        let rng = ring::rand::SystemRandom::new();
+        let current = Key::random(&rng)?;
+        Ok(Arc::new(TicketKeys {
+            keys: Mutex::new(Keys {
+                current,
+                previous: None,
+                since: Instant::now(),
+            }),
+            rng,
+        }))
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The keys as one line of text (hex), for the process taking over.
+    pub(crate) fn export(&self) -> String {
+        let keys = self.keys();
+        [Some(keys.current), keys.previous]
+            .iter()
+            .flatten()
+            .map(|k| hex(&[&k.id[..], &k.secret[..]].concat()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Takes the keys of [`export`](Self::export)'s line (the current key
+    /// first): tickets the other process sealed open here.
+    pub(crate) fn import(&self, line: &str) -> Result<(), &'static str> {
+        let parsed: Vec<Key> = line
+            .split(' ')
+            .map(|word| {
+                let bytes = unhex(word).ok_or("not hex")?;
+                let (id, secret) = bytes.split_at_checked(4).ok_or("too short")?;
+                Ok(Key {
+                    id: id.try_into().map_err(|_| "bad id")?,
+                    secret: secret.try_into().map_err(|_| "not a 32-byte key")?,
+                })
+            })
+            .collect::<Result<_, &'static str>>()?;
+        let [current, rest @ ..] = parsed.as_slice() else {
+            return Err("no key");
+        };
+        let mut keys = self.keys();
+        keys.current = *current;
+        keys.previous = rest.first().copied();
+        keys.since = Instant::now();
+        Ok(())
+    }
+
+    fn aead(key: &Key) -> ring::aead::LessSafeKey {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key.secret)
+            .expect("a 32-byte ChaCha20-Poly1305 key");
+        ring::aead::LessSafeKey::new(unbound)
+    }
+}
+
+impl Key {
+    fn random(rng: &ring::rand::SystemRandom) -> Result<Key, rustls::Error> {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 36];
+        rng.fill(&mut bytes)
+            .map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
+        let (id, secret) = bytes.split_at(4);
+        Ok(Key {
+            id: id.try_into().unwrap_or_default(),
+            secret: secret.try_into().unwrap_or([0; 32]),
+        })
+    }
+}
+
+impl rustls::server::ProducesTickets for TicketKeys {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        // A ticket lives as long as its key opens it: two periods at most.
+        (2 * Self::ROTATION.as_secs()) as u32
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use ring::rand::SecureRandom;
+        let key = {
+            let mut keys = self.keys();
+            if keys.since.elapsed() >= Self::ROTATION {
+                let fresh = Key::random(&self.rng).ok()?;
+                keys.previous = Some(keys.current);
+                keys.current = fresh;
+                keys.since = Instant::now();
+            }
+            keys.current
+        };
+        let mut nonce = [0u8; Self::NONCE];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(4 + Self::NONCE + plain.len() + 16);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let sealed = &mut out[4 + Self::NONCE..];
+        let tag = Self::aead(&key)
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(&key.id),
+                sealed,
+            )
+            .ok()?;
+        out.extend_from_slice(tag.as_ref());
+        Some(out)
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        let (id, rest) = ticket.split_at_checked(4)?;
+        let (nonce, sealed) = rest.split_at_checked(Self::NONCE)?;
+        let key = {
+            let keys = self.keys();
+            [Some(keys.current), keys.previous]
+                .into_iter()
+                .flatten()
+                .find(|k| k.id == id)?
+        };
+        let mut buf = sealed.to_vec();
+        let plain = Self::aead(&key)
+            .open_in_place(
+                ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+                ring::aead::Aad::from(&key.id),
+                &mut buf,
+            )
+            .ok()?
+            .len();
+        buf.truncate(plain);
+        Some(buf)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::server::ProducesTickets;
+
+    use super::*;
+
+    #[test]
+    fn tickets_open_with_their_keys_only_and_keys_travel_as_text() {
+        let a = TicketKeys::new().unwrap();
+        let b = TicketKeys::new().unwrap();
+        let ticket = a.encrypt(b"session state").unwrap();
+        assert_eq!(a.decrypt(&ticket).as_deref(), Some(&b"session state"[..]));
+        assert_eq!(b.decrypt(&ticket), None, "another server's keys");
+        let mut forged = ticket.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(a.decrypt(&forged), None, "a changed ticket");
+        // A process taking over gets the keys as a line of text.
+        b.import(&a.export()).unwrap();
+        assert_eq!(b.decrypt(&ticket).as_deref(), Some(&b"session state"[..]));
+        assert!(b.import("zz").is_err());
+        assert!(b.import("00112233").is_err());
+    }
 }

@@ -61,11 +61,12 @@ fn serve(args: Args) -> corelane::Result<()> {
         files
             .watch(std::time::Duration::from_secs(2))
             .map_err(|e| config_error(&e))?;
-        builder = builder.tls(
-            files
-                .server_config(&[b"http/1.1"])
-                .map_err(|e| config_error(&e))?,
-        );
+        // Session tickets resume on any worker, and across a takeover.
+        let tickets = corelane::tls::TicketKeys::new().map_err(|e| config_error(&e))?;
+        let config = files
+            .server_config(&[b"http/1.1"], &tickets)
+            .map_err(|e| config_error(&e))?;
+        builder = builder.tls(config).tls_ticket_keys(tickets);
     }
     args.server.apply(builder).build(Http::factory(opts))?.run()
 }

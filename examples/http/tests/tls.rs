@@ -339,9 +339,11 @@ fn a_certificate_reload_under_load_fails_no_request() {
     let files = corelane::tls::CertFiles::load(&cert.cert(), &cert.dir.join("key.pem")).unwrap();
     files.watch(Duration::from_millis(50)).unwrap();
     let server = util::start_with(
-        Server::builder()
-            .workers(2)
-            .tls(files.server_config(&[b"http/1.1"]).unwrap()),
+        Server::builder().workers(2).tls(
+            files
+                .server_config(&[b"http/1.1"], &corelane::tls::TicketKeys::new().unwrap())
+                .unwrap(),
+        ),
         HttpOptions::default(),
     );
     let old = std::fs::read_to_string(cert.cert()).unwrap();
@@ -397,4 +399,54 @@ fn a_certificate_reload_under_load_fails_no_request() {
         seen[first_new..].iter().all(|c| *c == new_leaf),
         "once reloaded, only the new certificate (also after the broken reload)"
     );
+}
+
+#[test]
+fn sessions_resume_across_a_takeover() {
+    let cert = TestCert::new("takeover");
+    let files = corelane::tls::CertFiles::load(&cert.cert(), &cert.dir.join("key.pem")).unwrap();
+    let tls_builder = || {
+        // Each process makes its own keys; the new one takes the old one's.
+        let keys = corelane::tls::TicketKeys::new().unwrap();
+        let config = files.server_config(&[b"http/1.1"], &keys).unwrap();
+        let opts = HttpOptions::default();
+        Server::builder()
+            .workers(1)
+            .max_input(opts.max_input())
+            .tls(config)
+            .tls_ticket_keys(keys)
+    };
+    let mut old = TestServer::start(
+        tls_builder(),
+        corelane_http::Http::factory(HttpOptions::default()),
+    );
+    let client = cert.client();
+    // A full handshake with the old process; the client keeps its ticket.
+    let all = exchange(
+        &mut connect_with(Arc::clone(&client), &old),
+        PLAINTEXT_CLOSE,
+    );
+    assert!(all.ends_with(b"Hello, World!"));
+    old.wait_for("the handshake", util::WAIT, |m| m.tls_handshakes == 1);
+
+    let new = TestServer::start_at(
+        tls_builder().takeover(true),
+        old.addr,
+        corelane_http::Http::factory(HttpOptions::default()),
+    );
+    // The old process hands over, drains (nothing is open) and returns.
+    assert!(
+        old.finished(Duration::from_secs(10))
+            .is_some_and(|r| r.is_ok()),
+        "the old process finished"
+    );
+    // The ticket from the old process resumes on the new one.
+    let all = exchange(
+        &mut connect_with(Arc::clone(&client), &new),
+        PLAINTEXT_CLOSE,
+    );
+    assert!(all.ends_with(b"Hello, World!"));
+    new.wait_for("a resumed handshake", util::WAIT, |m| {
+        m.tls_handshakes == 1 && m.tls_resumed == 1
+    });
 }

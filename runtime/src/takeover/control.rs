@@ -31,6 +31,9 @@ const CONTROL_POLL_MS: i32 = 50;
 pub(crate) struct Describe {
     pub(crate) steering: String,
     pub(crate) workers: usize,
+    /// The TLS session-ticket keys, for `tls-keys`.
+    #[cfg(feature = "tls")]
+    pub(crate) tickets: Option<std::sync::Arc<crate::tls::TicketKeys>>,
 }
 
 /// Binds `@corelane/<addr>`, waiting up to `wait` for a previous holder
@@ -150,6 +153,15 @@ fn handle(
         let migrate = match line.as_str() {
             "drain migrate" => true,
             "drain accept" => false,
+            "tls-keys" => {
+                #[cfg(feature = "tls")]
+                if let Some(keys) = &describe.tickets {
+                    writer.write_all(format!("tls-keys {}\n", keys.export()).as_bytes())?;
+                    continue;
+                }
+                writer.write_all(b"tls-keys none\n")?;
+                continue;
+            }
             _ => {
                 writer.write_all(b"error: expected `drain migrate` or `drain accept`\n")?;
                 continue;

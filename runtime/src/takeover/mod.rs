@@ -12,6 +12,10 @@
 //! old → new   draining
 //! ```
 //!
+//! Before `drain`, the new process may ask `tls-keys`: the old one answers
+//! `tls-keys <hex> [<hex>]` (its session-ticket keys, current first) or
+//! `tls-keys none`.
+//!
 //! `migrate`: the group migrates a closing listener's queue (eBPF steering
 //! with `SELECT_OR_MIGRATE`, or `net.ipv4.tcp_migrate_req=1`), so the old
 //! process closes its listeners at once. `accept`: it accepts what is queued
@@ -216,6 +220,36 @@ fn parse_banner(line: &str) -> Option<Banner> {
 }
 
 impl Predecessor {
+    /// Takes the TLS session-ticket keys of the serving process into
+    /// `keys` (logged either way: without them, sessions from before the
+    /// takeover do one full handshake).
+    #[cfg(feature = "tls")]
+    pub(crate) fn take_ticket_keys(&self, keys: &crate::tls::TicketKeys) {
+        let answer = (|| -> io::Result<String> {
+            let (_, _, mut reader) = ask(self.addr, self.trusted)?.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "it has stopped in the meantime")
+            })?;
+            reader.get_mut().write_all(b"tls-keys\n")?;
+            read_line(&mut reader)
+        })();
+        let taken = match answer {
+            Ok(line) => match line.strip_prefix("tls-keys ") {
+                Some("none") => Err("it has none".to_owned()),
+                Some(text) => keys.import(text).map_err(str::to_owned),
+                None => Err(format!("it answered {line:?}")),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match taken {
+            Ok(()) => tracing::info!(pid = self.pid, "TLS session-ticket keys taken over"),
+            Err(why) => tracing::warn!(
+                pid = self.pid,
+                why,
+                "TLS session-ticket keys not taken over; sessions from before do a full handshake"
+            ),
+        }
+    }
+
     /// What it steers with, for the steering set-up.
     pub(crate) fn steering(&self) -> PreviousSteering {
         PreviousSteering {
@@ -326,6 +360,8 @@ pub(crate) fn start(
     let describe = control::Describe {
         steering: opts.steering.as_str().to_owned(),
         workers,
+        #[cfg(feature = "tls")]
+        tickets: opts.tls_ticket_keys.clone(),
     };
     let listener = match claimed {
         Some(l) => Ok(l),
