@@ -18,7 +18,9 @@
 #   resuming the first one's session each time — CPU per connection.
 #
 # CPU is the server's utime+stime from /proc over the run, divided by what
-# the client counted; the ratio corelane ÷ nginx is taken per round.
+# the client counted; the ratio corelane ÷ nginx is taken per round. A run
+# with errors (wrk's socket errors or non-2xx answers, or no connection
+# completed) stops the script.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tools/measure/common.sh
@@ -58,13 +60,19 @@ start() { # server port -> pid
   wait_listening "$port"
 }
 load() { # mode port seconds -> requests or connections the client counted
+  local out n
   case $1 in
-    keepalive) taskset -c 1 wrk -t1 -c16 -d"$3"s "https://127.0.0.1:$2/plaintext" | awk '/requests in/ {print $1}' ;;
+    keepalive)
+      out=$(taskset -c 1 wrk -t1 -c16 -d"$3"s "https://127.0.0.1:$2/plaintext")
+      if grep -q "errors\|Non-2xx" <<<"$out"; then echo "wrk saw errors: $out" >&2; exit 1; fi
+      n=$(awk '/requests in/ {print $1}' <<<"$out") ;;
     full|resumed)
       local how=-new; [ "$1" = resumed ] && how=-reuse
-      taskset -c 1 openssl s_time -connect 127.0.0.1:"$2" $how -www /plaintext -time "$3" 2>/dev/null \
-        | awk '/connections in [0-9.]+s;/ {print $1; exit}' ;;
+      out=$(taskset -c 1 openssl s_time -connect 127.0.0.1:"$2" $how -www /plaintext -time "$3" 2>&1)
+      n=$(awk '/connections in [0-9.]+s;/ {print $1; exit}' <<<"$out") ;;
   esac
+  [ "${n:-0}" -gt 0 ] || { echo "no $1 connection completed: $out" >&2; exit 1; }
+  echo "$n"
 }
 port=8800
 echo "round mode server per_second cpu_us_each"

@@ -450,3 +450,89 @@ fn sessions_resume_across_a_takeover() {
         m.tls_handshakes == 1 && m.tls_resumed == 1
     });
 }
+
+/// Runs `openssl s_client` against `port` with `args`, sending `input`;
+/// its output (stdout and stderr).
+fn s_client(cert: &TestCert, port: u16, args: &[&str], input: &[u8]) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-CAfile", cert.cert().to_str().unwrap()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn openssl_s_client_alpn_sni_and_resumption() {
+    if !util::needs(util::has_tool("openssl"), "openssl") {
+        return;
+    }
+    let cert = TestCert::new("s_client");
+    let server = https_server(&cert);
+    let port = server.addr.port();
+    let sess = cert.dir.join("session");
+    let sess = sess.to_str().unwrap();
+    let request = b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for version in ["-tls1_3", "-tls1_2"] {
+        let first = s_client(
+            &cert,
+            port,
+            &[
+                version,
+                "-alpn",
+                "http/1.1",
+                "-servername",
+                "localhost",
+                "-sess_out",
+                sess,
+            ],
+            request,
+        );
+        assert!(first.contains("ALPN protocol: http/1.1"), "{first}");
+        assert!(first.contains("Verify return code: 0 (ok)"), "{first}");
+        assert!(first.contains("\nNew, "), "{first}");
+        assert!(first.contains("Hello, World!"), "{first}");
+        let again = s_client(&cert, port, &[version, "-sess_in", sess], request);
+        assert!(again.contains("\nReused, "), "{version}: {again}");
+        assert!(again.contains("Hello, World!"), "{again}");
+    }
+    server.wait_for("two full handshakes and two resumed", util::WAIT, |m| {
+        m.tls_handshakes == 4 && m.tls_resumed == 2
+    });
+}
+
+#[test]
+fn wrk_over_https_has_no_errors() {
+    if !util::needs(util::has_tool("wrk"), "wrk") {
+        return;
+    }
+    let cert = TestCert::new("wrk");
+    let server = https_server(&cert);
+    let out = std::process::Command::new("wrk")
+        .args(["-t1", "-c8", "-d1s"])
+        .arg(format!(
+            "https://127.0.0.1:{}/plaintext",
+            server.addr.port()
+        ))
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("errors"), "{text}");
+    let requests: u64 = text
+        .split_whitespace()
+        .zip(text.split_whitespace().skip(1))
+        .find(|(_, next)| *next == "requests")
+        .and_then(|(n, _)| n.parse().ok())
+        .expect("wrk's request count");
+    assert!(requests > 100, "{text}");
+    server.wait_for("a handshake per connection", util::WAIT, |m| {
+        m.tls_handshakes >= 8
+    });
+}
