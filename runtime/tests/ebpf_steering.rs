@@ -222,10 +222,15 @@ fn least_loaded_steers_away_from_a_worker_holding_many_connections() {
     eprintln!("least-loaded: worker 0 held {held}; 300 new went {got:?}");
     assert_eq!(after[0], before[0], "worker 0 got new connections: {got:?}");
     assert_eq!(got[0], 0, "{got:?}");
+    // Spread among the others, within half of a fair share either way:
+    // power of two choices picks by the loads the workers last published
+    // (once per loop turn), so a burst of SYNs between two publications
+    // leans on one worker. 80..=120 failed in 8 of 10 runs on 2026-12-03
+    // (66 to 138 seen, on the code before the TLS work as well as after).
     for w in 1..4 {
         assert!(
-            (80..=120).contains(&got[w]),
-            "even among the others: {got:?}"
+            (50..=150).contains(&got[w]),
+            "spread among the others: {got:?}"
         );
     }
     drop(kept);
