@@ -452,10 +452,16 @@ fn sessions_resume_across_a_takeover() {
 }
 
 /// Runs `openssl s_client` against `port` with `args`, sending `input`;
-/// its output (stdout and stderr).
+/// its output (stdout and stderr) once the server closes (`-ign_eof`:
+/// the end of `input` does not end the session).
 fn s_client(cert: &TestCert, port: u16, args: &[&str], input: &[u8]) -> String {
     let mut child = std::process::Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args([
+            "s_client",
+            "-ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args(["-CAfile", cert.cert().to_str().unwrap()])
         .args(args)
         .stdin(std::process::Stdio::piped())
@@ -498,7 +504,13 @@ fn openssl_s_client_alpn_sni_and_resumption() {
         assert!(first.contains("Verify return code: 0 (ok)"), "{first}");
         assert!(first.contains("\nNew, "), "{first}");
         assert!(first.contains("Hello, World!"), "{first}");
-        let again = s_client(&cert, port, &[version, "-sess_in", sess], request);
+        // The same server name: rustls resumes only a session made for it.
+        let again = s_client(
+            &cert,
+            port,
+            &[version, "-servername", "localhost", "-sess_in", sess],
+            request,
+        );
         assert!(again.contains("\nReused, "), "{version}: {again}");
         assert!(again.contains("Hello, World!"), "{again}");
     }
