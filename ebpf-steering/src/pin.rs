@@ -78,16 +78,31 @@ pub(crate) fn remove_pins(dir: &Path) -> io::Result<()> {
 }
 
 /// Where the steering of the group serving `addr` is pinned:
-/// `/sys/fs/bpf/corelane/<ip>_<port>`, with the address's dots and colons
-/// written as dashes (a BPF filesystem refuses names with dots), e.g.
-/// `/sys/fs/bpf/corelane/127-0-0-1_8080`.
+/// `/sys/fs/bpf/corelane/net<inode>_<ip>_<port>`, `<inode>` naming the
+/// network namespace and the address's dots and colons written as dashes
+/// (a BPF filesystem refuses names with dots), e.g.
+/// `/sys/fs/bpf/corelane/net4026531833_127-0-0-1_8080`. A reuseport group
+/// lives in one network namespace while a BPF filesystem is often shared
+/// by several (containers mounting the host's `/sys/fs/bpf`): two pods
+/// serving `0.0.0.0:8080` on one node must not join each other's program.
 #[must_use]
 pub fn pin_dir(addr: std::net::SocketAddr) -> PathBuf {
     let ip = addr.ip().to_string().replace(['.', ':'], "-");
-    Path::new(BPFFS)
-        .join("corelane")
-        .join(format!("{ip}_{}", addr.port()))
+    let name = match netns_inode() {
+        Some(ino) => format!("net{ino}_{ip}_{}", addr.port()),
+        None => format!("{ip}_{}", addr.port()),
+    };
+    Path::new(BPFFS).join("corelane").join(name)
 }
+
+/// The inode of this thread's network namespace.
+fn netns_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
 
 /// Removes the pins of addresses whose serving process is gone (killed, so
 /// it could not remove them): every directory under

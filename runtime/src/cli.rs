@@ -39,7 +39,7 @@ use crate::server::ServerBuilder;
 use crate::steering::Steering;
 
 /// `--addr --workers --steering --idle-timeout --header-timeout
-/// --shutdown-timeout --user --defer-accept --takeover`, as a flattenable
+/// --shutdown-timeout --drain-delay --user --defer-accept --takeover`, as a flattenable
 /// clap argument group.
 #[derive(Debug, Clone, clap::Args)]
 #[non_exhaustive]
@@ -73,6 +73,12 @@ pub struct ServerArgs {
     /// when taken over).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, keep accepting and serving this long while `/readyz`
+    /// already answers 503, so load balancers stop sending first (e.g.
+    /// `5s` behind a balancer that checks every second); then drain within
+    /// `--shutdown-timeout`. Not applied to a takeover.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
     /// Serve as this user (e.g. `nobody`): bind, raise limits and attach
     /// steering as root first, then drop to it for good.
     #[arg(long)]
@@ -110,6 +116,7 @@ impl ServerArgs {
             .idle_timeout(nonzero(self.idle_timeout))
             .header_timeout(nonzero(self.header_timeout))
             .shutdown_timeout(self.shutdown_timeout)
+            .drain_delay(self.drain_delay)
             .user(self.user.clone())
             .defer_accept(self.defer_accept)
             .takeover(self.takeover);
@@ -143,6 +150,7 @@ mod tests {
         assert_eq!(opts.idle_timeout, default.idle_timeout);
         assert_eq!(opts.header_timeout, default.header_timeout);
         assert_eq!(opts.shutdown_timeout, default.shutdown_timeout);
+        assert_eq!(opts.drain_delay, default.drain_delay);
         assert_eq!(opts.addr, default.addr);
 
         let args = Args::parse_from([

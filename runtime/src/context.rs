@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 pub use crate::handle::{ConnHandle, HandleError};
+use crate::shutdown::ServerState;
 use crate::mailbox::{Job, OffloadError, Origin, Outbox, PostError};
 use crate::timer::{Entry, TimerWheel};
 
@@ -108,6 +109,7 @@ pub struct Context<'a> {
     ops: &'a mut Ops,
     timers: &'a mut Timers,
     outbox: &'a Outbox,
+    server_state: ServerState,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -164,6 +166,7 @@ impl<'a> Context<'a> {
         ops: &'a mut Ops,
         timers: &'a mut Timers,
         outbox: &'a Outbox,
+        server_state: ServerState,
     ) -> Self {
         Context {
             worker,
@@ -174,6 +177,7 @@ impl<'a> Context<'a> {
             ops,
             timers,
             outbox,
+            server_state,
         }
     }
 
@@ -193,6 +197,30 @@ impl<'a> Context<'a> {
     #[must_use]
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Whether the server is serving, draining or handed over: what a
+    /// readiness route (`/readyz`) answers from. It turns from
+    /// [`ServerState::Serving`](crate::ServerState::Serving) the moment a
+    /// graceful shutdown or a hand-over begins, and never back.
+    ///
+    /// ```
+    /// use corelane::{DetachedContext, ServerState};
+    ///
+    /// let mut detached = DetachedContext::new(0);
+    /// let cx = detached.context();
+    /// let (status, body) = if cx.server_state().is_ready() {
+    ///     ("200 OK", "ready\n")
+    /// } else {
+    ///     ("503 Service Unavailable", "draining\n")
+    /// };
+    /// assert_eq!(status, "200 OK");
+    /// assert_eq!(cx.server_state(), ServerState::Serving);
+    /// # let _ = body;
+    /// ```
+    #[must_use]
+    pub fn server_state(&self) -> crate::ServerState {
+        self.server_state
     }
 
     fn check(&self, conn: ConnHandle) -> Result<u64, HandleError> {
@@ -497,6 +525,7 @@ impl DetachedContext {
             &mut self.ops,
             &mut self.timers,
             &self.outbox,
+            ServerState::Serving,
         )
     }
 }

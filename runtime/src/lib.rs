@@ -108,6 +108,7 @@ mod listener;
 pub mod logging;
 mod mailbox;
 mod metrics;
+mod notify;
 mod options;
 mod panic;
 mod probes;
@@ -131,7 +132,7 @@ pub use metrics::{Metrics, WorkerMetrics};
 pub use options::{ServerOptions, Workers};
 pub use prometheus::prometheus_family;
 pub use server::{Server, ServerBuilder};
-pub use shutdown::ShutdownHandle;
+pub use shutdown::{ServerState, ShutdownHandle};
 pub use steering::{Policy, Steering, SteeringStats};
 pub use worker::WorkerInfo;
 

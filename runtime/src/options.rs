@@ -131,6 +131,18 @@ pub struct ServerOptions {
     /// draining (HTTP answers `Connection: close`), instead of being lost in
     /// the close. Default 200 ms.
     pub drain_grace: Duration,
+    /// After a graceful shutdown begins (SIGTERM, [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown)),
+    /// keep the listeners open and serve as usual for this long while
+    /// readiness is already off ([`ServerState::Draining`](crate::ServerState)),
+    /// so load balancers that poll `/readyz` (or Kubernetes, which removes a
+    /// terminating pod from its endpoints concurrently with the signal) stop
+    /// sending new connections before the listeners close. Handlers are told
+    /// [`Input::draining`](crate::Input::draining) from its start, so
+    /// keep-alive clients are moved off with `Connection: close`. The
+    /// [shutdown deadline](Self::shutdown_timeout) runs after it. A hand-over
+    /// to a process taking over has no delay (the address stays served).
+    /// Default zero.
+    pub drain_delay: Duration,
     /// Serve as this user: [`build`](crate::ServerBuilder::build) binds the
     /// listeners, raises the descriptor limit and attaches steering first
     /// (all of which may need root), then switches the process to the user
@@ -203,6 +215,7 @@ impl Default for ServerOptions {
             raise_nofile_limit: true,
             user: None,
             drain_grace: Duration::from_millis(200),
+            drain_delay: Duration::ZERO,
             takeover: false,
             defer_accept: None,
             control_socket: true,

@@ -149,6 +149,8 @@ impl ServerBuilder {
         user: Option<String>,
         /// Idle connections' grace in a drain (see [`ServerOptions::drain_grace`]).
         drain_grace: Duration,
+        /// Listeners stay open this long after readiness turns off (see [`ServerOptions::drain_delay`]).
+        drain_delay: Duration,
         /// Accept a connection only once its first data arrives (see [`ServerOptions::defer_accept`]).
         defer_accept: Option<Duration>,
         /// Take the address over from the process serving it (see [`ServerOptions::takeover`]).
@@ -182,7 +184,7 @@ impl ServerBuilder {
         opts.output_low_water = opts.output_low_water.min(opts.output_high_water);
         let cpus = worker_cpus(&opts)?;
         let mailboxes = Mailboxes::new(cpus.len(), opts.mailbox_capacity);
-        let shutdown = ShutdownHandle::new(cpus.len(), mailboxes.clone());
+        let shutdown = ShutdownHandle::new(cpus.len(), mailboxes.clone(), opts.drain_delay);
         // Before the port accepts anything: a signal from here on stops the
         // server gracefully instead of killing the process.
         let signals = if opts.handle_signals {
@@ -394,6 +396,9 @@ where
             self.local_addr,
             workers,
         );
+        if spawn_error.is_none() && !self.shutdown.is_shutting_down() {
+            crate::notify::ready(self.local_addr);
+        }
 
         // Joined even after a failed spawn: the started workers are stopping.
         let joined = join_workers(threads, &self.shutdown);

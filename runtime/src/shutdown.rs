@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::mailbox::{Mailboxes, PostError};
@@ -58,8 +59,55 @@ impl Drop for SignalThread {
 }
 
 const RUNNING: u8 = 0;
-const GRACEFUL: u8 = 1;
-const IMMEDIATE: u8 = 2;
+/// Stopping, within the drain delay: not ready, listeners still open.
+const ANNOUNCED: u8 = 1;
+const GRACEFUL: u8 = 2;
+const IMMEDIATE: u8 = 3;
+
+/// What a server is doing, for health and readiness checks (see
+/// [`ShutdownHandle::state`] and [`Context::server_state`](crate::Context::server_state)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerState {
+    /// Serving: a load balancer may send new connections here.
+    Serving,
+    /// A graceful shutdown has begun: not ready from this moment until the
+    /// process exits. During the [drain
+    /// delay](crate::ServerOptions::drain_delay) the listeners still accept
+    /// (balancers need a moment to stop sending), then they close; in-flight
+    /// and keep-alive work finishes either way, handlers being told
+    /// [`Input::draining`](crate::Input::draining) (HTTP answers
+    /// `Connection: close`).
+    Draining,
+    /// Another process took the address over (see
+    /// [`ServerOptions::takeover`](crate::ServerOptions::takeover)): new
+    /// connections go there, this one finishes what it has.
+    HandedOver,
+}
+
+impl ServerState {
+    /// Whether a balancer should send new connections here (`/readyz`).
+    #[must_use]
+    pub fn is_ready(self) -> bool {
+        self == ServerState::Serving
+    }
+
+    /// `serving`, `draining` or `handed_over`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Serving => "serving",
+            ServerState::Draining => "draining",
+            ServerState::HandedOver => "handed_over",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Stops a server, or one of its workers, from any thread. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -83,6 +131,9 @@ struct ShutdownState {
     /// The control connection of the process taken over by: held open until
     /// this server has finished, so that process sees the end.
     successor: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// How long a graceful shutdown keeps the listeners open after readiness
+    /// turns off ([`ServerOptions::drain_delay`](crate::ServerOptions::drain_delay)).
+    drain_delay: Duration,
 }
 
 const NO_HANDOVER: u8 = 0;
@@ -90,7 +141,7 @@ const MIGRATE: u8 = 1;
 const ACCEPT: u8 = 2;
 
 impl ShutdownHandle {
-    pub(crate) fn new(workers: usize, mailboxes: Mailboxes) -> Self {
+    pub(crate) fn new(workers: usize, mailboxes: Mailboxes, drain_delay: Duration) -> Self {
         ShutdownHandle {
             mailboxes,
             state: Arc::new(ShutdownState {
@@ -100,6 +151,7 @@ impl ShutdownHandle {
                 ebpf: OnceLock::new(),
                 handover: AtomicU8::new(NO_HANDOVER),
                 successor: Mutex::new(None),
+                drain_delay,
             }),
         }
     }
@@ -126,11 +178,47 @@ impl ShutdownHandle {
         self.mailboxes.post(worker, tag, body)
     }
 
-    /// Starts a graceful shutdown: workers stop accepting, finish and flush
-    /// the messages in flight, close idle connections, and stop when they have
-    /// none left or at the [shutdown deadline](crate::ServerOptions::shutdown_timeout).
+    /// Starts a graceful shutdown: the server stops being ready at once
+    /// ([`state`](Self::state) is [`ServerState::Draining`]); after the
+    /// [drain delay](crate::ServerOptions::drain_delay), if any, workers stop
+    /// accepting, finish and flush the messages in flight, close idle
+    /// connections, and stop when they have none left or at the [shutdown
+    /// deadline](crate::ServerOptions::shutdown_timeout). Called again
+    /// within the drain delay, it ends the delay.
     pub fn shutdown(&self) {
-        self.advance(GRACEFUL);
+        let delay = self.state.drain_delay;
+        if delay.is_zero() || !self.advance(ANNOUNCED) {
+            self.advance(GRACEFUL);
+            return;
+        }
+        tracing::info!(
+            delay_ms = delay.as_millis(),
+            "not ready: listeners stay open for the drain delay, then drain"
+        );
+        let handle = self.clone();
+        let delayed = thread::Builder::new()
+            .name("corelane-drain".into())
+            .spawn(move || {
+                thread::sleep(delay);
+                handle.advance(GRACEFUL);
+            });
+        if let Err(e) = delayed {
+            tracing::warn!(error = %e, "no drain delay: its timer thread did not start");
+            self.advance(GRACEFUL);
+        }
+    }
+
+    /// Whether the server is serving, draining or handed over: what a
+    /// readiness check reports.
+    #[must_use]
+    pub fn state(&self) -> ServerState {
+        if self.handed_over() {
+            ServerState::HandedOver
+        } else if self.is_shutting_down() {
+            ServerState::Draining
+        } else {
+            ServerState::Serving
+        }
     }
 
     /// Closes every connection at once and stops the workers.
@@ -174,10 +262,16 @@ impl ShutdownHandle {
         let _ = self.state.ebpf.set(ebpf);
     }
 
-    /// Whether a shutdown has started.
+    /// Whether a shutdown has started (also within the drain delay).
     #[must_use]
     pub fn is_shutting_down(&self) -> bool {
         self.phase() != RUNNING
+    }
+
+    /// Whether workers are to close their listeners and finish: a shutdown
+    /// past its drain delay.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.phase() >= GRACEFUL
     }
 
     /// Whether another process has taken the address over (see
@@ -227,11 +321,16 @@ impl ShutdownHandle {
         );
     }
 
-    fn advance(&self, to: u8) {
+    /// Moves the phase forward to `to`; whether it moved.
+    fn advance(&self, to: u8) -> bool {
         let prev = self.state.phase.fetch_max(to, Ordering::SeqCst);
+        if prev == RUNNING {
+            crate::notify::stopping();
+        }
         if prev < to {
             self.wake_all();
         }
+        prev < to
     }
 
     fn wake_all(&self) {

@@ -6,8 +6,10 @@ mod util;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use corelane::{Accepted, Action, CloseReason, Context, Handler, Input, Output, Server};
-use util::{closed_within, read_line, Lines, TestServer};
+use corelane::{
+    Accepted, Action, CloseReason, Context, Handler, Input, Output, Server, ServerState,
+};
+use util::{closed_within, eventually, read_line, Lines, TestServer};
 
 #[test]
 fn graceful_shutdown_delivers_in_flight_replies_then_closes() {
@@ -196,4 +198,69 @@ fn a_request_already_in_the_socket_when_draining_starts_is_answered() {
     );
     assert_eq!(read_line(&mut staller), "stall\n");
     server.stop().unwrap();
+}
+
+#[test]
+fn within_the_drain_delay_the_server_is_not_ready_but_still_accepts_and_serves() {
+    let delay = Duration::from_millis(1500);
+    let server = TestServer::start(
+        Server::builder()
+            .workers(2)
+            .drain_delay(delay)
+            .shutdown_timeout(Duration::from_secs(3)),
+        |_| Lines::default(),
+    );
+    let mut kept = server.connect();
+    kept.write_all(b"state\n").unwrap();
+    assert_eq!(read_line(&mut kept), "serving\n");
+    assert_eq!(server.shutdown.state(), ServerState::Serving);
+
+    let started = Instant::now();
+    server.shutdown.shutdown();
+    assert_eq!(server.shutdown.state(), ServerState::Draining);
+    assert!(!server.shutdown.state().is_ready());
+
+    // A connection opened within the delay is accepted and served; handlers
+    // see the state and are told they are draining (so keep-alive clients
+    // can be moved off).
+    let mut fresh = server.connect();
+    fresh.write_all(b"state\n").unwrap();
+    assert_eq!(read_line(&mut fresh), "draining\n");
+    assert_eq!(read_line(&mut fresh), "(draining)\n");
+    kept.write_all(b"still here\n").unwrap();
+    assert_eq!(read_line(&mut kept), "still here\n");
+    assert_eq!(read_line(&mut kept), "(draining)\n");
+    assert!(
+        started.elapsed() < delay,
+        "the checks took longer than the delay"
+    );
+
+    // Then the listeners close, not before the delay.
+    assert!(eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(server.addr).is_err()
+    }));
+    assert!(
+        started.elapsed() >= delay,
+        "refused after {:?}, before the drain delay",
+        started.elapsed()
+    );
+    drop((kept, fresh));
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_second_shutdown_within_the_drain_delay_ends_it() {
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .drain_delay(Duration::from_secs(30)),
+        |_| Lines::default(),
+    );
+    let started = Instant::now();
+    server.shutdown.shutdown();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(std::net::TcpStream::connect(server.addr).is_ok());
+    server.shutdown.shutdown();
+    server.stop().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -2,7 +2,10 @@
 //!
 //! Routes: `GET /plaintext` and `GET /json` (TechEmpower), `GET /` a short
 //! page, `POST /echo` returns the request body, `GET /metrics` the runtime's
-//! per-worker metrics in Prometheus text format. `HEAD` works on every `GET`
+//! per-worker metrics in Prometheus text format, `GET /healthz` 200 while the
+//! process serves (liveness) and `GET /readyz` 200 while it is ready for new
+//! connections, 503 from the moment a shutdown or a takeover begins (see
+//! [`corelane::ServerState`]). `HEAD` works on every `GET`
 //! route; a known path with another method gets 405 with `Allow`; anything
 //! else 404.
 //!
@@ -20,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use corelane::{Accepted, Action, Context, Handler, Input, Metrics, Output, WorkerInfo};
+use corelane::{
+    Accepted, Action, Context, Handler, Input, Metrics, Output, ServerState, WorkerInfo,
+};
 
 pub mod date;
 /// The fuzz target's property, shared with `tests/fuzz_corpus.rs`: test
@@ -41,7 +46,9 @@ const INDEX_BODY: &[u8] = b"corelane HTTP/1.1 server\n\n\
 GET  /plaintext  TechEmpower plaintext\n\
 GET  /json       TechEmpower JSON\n\
 POST /echo       returns the request body\n\
-GET  /metrics    per-worker runtime metrics (Prometheus text format)\n";
+GET  /metrics    per-worker runtime metrics (Prometheus text format)\n\
+GET  /healthz    200 while the process serves (liveness)\n\
+GET  /readyz     200 while ready for new connections, 503 once draining\n";
 
 /// Options of the HTTP server.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +123,8 @@ pub struct Http {
     answered: u64,
     test_routes: bool,
     scratch: Vec<u8>,
+    /// The server's state as of the last callback, for `/readyz`.
+    state: ServerState,
 }
 
 /// Per-connection state.
@@ -133,6 +142,8 @@ enum Route {
     Json,
     Index,
     Metrics,
+    Health,
+    Ready,
     Echo,
     Other,
 }
@@ -144,6 +155,8 @@ impl Route {
             5 if path == b"/json" => Route::Json,
             5 if path == b"/echo" => Route::Echo,
             8 if path == b"/metrics" => Route::Metrics,
+            8 if path == b"/healthz" => Route::Health,
+            7 if path == b"/readyz" => Route::Ready,
             1 if path == b"/" => Route::Index,
             _ => Route::Other,
         }
@@ -189,6 +202,7 @@ impl Http {
             answered: 0,
             test_routes: opts.test_routes,
             scratch: Vec::new(),
+            state: ServerState::Serving,
         };
         http.tick(SystemTime::now());
         http
@@ -296,6 +310,17 @@ impl Http {
                 );
                 self.scratch = page;
             }
+            Route::Health if get => {
+                self.simple(out, Status::Ok, b"text/plain", b"ok\n", conn, head_only, b"");
+            }
+            Route::Ready if get => {
+                let (status, body): (Status, &[u8]) = match self.state {
+                    ServerState::Serving => (Status::Ok, b"ready\n"),
+                    ServerState::HandedOver => (Status::ServiceUnavailable, b"handed over\n"),
+                    _ => (Status::ServiceUnavailable, b"draining\n"),
+                };
+                self.simple(out, status, b"text/plain", body, conn, head_only, b"");
+            }
             Route::Other if self.test_routes && get && req.path.starts_with(b"/_test/stall/") => {
                 let ms = std::str::from_utf8(&req.path[b"/_test/stall/".len()..])
                     .ok()
@@ -332,7 +357,13 @@ impl Http {
                     }
                 }
             }
-            Route::Plaintext | Route::Json | Route::Index | Route::Metrics | Route::Echo => {
+            Route::Plaintext
+            | Route::Json
+            | Route::Index
+            | Route::Metrics
+            | Route::Health
+            | Route::Ready
+            | Route::Echo => {
                 let allow: &[u8] = if route == Route::Echo {
                     b"Allow: POST\r\n"
                 } else {
@@ -474,8 +505,9 @@ impl Handler for Http {
         conn: &mut HttpConn,
         input: &mut Input<'_>,
         output: &mut Output,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Action {
+        self.state = cx.server_state();
         self.serve(conn, input, output)
     }
 

@@ -18,7 +18,11 @@
 //! (a body is never presented whole when it is not); an idempotent request
 //! whose pooled connection turns out dead is sent once more on a fresh
 //! connection. Everything is counted on the proxy's own route
-//! `GET /_proxy/metrics` (`/_proxy/health` answers `ok`).
+//! `GET /_proxy/metrics`. `GET /_proxy/healthz` answers 200 while the
+//! process serves, `GET /_proxy/readyz` 200 while it is ready for new
+//! connections and 503 from the moment a shutdown or a takeover begins
+//! (under `/_proxy/`, so that `/healthz` and `/readyz` still reach the
+//! upstream application, which usually has its own).
 
 pub mod forward;
 pub mod hop;
@@ -31,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use corelane::{
     Accepted, Action, CloseReason, ConnHandle, ConnectError, Connected, Context, Handler, Input,
-    Metrics, Output, TimerId, WorkerInfo,
+    Metrics, Output, ServerState, TimerId, WorkerInfo,
 };
 use corelane_http::date::{format_http_date, DATE_LEN};
 use corelane_http::request::{parse_with, Limits, Parse};
@@ -484,7 +488,7 @@ impl Proxy {
     }
 
     /// `/_proxy/...`: answered by the proxy itself.
-    fn admin(&mut self, path: &[u8], keep_alive: bool, output: &mut Output) {
+    fn admin(&mut self, path: &[u8], keep_alive: bool, state: ServerState, output: &mut Output) {
         let mut page = Vec::new();
         let status = match path {
             b"/_proxy/metrics" => {
@@ -492,9 +496,18 @@ impl Proxy {
                 self.counters.write_prometheus(&mut page);
                 Status::Ok
             }
-            b"/_proxy/health" => {
+            b"/_proxy/healthz" => {
                 page.extend_from_slice(b"ok\n");
                 Status::Ok
+            }
+            b"/_proxy/readyz" if state.is_ready() => {
+                page.extend_from_slice(b"ready\n");
+                Status::Ok
+            }
+            b"/_proxy/readyz" => {
+                page.extend_from_slice(state.as_str().as_bytes());
+                page.push(b'\n');
+                Status::ServiceUnavailable
             }
             _ => {
                 page.extend_from_slice(Status::NotFound.reason_body());
@@ -557,7 +570,7 @@ impl Proxy {
                 c.request = rewrite.into_buffer();
                 let path = req.path;
                 let len = req.total_len;
-                self.admin(path, keep_alive, output);
+                self.admin(path, keep_alive, cx.server_state(), output);
                 input.consume(len);
                 if !keep_alive {
                     return Action::Close;

@@ -26,7 +26,7 @@ enum BalanceArg {
 
 /// HTTP/1.1 reverse proxy on corelane: each worker keeps its own keep-alive
 /// pool to every upstream, on its own event loop. `GET /_proxy/metrics`
-/// (Prometheus text) and `GET /_proxy/health` are answered by the proxy.
+/// (Prometheus text), `GET /_proxy/healthz` and `GET /_proxy/readyz` are answered by the proxy.
 #[derive(Debug, Parser)]
 #[command(name = "corelane-proxy", version)]
 struct Args {

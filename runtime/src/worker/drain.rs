@@ -13,8 +13,23 @@ use crate::handler::{CloseReason, Handler};
 use crate::steering::WorkerSteer;
 
 impl<H: Handler> Worker<H> {
+    /// Takes in the server's state at the start of a loop turn, before the
+    /// turn's events are handed to the handler (a shutdown that woke this
+    /// turn is seen by the requests that arrived with it). From the start
+    /// of a shutdown, within the drain delay too, handlers are told they
+    /// are draining (HTTP moves keep-alive clients off with `Connection:
+    /// close`).
+    pub(super) fn observe_state(&mut self) {
+        if !self.leaving && self.shutdown.is_shutting_down() {
+            self.leaving = true;
+        }
+        if self.leaving {
+            self.state = self.shutdown.state();
+        }
+    }
+
     pub(super) fn check_shutdown(&mut self, now: Instant) {
-        let shutting_down = self.shutdown.is_shutting_down();
+        let shutting_down = self.shutdown.is_draining();
         let alone = !shutting_down && self.shutdown.worker_stop_requested(self.info.index);
         if !shutting_down && !alone {
             return;
@@ -35,6 +50,7 @@ impl<H: Handler> Worker<H> {
     /// only this worker stops, the others keep serving.
     fn begin_drain(&mut self, now: Instant, alone: bool) {
         self.draining_until = Some(now + self.opts.shutdown_timeout);
+        self.leaving = true;
         self.drain_grace_until = Some(now + self.opts.drain_grace.min(self.opts.shutdown_timeout));
         // No new connections for this worker from here on (eBPF steering).
         self.steer.set_draining();

@@ -98,7 +98,7 @@ impl<H: Handler> Worker<H> {
 
     /// `on_data` for connection `key`; a panic in it closes the connection.
     pub(super) fn call_handler(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
-        let draining = self.draining_until.is_some();
+        let draining = self.leaving;
         let handler = &mut self.handler;
         let conn = &mut self.conns[key];
         let handle = ConnHandle::new(self.info.index, conn.id());

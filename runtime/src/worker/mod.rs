@@ -39,6 +39,7 @@ macro_rules! context {
             &mut $w.ops,
             &mut $w.timers,
             &$w.outbox,
+            $w.state,
         )
     };
 }
@@ -71,7 +72,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::options::ServerOptions;
 use crate::panic;
 use crate::probes;
-use crate::shutdown::ShutdownHandle;
+use crate::shutdown::{ServerState, ShutdownHandle};
 use crate::steering::{Steering, WorkerSteer};
 use crate::sys;
 use crate::timer::{Entry, TimerWheel};
@@ -144,6 +145,11 @@ pub(crate) struct Worker<H: Handler> {
     steer: WorkerSteer,
     /// Set when a graceful shutdown started: the deadline for connections.
     draining_until: Option<Instant>,
+    /// The server (or this worker) is stopping, within the drain delay or
+    /// after it: handlers are told they are draining.
+    leaving: bool,
+    /// The server's state as of this loop turn, for handlers.
+    state: ServerState,
     /// During a drain: until when idle keep-alive connections stay open for
     /// a request already on its way.
     drain_grace_until: Option<Instant>,
@@ -231,6 +237,8 @@ impl<H: Handler> Worker<H> {
             shutdown,
             steer,
             draining_until: None,
+            leaving: false,
+            state: ServerState::Serving,
             drain_grace_until: None,
             next_tick: now + opts.tick_interval,
             due: Vec::new(),
@@ -266,6 +274,7 @@ impl<H: Handler> Worker<H> {
             }
             let now = Instant::now();
             self.counters.loop_iterations += 1;
+            self.observe_state();
             for event in events.iter() {
                 self.counters.events += 1;
                 if self.counters.events.is_multiple_of(PROGRESS_EVERY) {

@@ -45,7 +45,7 @@ fn an_event_for_a_reused_slot_is_recognised_as_stale() {
     let addr = listener.local_addr().unwrap();
     let opts = Arc::new(ServerOptions::default());
     let info = WorkerInfo::detached(0, 1);
-    let shutdown = ShutdownHandle::new(1, info.mailboxes.clone());
+    let shutdown = ShutdownHandle::new(1, info.mailboxes.clone(), Duration::ZERO);
     let mut w = Worker::start(
         info,
         listener,

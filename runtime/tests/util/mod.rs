@@ -43,8 +43,9 @@ impl Handler for Echo {
 /// A line protocol: each complete `\n`-terminated line is a message and is
 /// echoed back; `quit\n` is answered with `bye\n` and closes; `stall\n`
 /// blocks the worker for 300 ms before answering (to open race windows in
-/// tests). An incomplete line stays unconsumed. When the server drains,
-/// replies end with `(draining)`.
+/// tests); `state\n` is answered with the server's state (`serving\n`,
+/// `draining\n`, `handed_over\n`). An incomplete line stays unconsumed.
+/// When the server drains, replies end with `(draining)`.
 #[derive(Default, Clone)]
 pub struct Lines {
     pub closed: Arc<std::sync::Mutex<Vec<CloseReason>>>,
@@ -60,7 +61,7 @@ impl Handler for Lines {
         _conn: &mut (),
         input: &mut Input<'_>,
         output: &mut Output,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Action {
         while let Some(end) = input.bytes().iter().position(|&b| b == b'\n') {
             let line = &input.bytes()[..=end];
@@ -72,7 +73,12 @@ impl Handler for Lines {
                 input.consume(end + 1);
                 return Action::Close;
             }
-            output.extend_from_slice(line);
+            if line == b"state\n" {
+                output.extend_from_slice(cx.server_state().as_str().as_bytes());
+                output.extend_from_slice(b"\n");
+            } else {
+                output.extend_from_slice(line);
+            }
             if input.draining() {
                 output.extend_from_slice(b"(draining)\n");
             }
