@@ -103,7 +103,6 @@ fn netns_inode() -> Option<u64> {
         .map(|m| m.ino())
 }
 
-
 /// Removes the pins of addresses whose serving process is gone (killed, so
 /// it could not remove them): every directory under
 /// `/sys/fs/bpf/corelane/` whose `CONFIG` names a process that no longer

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 pub use crate::handle::{ConnHandle, HandleError};
-use crate::shutdown::ServerState;
 use crate::mailbox::{Job, OffloadError, Origin, Outbox, PostError};
+use crate::shutdown::ServerState;
 use crate::timer::{Entry, TimerWheel};
 
 /// A timer set with [`Context::set_timer`]; cancel it with

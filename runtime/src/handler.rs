@@ -61,6 +61,17 @@ pub trait Handler {
         let _ = (conn, reason, cx);
     }
 
+    /// Called once when this worker begins to drain (a graceful shutdown
+    /// past its drain delay, a hand-over to a process taking over, or the
+    /// worker stopping alone), right after its listener closed. The worker
+    /// stops when its last connection has closed, so close here what the
+    /// handler keeps open on its own account, such as idle pooled outbound
+    /// connections (nginx closes its upstream keep-alive connections the
+    /// same way); connections with work in flight finish as usual.
+    fn on_drain(&mut self, cx: &mut Context<'_>) {
+        let _ = cx;
+    }
+
     /// Called on every worker at the tick interval (one second by default),
     /// and once when the worker starts: refresh per-worker caches here.
     fn on_tick(&mut self, now: SystemTime, cx: &mut Context<'_>) {

@@ -37,7 +37,10 @@ fn send_to(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
 
 /// The server is serving on `addr`.
 pub(crate) fn ready(addr: std::net::SocketAddr) {
-    send(&format!("READY=1\nSTATUS=serving on {addr}\nMAINPID={}", std::process::id()));
+    send(&format!(
+        "READY=1\nSTATUS=serving on {addr}\nMAINPID={}",
+        std::process::id()
+    ));
 }
 
 /// A shutdown or a hand-over has begun.

@@ -311,7 +311,15 @@ impl Http {
                 self.scratch = page;
             }
             Route::Health if get => {
-                self.simple(out, Status::Ok, b"text/plain", b"ok\n", conn, head_only, b"");
+                self.simple(
+                    out,
+                    Status::Ok,
+                    b"text/plain",
+                    b"ok\n",
+                    conn,
+                    head_only,
+                    b"",
+                );
             }
             Route::Ready if get => {
                 let (status, body): (Status, &[u8]) = match self.state {

@@ -920,4 +920,15 @@ impl Handler for Proxy {
     fn on_tick(&mut self, now: SystemTime, _cx: &mut Context<'_>) {
         format_http_date(now, &mut self.date);
     }
+
+    /// Draining: the idle pooled upstream connections are closed (they
+    /// would hold the worker until its shutdown deadline); those carrying a
+    /// request finish it and are then closed, not pooled (`draining`).
+    fn on_drain(&mut self, cx: &mut Context<'_>) {
+        for pool in &mut self.pools {
+            for u in pool.idle.drain(..) {
+                let _ = cx.close(self.ups[u].handle);
+            }
+        }
+    }
 }

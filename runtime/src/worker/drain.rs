@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::accept::AcceptState;
 use super::Worker;
 use crate::handler::{CloseReason, Handler};
+use crate::panic;
 use crate::steering::WorkerSteer;
 
 impl<H: Handler> Worker<H> {
@@ -72,6 +73,11 @@ impl<H: Handler> Worker<H> {
         self.steer = WorkerSteer::default();
         self.accept = AcceptState::Closed;
         self.recheck_idle(now);
+        let handler = &mut self.handler;
+        let mut cx = context!(self, None, now);
+        if let Err(message) = panic::catch(|| handler.on_drain(&mut cx)) {
+            self.handler_panicked(None, "on_drain", &message);
+        }
         let remaining = self.conns.len();
         let worker = self.info.index;
         let queued = if migrate { "migrated" } else { "accepted" };

@@ -19,7 +19,27 @@ pub fn release(package: &str, name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|p| p == package) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        // What cargo sets for the test's own package: a build script that
+        // tracks one (ring tracks `CARGO_MANIFEST_DIR`) would otherwise see
+        // it change between this build and a plain `cargo build`, and each
+        // would rebuild ring, rustls and everything above them.
+        for (key, _) in std::env::vars_os() {
+            let key_str = key.to_string_lossy();
+            if key_str.starts_with("CARGO_PKG_")
+                || matches!(
+                    &*key_str,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                )
+            {
+                cmd.env_remove(&key);
+            }
+        }
+        let status = cmd
             .args(["build", "--release", "-q", "-p", package])
             .current_dir(&root)
             .status()
