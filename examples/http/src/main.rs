@@ -16,8 +16,10 @@ use corelane_http::{Http, HttpOptions};
 /// epoll loop and SO_REUSEPORT listener.
 ///
 /// Routes: GET /plaintext, GET /json (TechEmpower), GET / (index), POST /echo
-/// (returns the body), GET /metrics (Prometheus text). HEAD works on every GET
-/// route.
+/// (returns the body), GET /metrics (Prometheus text), GET /healthz (200
+/// while serving), GET /readyz (503 from SIGTERM or a takeover on). HEAD works
+/// on every GET route. Tells systemd READY=1 / STOPPING=1 under
+/// `Type=notify`.
 #[derive(Debug, Parser)]
 #[command(name = "corelane-http", version)]
 struct Args {
