@@ -96,8 +96,11 @@ pub struct RunOptions {
     pub progress: bool,
     /// Open loop: this many requests per second in total, on schedule
     /// whatever the server does, with latency counted from the scheduled
-    /// time (coordinated omission corrected, as wrk2 does). `None`: closed
-    /// loop, `pipeline` requests in flight per connection.
+    /// time (coordinated omission corrected, as wrk2 does), at most
+    /// `pipeline` in flight per connection (1: a request waits for the
+    /// previous response, as clients that do not pipeline do; the wait
+    /// counts in its latency). `None`: closed loop, `pipeline` requests in
+    /// flight per connection.
     pub rate: Option<f64>,
 }
 
@@ -429,9 +432,12 @@ impl Worker {
             }
             let mut queued = false;
             while c.next_send <= now {
-                if self.opts.close && !c.expected.is_empty() {
-                    // One request per connection: never a second one on it
-                    // (the server would close after the first).
+                if c.expected.len() >= self.depth {
+                    // At most `depth` in flight, as a client that does not
+                    // pipeline (every browser) waits for the response; with
+                    // `--close` one request per connection (the server
+                    // would close after the first). The wait counts in the
+                    // latency, from the scheduled time.
                     c.backlog.push_back(c.next_send);
                 } else {
                     c.expected.push_back(c.next_send);
@@ -488,9 +494,25 @@ impl Worker {
         c.buf.clear();
         if self.interval.is_none() {
             self.start_batch(i);
-        } else if let Some(due) = c.backlog.pop_front() {
+        } else {
+            self.send_backlog(i);
+        }
+    }
+
+    /// Open loop: sends what fell due while `depth` requests were in flight,
+    /// up to `depth` again.
+    fn send_backlog(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let mut queued = false;
+        while c.expected.len() < self.depth {
+            let Some(due) = c.backlog.pop_front() else {
+                break;
+            };
             c.expected.push_back(due);
             c.out.extend_from_slice(&self.request);
+            queued = true;
+        }
+        if queued {
             self.send(i);
         }
     }
@@ -607,9 +629,14 @@ impl Worker {
             self.reopen(i);
             return false;
         }
-        if self.stopping || self.interval.is_some() {
-            // Past the deadline nothing new is sent; with a rate, the
-            // schedule sends.
+        if self.stopping {
+            // Past the deadline nothing new is sent.
+            return true;
+        }
+        if self.interval.is_some() {
+            // With a rate, the schedule sends; what it held back for want
+            // of room goes now.
+            self.send_backlog(i);
             return true;
         }
         self.start_batch(i);

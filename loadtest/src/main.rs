@@ -129,7 +129,8 @@ enum Command {
         timeout: Duration,
         /// Open loop: send this many requests per second in total, on
         /// schedule, and count latency from the scheduled time (corrects
-        /// coordinated omission, as wrk2 does). Ignores --pipeline.
+        /// coordinated omission, as wrk2 does), with at most --pipeline
+        /// requests in flight per connection.
         #[arg(long)]
         rate: Option<f64>,
     },
