@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corelane_loadtest::{run, Report, RunOptions, Target};
+use corelane_loadtest::Report;
 use corelane_test_support::eventually;
 use corelane_test_support::require::{has_tool, needs, needs_root};
 use harness::{http_binary, serial, Http};
@@ -108,6 +108,28 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// A veth pair from the balancer (`dev`, `10.77.<net>.1`) to `peer`
+/// (`eth0`, `10.77.<net>.2`, routing everything through the balancer).
+fn wire(lb: &Netns, dev: &str, peer: &Netns, net: usize) {
+    let (here, there) = (format!("10.77.{net}.1"), format!("10.77.{net}.2"));
+    for args in [
+        vec![
+            "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+        ],
+        vec!["addr", "add", &format!("{here}/24"), "dev", dev],
+        vec!["link", "set", dev, "up"],
+    ] {
+        sh(&[&["ip", "-n", &lb.name][..], &args].concat());
+    }
+    for args in [
+        vec!["addr", "add", &format!("{there}/24"), "dev", "eth0"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["route", "add", "default", "via", &here],
+    ] {
+        sh(&[&["ip", "-n", &peer.name][..], &args].concat());
     }
 }
 
@@ -394,93 +416,12 @@ impl Fleet {
         let tag = std::process::id() % 100_000;
         let lb = Netns::new(format!("cl{tag}lb"));
         let client = Netns::new(format!("cl{tag}c"));
-        sh(&[
-            "ip",
-            "-n",
-            &lb.name,
-            "link",
-            "add",
-            "c0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &client.name,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &lb.name,
-            "addr",
-            "add",
-            "10.77.0.1/24",
-            "dev",
-            "c0",
-        ]);
-        sh(&["ip", "-n", &lb.name, "link", "set", "c0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &client.name,
-            "addr",
-            "add",
-            "10.77.0.2/24",
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &client.name, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &client.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.77.0.1",
-        ]);
+        wire(&lb, "c0", &client, 0);
         let mut hosts = Vec::new();
         for i in 0..HOSTS {
             let ns = Netns::new(format!("cl{tag}h{i}"));
-            let (dev, net) = (format!("h{i}"), i + 1);
-            sh(&[
-                "ip", "-n", &lb.name, "link", "add", &dev, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns.name,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &lb.name,
-                "addr",
-                "add",
-                &format!("10.77.{net}.1/24"),
-                "dev",
-                &dev,
-            ]);
-            sh(&["ip", "-n", &lb.name, "link", "set", &dev, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("10.77.{net}.2/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &ns.name, "link", "set", "eth0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns.name,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.77.{net}.1"),
-            ]);
+            let net = i + 1;
+            wire(&lb, &format!("h{i}"), &ns, net);
             let kind = if i == HOSTS - 1 {
                 Kind::Proxy
             } else {
@@ -530,19 +471,10 @@ impl Fleet {
         let start = |close: bool, connections: usize, rate: f64| {
             let client = Arc::clone(&self.client);
             std::thread::spawn(move || {
+                // The generator's threads start from this one: in its namespace.
                 client.enter();
-                let target = Target::parse(&format!("http://{VIP}:{PORT}/plaintext")).unwrap();
-                let opts = RunOptions {
-                    threads: 1,
-                    connections,
-                    duration,
-                    pipeline: 1,
-                    close,
-                    timeout: Duration::from_secs(5),
-                    progress: false,
-                    rate: Some(rate),
-                };
-                run(&target, &opts).expect("load run")
+                let url = format!("http://{VIP}:{PORT}/plaintext");
+                harness::load_on(1, &url, connections, duration, close, Some(rate))
             })
         };
         let keep_alive = start(false, 16, 3000.0);
