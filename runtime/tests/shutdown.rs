@@ -175,6 +175,47 @@ fn a_close_before_anything_was_read_lingers() {
     server.stop().unwrap();
 }
 
+/// Pauses reading each connection, answers `bye` and closes it, leaving
+/// its bytes unconsumed (a proxy closing a paused client, say).
+struct PauseThenClose;
+
+impl Handler for PauseThenClose {
+    type Conn = ();
+
+    fn on_accept(&mut self, _: &Accepted, _: &mut Context<'_>) {}
+
+    fn on_data(
+        &mut self,
+        _: &mut (),
+        _: &mut Input<'_>,
+        output: &mut Output,
+        cx: &mut Context<'_>,
+    ) -> Action {
+        cx.pause_reading(cx.conn().unwrap()).unwrap();
+        output.extend_from_slice(b"bye\n");
+        Action::Close
+    }
+}
+
+#[test]
+fn a_paused_connection_closed_with_unread_bytes_ends_its_linger_at_the_peers_fin() {
+    // The linger timeout (5 s) far beyond the wait below: the close must
+    // come from reading our FIN, which a paused connection used not to do.
+    let server = TestServer::start(Server::builder().workers(1), |_| PauseThenClose);
+    let mut c = server.connect();
+    c.write_all(b"left unread\n").unwrap();
+    assert_eq!(read_line(&mut c), "bye\n");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("a clean FIN, not a reset");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(server.metrics.total().active, 1, "did not linger");
+    drop(c);
+    server.wait_for("closed after our FIN", Duration::from_secs(2), |m| {
+        m.closed(CloseReason::Handler) == 1 && m.active == 0
+    });
+    server.stop().unwrap();
+}
+
 #[test]
 fn a_request_already_in_the_socket_when_draining_starts_is_answered() {
     let server = TestServer::start(Server::builder().workers(1), |_| Lines::default());

@@ -302,11 +302,17 @@ impl<S> Conn<S> {
         !self.paused && self.phase == Phase::Open
     }
 
-    /// Whether the socket should be read now.
+    /// Whether the socket should be read now: when open and not paused by
+    /// the handler, and always while lingering (what is read then is
+    /// discarded, and the peer's FIN ends the linger: a connection the
+    /// handler paused and then closed must not wait out the linger timeout).
     pub(crate) fn wants_read(&self) -> bool {
         self.readable != Readable::No
-            && !self.paused
-            && matches!(self.phase, Phase::Open | Phase::Lingering { .. })
+            && match self.phase {
+                Phase::Open => !self.paused,
+                Phase::Lingering { .. } => true,
+                _ => false,
+            }
     }
 
     // ----- reading ------------------------------------------------------------
