@@ -18,3 +18,19 @@ wait_listening() {
     sleep 0.1
   done
 }
+
+# Writes an nginx.conf for one worker in the foreground under $dir/$1 (its
+# temp paths there, no access log) with `http { $2 server { $3 } }`, and
+# prints its path.
+nginx_conf() {
+  local d=$dir/$1; mkdir -p "$d"
+  cat >"$d/nginx.conf" <<NGINX
+daemon off; master_process off; worker_processes 1; error_log $d/error.log crit; pid $d/nginx.pid;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $d/body; proxy_temp_path $d/proxy;
+  fastcgi_temp_path $d/fastcgi; uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
+  $2
+  server { $3 } }
+NGINX
+  echo "$d/nginx.conf"
+}

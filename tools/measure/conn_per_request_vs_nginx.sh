@@ -24,15 +24,8 @@ need wrk nginx strace
 cargo build --release -q -p corelane-http
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 conf() { # port -> nginx.conf path
-  local d=$dir/$1; mkdir -p "$d"
-  cat >"$d/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1; error_log $d/error.log crit; pid $d/nginx.pid;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $d/body; proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi; uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
-  server { listen 127.0.0.1:$1 ${NGINX_LISTEN:-}; location / { default_type text/plain; return 200 "Hello, World!"; } } }
-EOF
-  echo "$d/nginx.conf"
+  nginx_conf "$1" "" "listen 127.0.0.1:$1 ${NGINX_LISTEN:-};
+    location / { default_type text/plain; return 200 \"Hello, World!\"; }"
 }
 start() { # server port [prefix...] -> pid
   local server=$1 port=$2; shift 2

@@ -34,19 +34,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$dir/key.pem" -out "$dir/cert.pem" -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 >/dev/null 2>&1
 conf() { # port -> nginx.conf path
-  local d=$dir/$1; mkdir -p "$d"
-  cat >"$d/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1; error_log $d/error.log crit; pid $d/nginx.pid;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $d/body; proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi; uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:$1 ssl;
+  nginx_conf "$1" "keepalive_requests 100000000;" "listen 127.0.0.1:$1 ssl;
     ssl_certificate $dir/cert.pem; ssl_certificate_key $dir/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on;
-    location / { default_type text/plain; return 200 "Hello, World!"; } } }
-EOF
-  echo "$d/nginx.conf"
+    location / { default_type text/plain; return 200 \"Hello, World!\"; }"
 }
 start() { # server port -> pid
   local server=$1 port=$2
