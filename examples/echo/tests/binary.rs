@@ -65,15 +65,10 @@ impl Running {
             }
             early_log.push_str(&line);
         }
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
+        let addr = corelane_test_support::binary::listening_addr(&line)
+            .expect("address in the start-up line");
         Running {
-            addr: addr.parse().unwrap(),
+            addr,
             child,
             start_line: line,
             early_log,

@@ -93,18 +93,12 @@ impl Started {
             .spawn()
             .expect("start corelane-http");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let line = lines
+        let addr = lines
             .by_ref()
             .map_while(Result::ok)
-            .find(|l| l.contains("corelane listening"))
+            .find_map(|l| corelane_test_support::binary::listening_addr(&l))
             .unwrap_or_else(|| panic!("corelane-http {kept:?} did not start"));
         std::thread::spawn(move || for _ in lines {});
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .expect("address in the start-up line");
         Started { child, addr }
     }
 

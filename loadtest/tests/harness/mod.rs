@@ -91,11 +91,7 @@ impl Http {
                 panic!("corelane-http did not start:\n{}", log.lock().unwrap());
             }
         };
-        let addr = start_line
-            .split("addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
+        let addr = corelane_test_support::binary::listening_addr(&start_line)
             .expect("address in the start-up line");
         Http {
             child,

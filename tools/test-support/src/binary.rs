@@ -102,3 +102,18 @@ pub fn reachable_by_all(path: &Path) -> PathBuf {
     copies.insert(path.to_owned(), copy.clone());
     copy
 }
+
+/// The address in a server's start-up line (`corelane listening
+/// addr=127.0.0.1:40123 ...`): `None` for any other line.
+#[must_use]
+pub fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
+    if !line.contains("corelane listening") {
+        return None;
+    }
+    line.split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
