@@ -53,6 +53,30 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// The connection it acts on.
+    pub(crate) fn conn(&self) -> u64 {
+        match *self {
+            Op::Write { conn, .. }
+            | Op::Close(conn)
+            | Op::Pause(conn)
+            | Op::Resume(conn)
+            | Op::NotifyWritable(conn)
+            | Op::Connect { conn, .. } => conn,
+        }
+    }
+
+    /// Whether carrying it out ends by driving its connection (flushing
+    /// what the operations before it on that connection left): those
+    /// before it then need not drive it themselves.
+    pub(crate) fn drives(&self) -> bool {
+        matches!(
+            self,
+            Op::Write { .. } | Op::Close(_) | Op::Resume(_) | Op::NotifyWritable(_)
+        )
+    }
+}
+
 /// A handler timer: who it is for and the tag it fires with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timer {
@@ -87,15 +111,12 @@ impl Timers {
     }
 }
 
-/// The worker's queue of operations and the arena of their bytes, and a
-/// spare pair for what callbacks queue while the worker carries the first
-/// out (swapped, never reallocated, in steady state).
+/// The worker's queue of operations and the arena of their bytes (emptied
+/// with their capacity kept: never reallocated in steady state).
 #[derive(Debug, Default)]
 pub(crate) struct Ops {
     pub(crate) queue: Vec<Op>,
     pub(crate) bytes: Vec<u8>,
-    pub(crate) spare_queue: Vec<Op>,
-    pub(crate) spare_bytes: Vec<u8>,
 }
 
 /// What a callback may do besides answering: see the module docs.

@@ -15,7 +15,7 @@ dir=$(mktemp -d)
 taskset -c 0 target/release/yardstick --addr 127.0.0.1:$up >/dev/null 2>&1 & ys=$!
 valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" --addr 127.0.0.1:$port \
   --workers 1 --steering kernel --upstream 127.0.0.1:$up >/dev/null 2>&1 & vg=$!
-trap 'kill $vg $ys 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill $vg $ys 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$dir"/cg.out.1 "$KEEP"; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$port)).close()" 2>/dev/null && break; sleep 0.2; done
 load() { taskset -c 1 target/release/corelane-loadtest run "http://127.0.0.1:$port/plaintext" --connections 16 --duration "$1" --json 2>/dev/null; }
 load 2s >/dev/null

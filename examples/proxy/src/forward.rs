@@ -7,7 +7,7 @@
 use corelane_http::head::{self, eq_lower};
 use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
-use crate::hop::{connection_tokens, copy_field, is_hop_by_hop, start_line};
+use crate::hop::{connection_tokens, is_hop_by_hop, start_line, Lines};
 
 /// What the proxy needs to know about the request it forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,8 @@ struct Fields<'a> {
     seen: usize,
     /// The request line was copied as sent, before the first field.
     line: bool,
+    /// What is copied as sent.
+    lines: Lines,
 }
 
 impl<'a> Fields<'a> {
@@ -47,7 +49,7 @@ impl<'a> Fields<'a> {
         if self.seen == 0 {
             if let Some(line) = start_line(head, name) {
                 if line.ends_with(b" HTTP/1.1\r\n") && !matches!(line[0], b'\r' | b'\n') {
-                    out.extend_from_slice(line);
+                    self.lines.keep(head, 0, line.len(), out);
                     self.line = true;
                 }
             }
@@ -71,7 +73,7 @@ impl<'a> Fields<'a> {
             return;
         }
         self.host |= name.len() == 4 && eq_lower(name, b"host");
-        copy_field(head, name, value, out);
+        self.lines.field(head, name, value, out);
     }
 }
 
@@ -155,6 +157,7 @@ impl<'a> Rewrite<'a> {
                 fields.write(buf, name, value, &listed[..n_listed], &mut out);
             });
         }
+        fields.lines.flush(buf, &mut out);
         let forwarded = finish(buf, req, fields, client, via, &mut out);
         (out, forwarded)
     }

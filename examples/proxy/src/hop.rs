@@ -27,28 +27,58 @@ pub fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Appends the field `name: value` to `out` as `name: value CRLF`. `head`
-/// is the head `name` and `value` were scanned from: a field sent in that
-/// very form (one space after the colon, no trailing whitespace, `CRLF`),
-/// as nearly every field is, is copied as one piece.
-#[inline]
-pub fn copy_field(head: &[u8], name: &[u8], value: &[u8], out: &mut Vec<u8>) {
-    let sent = (name.as_ptr() as usize)
-        .checked_sub(head.as_ptr() as usize)
-        .and_then(|start| head.get(start..start + name.len() + value.len() + 4));
-    match sent {
-        Some(line)
-            if value.as_ptr() as usize == name.as_ptr() as usize + name.len() + 2
-                && line[name.len() + 1] == b' '
-                && line.ends_with(b"\r\n") =>
-        {
-            out.extend_from_slice(line);
+/// Copies the lines of a head that are forwarded to `out`, in as few
+/// pieces as it can: a field sent in the very form it is forwarded in (one
+/// space after the colon, no trailing whitespace, `CRLF`), as nearly every
+/// field is, extends the run of such lines before it, and a run is copied
+/// in one piece when a line breaks it ([`flush`](Self::flush) copies the
+/// last). Offsets are into the head the names and values were scanned from.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Lines {
+    start: usize,
+    end: usize,
+}
+
+impl Lines {
+    /// `head[from..to]` goes out as it is.
+    #[inline]
+    pub fn keep(&mut self, head: &[u8], from: usize, to: usize, out: &mut Vec<u8>) {
+        if self.end != from || self.start == self.end {
+            self.flush(head, out);
+            self.start = from;
         }
-        _ => {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+        self.end = to;
+    }
+
+    /// Copies the run kept so far.
+    #[inline]
+    pub fn flush(&mut self, head: &[u8], out: &mut Vec<u8>) {
+        if self.end > self.start {
+            out.extend_from_slice(&head[self.start..self.end]);
+        }
+        *self = Lines::default();
+    }
+
+    /// The field `name: value` of `head` goes out as `name: value CRLF`.
+    #[inline(always)]
+    pub fn field(&mut self, head: &[u8], name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+        let start = (name.as_ptr() as usize).checked_sub(head.as_ptr() as usize);
+        let len = name.len() + value.len() + 4;
+        match start.and_then(|s| Some((s, head.get(s..s + len)?))) {
+            Some((start, line))
+                if value.as_ptr() as usize == name.as_ptr() as usize + name.len() + 2
+                    && line[name.len() + 1] == b' '
+                    && line.ends_with(b"\r\n") =>
+            {
+                self.keep(head, start, start + len, out);
+            }
+            _ => {
+                self.flush(head, out);
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
         }
     }
 }
@@ -64,10 +94,12 @@ pub fn start_line<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 mod tests {
     use super::*;
 
-    /// What `copy_field` writes for the one field of `head`.
+    /// What `Lines` writes for the fields of `head`.
     fn copied(head: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let _ = corelane_http::head::scan(head, 8, |n, v| copy_field(head, n, v, &mut out));
+        let mut lines = Lines::default();
+        let _ = corelane_http::head::scan(head, 8, |n, v| lines.field(head, n, v, &mut out));
+        lines.flush(head, &mut out);
         out
     }
 
@@ -85,6 +117,10 @@ mod tests {
             (b"GET / HTTP/1.1\nAccept: a\n\n", b"Accept: a\r\n"),
             (b"GET / HTTP/1.1\r\nAccept: \r\n\r\n", b"Accept: \r\n"),
             (b"GET / HTTP/1.1\r\nAccept:\r\n\r\n", b"Accept: \r\n"),
+            (
+                b"GET / HTTP/1.1\r\nA: 1\r\nB:2\r\nC: 3\r\nD: 4\r\n\r\n",
+                b"A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n",
+            ),
         ] {
             assert_eq!(copied(head), want, "{}", String::from_utf8_lossy(head));
         }

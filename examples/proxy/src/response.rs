@@ -6,7 +6,7 @@
 
 use corelane_http::head::{self, eq_lower, HeadError, Scan};
 
-use crate::hop::{connection_tokens, copy_field, is_hop_by_hop, start_line};
+use crate::hop::{connection_tokens, is_hop_by_hop, start_line, Lines};
 
 /// Most header fields in a response.
 const MAX_HEADERS: usize = 96;
@@ -92,14 +92,15 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     // `close` and `keep-alive` name none), a second pass writes them again
     // without those.
     out.clear();
+    let mut lines = Lines::default();
     // The status line as sent, when it is already what is forwarded.
     let mut line_sent = false;
     let mut first = true;
     let scanned = head::scan_response(window, MAX_HEADERS, |name, value| {
         if std::mem::take(&mut first) {
-            line_sent = copy_status_line(window, name, out);
+            line_sent = copy_status_line(window, name, &mut lines, out);
         }
-        write_field(window, name, value, client, &[], out);
+        write_field(window, name, value, client, &[], &mut lines, out);
         if invalid.is_some() {
             return;
         }
@@ -172,15 +173,17 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
 
     if n_listed > 0 {
         out.clear();
+        lines = Lines::default();
         let listed = &listed[..n_listed];
         let mut first = true;
         let _ = head::scan_response(window, MAX_HEADERS, |name, value| {
             if std::mem::take(&mut first) {
-                line_sent = copy_status_line(window, name, out);
+                line_sent = copy_status_line(window, name, &mut lines, out);
             }
-            write_field(window, name, value, client, listed, out);
+            write_field(window, name, value, client, listed, &mut lines, out);
         });
     }
+    lines.flush(window, out);
     if !line_sent {
         // Built after the fields, moved in front of them.
         let fields_len = out.len();
@@ -217,19 +220,20 @@ fn write_field(
     value: &[u8],
     client: &ClientSide,
     listed: &[&[u8]],
+    lines: &mut Lines,
     out: &mut Vec<u8>,
 ) {
     let keep_te = name.len() == 17 && eq_lower(name, b"transfer-encoding") && !client.dechunk();
     if !keep_te && (is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name))) {
         return;
     }
-    copy_field(head, name, value, out);
+    lines.field(head, name, value, out);
 }
 
 /// Copies the status line of `head` (whose first field is `name`) to `out`
 /// if it is already what the client gets: `HTTP/1.1 ddd reason CRLF`, in
 /// ASCII, with no empty lines before it. Whether it did.
-fn copy_status_line(head: &[u8], name: &[u8], out: &mut Vec<u8>) -> bool {
+fn copy_status_line(head: &[u8], name: &[u8], lines: &mut Lines, out: &mut Vec<u8>) -> bool {
     match start_line(head, name) {
         Some(line)
             if line.starts_with(b"HTTP/1.1 ")
@@ -237,7 +241,7 @@ fn copy_status_line(head: &[u8], name: &[u8], out: &mut Vec<u8>) -> bool {
                 && line.ends_with(b"\r\n")
                 && line.is_ascii() =>
         {
-            out.extend_from_slice(line);
+            lines.keep(head, 0, line.len(), out);
             true
         }
         _ => false,

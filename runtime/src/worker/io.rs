@@ -38,6 +38,11 @@ impl<H: Handler> Worker<H> {
         let mut reads = 0;
         loop {
             self.flush(key, now)?;
+            if !self.conns[key].wants_read() {
+                // Nothing to read (an operation on another connection's
+                // behalf, a paused one): nothing new to flush either.
+                return Ok(());
+            }
             let backpressure = self.read_some(key, now, &mut reads)?;
             self.flush(key, now)?;
             // Reading stopped at the high-water mark with bytes possibly left
@@ -127,15 +132,16 @@ impl<H: Handler> Worker<H> {
         Ok(())
     }
 
-    /// Off the common path: output was left behind (watch writable edges),
-    /// or the handler waits to stream more.
+    /// Off the common path: the handler waits to stream more, or output
+    /// was left behind (then watch writable edges: after streaming, which
+    /// may leave output behind too).
     #[inline(never)]
     fn after_partial_flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
-        if self.conns[key].needs_writable_edges() {
-            self.watch_writable(key, true)?;
-        }
         if self.conns[key].awaits_writable() {
             self.stream_more(key, now)?;
+        }
+        if self.conns[key].needs_writable_edges() {
+            self.watch_writable(key, true)?;
         }
         Ok(())
     }

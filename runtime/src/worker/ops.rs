@@ -32,46 +32,31 @@ impl<H: Handler> Worker<H> {
 
     #[inline(never)]
     fn apply_queued(&mut self, now: Instant) {
-        // What the operations' own callbacks queue goes to the spare pair
-        // meanwhile.
-        let spare_queue = std::mem::take(&mut self.ops.spare_queue);
-        let spare_bytes = std::mem::take(&mut self.ops.spare_bytes);
-        let mut queue = std::mem::replace(&mut self.ops.queue, spare_queue);
-        let mut bytes = std::mem::replace(&mut self.ops.bytes, spare_bytes);
-        let done = queue.len().min(OPS_BUDGET);
-        for i in 0..done {
-            // Writes to one connection in a row (a response's head, then
-            // its body) go out in one flush, after the last of them.
-            let then_more = match (queue[i], queue.get(i + 1)) {
-                (Op::Write { conn, .. }, Some(Op::Write { conn: next, .. })) => {
-                    i + 1 < done && conn == *next
-                }
-                _ => false,
-            };
-            self.apply(queue[i], &bytes, now, then_more);
+        // What the operations' own callbacks queue (a resumed connection's
+        // `on_data`) joins the end of the queue and is carried out in this
+        // pass too, up to the budget.
+        let mut i = 0;
+        while i < self.ops.queue.len().min(OPS_BUDGET) {
+            let op = self.ops.queue[i];
+            let then_more = i + 1 < OPS_BUDGET
+                && self
+                    .ops
+                    .queue
+                    .get(i + 1)
+                    .is_some_and(|next| next.drives() && next.conn() == op.conn());
+            self.apply(op, now, then_more);
+            i += 1;
         }
-        queue.drain(..done);
-        if queue.is_empty() {
-            bytes.clear();
+        self.ops.queue.drain(..i);
+        if self.ops.queue.is_empty() {
+            // The arena holds the bytes of queued writes only.
+            self.ops.bytes.clear();
         }
-        // What the callbacks queued comes after the rest; its offsets move
-        // by what stays of this arena.
-        let shift = bytes.len();
-        for op in &mut self.ops.queue {
-            if let Op::Write { at, .. } = op {
-                *at += shift;
-            }
-        }
-        queue.append(&mut self.ops.queue);
-        bytes.append(&mut self.ops.bytes);
-        // Emptied, with their capacity: the spares for next time.
-        self.ops.spare_queue = std::mem::replace(&mut self.ops.queue, queue);
-        self.ops.spare_bytes = std::mem::replace(&mut self.ops.bytes, bytes);
     }
 
-    /// Carries out one operation; `then_more`: another write to the same
-    /// connection follows (flush after that one).
-    fn apply(&mut self, op: Op, bytes: &[u8], now: Instant, then_more: bool) {
+    /// Carries out one operation; `then_more`: another operation on the
+    /// same connection follows and drives it (flush after that one).
+    fn apply(&mut self, op: Op, now: Instant, then_more: bool) {
         let id = match op {
             Op::Connect {
                 conn,
@@ -85,11 +70,7 @@ impl<H: Handler> Worker<H> {
                 }
                 return;
             }
-            Op::Write { conn, .. }
-            | Op::Close(conn)
-            | Op::Pause(conn)
-            | Op::Resume(conn)
-            | Op::NotifyWritable(conn) => conn,
+            _ => op.conn(),
         };
         // Closed since the operation was queued: nothing to do.
         let Some(key) = self.live_conn(id) else {
@@ -98,17 +79,18 @@ impl<H: Handler> Worker<H> {
         let conn = &mut self.conns[key];
         match op {
             Op::Write { at, len, .. } => {
-                conn.append(&mut self.pool, &bytes[at..at + len]);
+                conn.append(&mut self.pool, &self.ops.bytes[at..at + len]);
                 conn.note_output(self.opts.output_low_water);
-                if then_more {
-                    return;
-                }
             }
             // Closing a connection still connecting cancels the connect.
             Op::Close(_) if conn.connect_tag().is_some() => {
                 return self.close(key, CloseReason::Handler, now)
             }
-            Op::Close(_) => conn.close_after_flush(CloseReason::Handler),
+            // Driven at once: nothing queued after the close joins its flush.
+            Op::Close(_) => {
+                conn.close_after_flush(CloseReason::Handler);
+                return self.drive(key, now);
+            }
             Op::Pause(_) => {
                 conn.pause();
                 return;
@@ -125,6 +107,9 @@ impl<H: Handler> Worker<H> {
             }
             Op::NotifyWritable(_) => conn.notify_writable(),
             Op::Connect { .. } => unreachable!("handled above"),
+        }
+        if then_more {
+            return;
         }
         self.drive(key, now);
     }
