@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use corelane::{CloseReason, Server};
+use corelane::{Accepted, Action, CloseReason, Context, Handler, Input, Output, Server};
 use util::{read_exact_n, roundtrip, Echo, TestServer};
 
 #[test]
@@ -218,4 +218,81 @@ fn ipv6_loopback_is_served() {
     roundtrip(&mut c, b"over ipv6");
     handle.shutdown();
     t.join().unwrap().unwrap();
+}
+
+#[test]
+fn with_deferred_accept_a_connection_is_served_before_it_is_registered() {
+    // The first bytes are there at accept: the worker serves them before
+    // registering the connection, so what a first turn leaves (a second
+    // request to come, output the socket did not take) must still be
+    // followed by its edges once it is registered.
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .defer_accept(Some(Duration::from_secs(1))),
+        |_| Echo::default(),
+    );
+    // Keep-alive: a second round needs the registration.
+    let mut c = server.connect();
+    for round in 0..3 {
+        let msg = format!("round {round}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        assert_eq!(read_exact_n(&mut c, msg.len()), msg.as_bytes());
+    }
+    // Short connections, each served and closed by its peer.
+    // Short connections, each served and closed by its peer.
+    for i in 0..100 {
+        let mut s = server.connect();
+        let msg = format!("short {i}\n");
+        s.write_all(msg.as_bytes()).unwrap();
+        assert_eq!(read_exact_n(&mut s, msg.len()), msg.as_bytes());
+    }
+    drop(c);
+    server.wait_for("all closed", Duration::from_secs(5), |m| {
+        m.active == 0 && m.accepted == 101
+    });
+    assert_eq!(server.metrics.total().pool_outstanding, 0);
+    server.stop().unwrap();
+}
+
+/// Answers its first bytes with 16 MiB: more than a socket takes at once.
+struct Flood;
+
+impl Handler for Flood {
+    type Conn = ();
+
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
+
+    fn on_data(
+        &mut self,
+        _: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
+        input.consume(input.bytes().len());
+        output.extend_from_slice(&vec![b'x'; 16 << 20]);
+        Action::Continue
+    }
+}
+
+#[test]
+fn with_deferred_accept_output_left_by_the_first_turn_is_still_sent() {
+    // The reply to the bytes found at accept does not fit in the socket:
+    // writable edges are asked for before the connection is registered.
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .defer_accept(Some(Duration::from_secs(1))),
+        |_| Flood,
+    );
+    let mut c = server.connect();
+    c.write_all(b"go").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let got = read_exact_n(&mut c, 16 << 20);
+    assert!(got.iter().all(|&b| b == b'x'));
+    drop(c);
+    server.wait_for("closed", Duration::from_secs(5), |m| m.active == 0);
+    server.stop().unwrap();
 }

@@ -7,7 +7,7 @@
 use corelane_http::head::{self, eq_lower};
 use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
-use crate::hop::{connection_tokens, is_hop_by_hop, start_line, Lines};
+use crate::hop::{connection_tokens, is_listed, start_line, Lines, Name};
 
 /// What the proxy needs to know about the request it forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,7 @@ impl<'a> Fields<'a> {
         head: &'a [u8],
         name: &'a [u8],
         value: &'a [u8],
+        kind: Name,
         listed: &[&[u8]],
         out: &mut Vec<u8>,
     ) {
@@ -55,24 +56,21 @@ impl<'a> Fields<'a> {
             }
         }
         self.seen += 1;
-        if name.len() >= 14
-            && (eq_lower(name, b"content-length") || eq_lower(name, b"transfer-encoding"))
-        {
-            self.had_framing = true;
-            return;
+        match kind {
+            Name::ContentLength | Name::TransferEncoding => {
+                self.had_framing = true;
+                return;
+            }
+            Name::Connection | Name::HopByHop | Name::Expect => return,
+            _ if is_listed(name, listed) => return,
+            Name::XForwardedFor if self.xff.is_none() => {
+                // Folded into one field at the end, with the client appended.
+                self.xff = Some(value);
+                return;
+            }
+            Name::Host => self.host = true,
+            _ => {}
         }
-        if is_hop_by_hop(name)
-            || eq_lower(name, b"expect")
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-        {
-            return;
-        }
-        if name.len() == 15 && eq_lower(name, b"x-forwarded-for") && self.xff.is_none() {
-            // Folded into one field at the end, with the client appended.
-            self.xff = Some(value);
-            return;
-        }
-        self.host |= name.len() == 4 && eq_lower(name, b"host");
         self.lines.field(head, name, value, out);
     }
 }
@@ -110,7 +108,8 @@ impl<'a> Rewrite<'a> {
     /// One field of the request, in order.
     #[inline]
     pub fn field(&mut self, name: &'a [u8], value: &'a [u8]) {
-        if name.len() == 10 && eq_lower(name, b"connection") {
+        let kind = Name::of(name);
+        if kind == Name::Connection {
             for t in connection_tokens(value) {
                 if self.n_listed < self.listed.len()
                     && !eq_lower(t, b"close")
@@ -122,7 +121,7 @@ impl<'a> Rewrite<'a> {
             }
         }
         self.fields
-            .write(self.head, name, value, &[], &mut self.out);
+            .write(self.head, name, value, kind, &[], &mut self.out);
     }
 
     /// The buffer back, the request being incomplete or refused.
@@ -154,7 +153,8 @@ impl<'a> Rewrite<'a> {
             out.clear();
             fields = Fields::default();
             let _ = head::scan(&buf[..req.head_len], MAX_HEADERS, |name, value| {
-                fields.write(buf, name, value, &listed[..n_listed], &mut out);
+                let kind = Name::of(name);
+                fields.write(buf, name, value, kind, &listed[..n_listed], &mut out);
             });
         }
         fields.lines.flush(buf, &mut out);

@@ -3,19 +3,63 @@
 
 use corelane_http::head::eq_lower;
 
-/// Whether `name` is a hop-by-hop header, or one the proxy re-frames
-/// itself (`Content-Length` of requests is written anew, `Transfer-Encoding`
-/// decoded), so never copied as is.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    // By length first: most names match none and cost one comparison.
-    match name.len() {
-        2 => eq_lower(name, b"te"),
-        7 => eq_lower(name, b"upgrade") || eq_lower(name, b"trailer"),
-        10 => eq_lower(name, b"connection") || eq_lower(name, b"keep-alive"),
-        16 => eq_lower(name, b"proxy-connection"),
-        17 => eq_lower(name, b"transfer-encoding"),
-        _ => false,
+/// The header fields the proxy treats apart from the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Connection`.
+    Connection,
+    /// `Keep-Alive`, `TE`, `Upgrade`, `Trailer`, `Proxy-Connection`: the
+    /// other hop-by-hop headers (RFC 9110 §7.6.1).
+    HopByHop,
+    /// `Host`.
+    Host,
+    /// `Expect`.
+    Expect,
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// Any other.
+    Other,
+}
+
+impl Name {
+    /// What `name` is, judged by its length first: most names match none
+    /// and cost one comparison.
+    #[inline]
+    pub fn of(name: &[u8]) -> Name {
+        match name.len() {
+            2 if eq_lower(name, b"te") => Name::HopByHop,
+            4 if eq_lower(name, b"host") => Name::Host,
+            6 if eq_lower(name, b"expect") => Name::Expect,
+            7 if eq_lower(name, b"upgrade") || eq_lower(name, b"trailer") => Name::HopByHop,
+            10 if eq_lower(name, b"connection") => Name::Connection,
+            10 if eq_lower(name, b"keep-alive") => Name::HopByHop,
+            14 if eq_lower(name, b"content-length") => Name::ContentLength,
+            15 if eq_lower(name, b"x-forwarded-for") => Name::XForwardedFor,
+            16 if eq_lower(name, b"proxy-connection") => Name::HopByHop,
+            17 if eq_lower(name, b"transfer-encoding") => Name::TransferEncoding,
+            _ => Name::Other,
+        }
     }
+
+    /// A hop-by-hop header, or one the proxy re-frames itself
+    /// (`Transfer-Encoding` is decoded): never copied as is.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::HopByHop | Name::Connection | Name::TransferEncoding
+        )
+    }
+}
+
+/// Whether `name` is listed in a `Connection` header (`listed`: its
+/// tokens): then it is hop-by-hop too.
+#[inline]
+pub fn is_listed(name: &[u8], listed: &[&[u8]]) -> bool {
+    listed.iter().any(|l| l.eq_ignore_ascii_case(name))
 }
 
 /// The tokens of a `Connection` header value (the headers it names are

@@ -633,20 +633,39 @@ impl Proxy {
                         Parsed::Interim(n) => input.consume(n),
                         Parsed::Invalid(why) => return self.bad_response(u, why, cx),
                         Parsed::Complete(head) => {
-                            let _ = cx.write(to, &self.scratch);
                             client.responded = true;
-                            forwarded += self.scratch.len();
                             input.consume(head.len);
                             up.reusable = head.reusable;
                             if !response::keeps_client(head.framing, &client.side) {
                                 client.side.keep_alive = false;
                             }
                             up.body = match head.framing {
-                                Framing::Empty => break true,
-                                Framing::Length(0) => break true,
-                                Framing::Length(n) => Body::Length(n),
-                                Framing::Chunked => Body::Chunked(Chunked::default()),
-                                Framing::UntilClose => Body::UntilClose,
+                                Framing::Length(len) if len > 0 => {
+                                    // The body, or what came of it, goes out
+                                    // with the head: one write.
+                                    let body = input.bytes();
+                                    let n =
+                                        body.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+                                    self.scratch.extend_from_slice(&body[..n]);
+                                    input.consume(n);
+                                    let _ = cx.write(to, &self.scratch);
+                                    forwarded += self.scratch.len();
+                                    let left = len - n as u64;
+                                    if left == 0 {
+                                        break true;
+                                    }
+                                    up.body = Body::Length(left);
+                                    return self.backpressure(u, forwarded, cx);
+                                }
+                                _ => {
+                                    let _ = cx.write(to, &self.scratch);
+                                    forwarded += self.scratch.len();
+                                    match head.framing {
+                                        Framing::Chunked => Body::Chunked(Chunked::default()),
+                                        Framing::UntilClose => Body::UntilClose,
+                                        Framing::Empty | Framing::Length(_) => break true,
+                                    }
+                                }
                             };
                         }
                     }

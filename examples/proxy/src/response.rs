@@ -6,7 +6,7 @@
 
 use corelane_http::head::{self, eq_lower, HeadError, Scan};
 
-use crate::hop::{connection_tokens, is_hop_by_hop, start_line, Lines};
+use crate::hop::{connection_tokens, is_listed, start_line, Lines, Name};
 
 /// Most header fields in a response.
 const MAX_HEADERS: usize = 96;
@@ -100,37 +100,43 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
         if std::mem::take(&mut first) {
             line_sent = copy_status_line(window, name, &mut lines, out);
         }
-        write_field(window, name, value, client, &[], &mut lines, out);
+        let kind = Name::of(name);
+        write_field(window, name, value, kind, client, &[], &mut lines, out);
         if invalid.is_some() {
             return;
         }
-        if eq_lower(name, b"content-length") {
-            let Some(n) = parse_length(value) else {
-                invalid = Some("bad Content-Length");
-                return;
-            };
-            if content_length.is_some_and(|c| c != n) {
-                invalid = Some("conflicting Content-Length");
-                return;
+        match kind {
+            Name::ContentLength => {
+                let Some(n) = parse_length(value) else {
+                    invalid = Some("bad Content-Length");
+                    return;
+                };
+                if content_length.is_some_and(|c| c != n) {
+                    invalid = Some("conflicting Content-Length");
+                    return;
+                }
+                content_length = Some(n);
             }
-            content_length = Some(n);
-        } else if eq_lower(name, b"transfer-encoding") {
-            if chunked || !eq_lower(trim(value), b"chunked") {
-                invalid = Some("unsupported Transfer-Encoding");
-                return;
+            Name::TransferEncoding => {
+                if chunked || !eq_lower(trim(value), b"chunked") {
+                    invalid = Some("unsupported Transfer-Encoding");
+                    return;
+                }
+                chunked = true;
             }
-            chunked = true;
-        } else if eq_lower(name, b"connection") {
-            for token in connection_tokens(value) {
-                let is_close = eq_lower(token, b"close");
-                let is_keep_alive = eq_lower(token, b"keep-alive");
-                close |= is_close;
-                keep_alive_token |= is_keep_alive;
-                if n_listed < listed.len() && !is_close && !is_keep_alive {
-                    listed[n_listed] = token;
-                    n_listed += 1;
+            Name::Connection => {
+                for token in connection_tokens(value) {
+                    let is_close = eq_lower(token, b"close");
+                    let is_keep_alive = eq_lower(token, b"keep-alive");
+                    close |= is_close;
+                    keep_alive_token |= is_keep_alive;
+                    if n_listed < listed.len() && !is_close && !is_keep_alive {
+                        listed[n_listed] = token;
+                        n_listed += 1;
+                    }
                 }
             }
+            _ => {}
         }
     });
     let (status, len) = match scanned {
@@ -180,7 +186,16 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
             if std::mem::take(&mut first) {
                 line_sent = copy_status_line(window, name, &mut lines, out);
             }
-            write_field(window, name, value, client, listed, &mut lines, out);
+            write_field(
+                window,
+                name,
+                value,
+                Name::of(name),
+                client,
+                listed,
+                &mut lines,
+                out,
+            );
         });
     }
     lines.flush(window, out);
@@ -214,17 +229,20 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
 /// Writes one response field for the client, unless it is hop-by-hop or
 /// listed in `Connection` (`listed`); `Transfer-Encoding` is kept for a
 /// client that gets the chunked body as is.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn write_field(
     head: &[u8],
     name: &[u8],
     value: &[u8],
+    kind: Name,
     client: &ClientSide,
     listed: &[&[u8]],
     lines: &mut Lines,
     out: &mut Vec<u8>,
 ) {
-    let keep_te = name.len() == 17 && eq_lower(name, b"transfer-encoding") && !client.dechunk();
-    if !keep_te && (is_hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name))) {
+    let keep_te = kind == Name::TransferEncoding && !client.dechunk();
+    if !keep_te && (kind.is_hop_by_hop() || is_listed(name, listed)) {
         return;
     }
     lines.field(head, name, value, out);

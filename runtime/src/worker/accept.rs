@@ -134,21 +134,27 @@ impl<H: Handler> Worker<H> {
 
     /// Puts an accepted connection in the table: slab entry first, then
     /// registration under its token (key + generation); a registration that
-    /// fails leaves no entry behind.
+    /// fails leaves no entry behind. With `TCP_DEFER_ACCEPT` its first bytes
+    /// are already there: it is served at once, and registered only if it
+    /// is still open after that (a connection per request, `Connection:
+    /// close`, then costs no `epoll_ctl` at all, as nginx's `deferred`).
     pub(super) fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         let key = self.conns.vacant_key();
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & ConnToken::GENERATION_MASK;
         let token = ConnToken { key, generation }.into();
+        let serve_first = self.opts.defer_accept.is_some();
         // Readable edges only: writable ones are added by the first flush
         // that leaves output behind (see `Conn::needs_writable_edges`).
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE)
-        {
-            tracing::warn!(worker = self.info.index, error = %e, %peer, "registering a connection failed; closing it");
-            return;
+        if !serve_first {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE)
+            {
+                tracing::warn!(worker = self.info.index, error = %e, %peer, "registering a connection failed; closing it");
+                return;
+            }
         }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
@@ -190,6 +196,37 @@ impl<H: Handler> Worker<H> {
         let inserted = self.conns.insert(conn);
         debug_assert_eq!(inserted, key);
         self.counters.active += 1;
+        if serve_first {
+            return self.serve_first(key, id, peer, now);
+        }
         self.update_timer(key);
+    }
+
+    /// Serves connection `key` (`id`), not registered yet, as if it had
+    /// been reported readable; registers it if it is still open after that,
+    /// for the edges to come (registering reports what is already ready:
+    /// nothing is missed in between).
+    fn serve_first(&mut self, key: usize, id: u64, peer: SocketAddr, now: Instant) {
+        self.unregistered = Some(key);
+        self.conns[key].on_event(true, false);
+        self.drive(key, now);
+        self.unregistered = None;
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id() == id) else {
+            return; // served and closed
+        };
+        let token = ConnToken {
+            key,
+            generation: conn.generation(),
+        }
+        .into();
+        let interest = conn.interest();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(conn.stream_mut(), token, interest)
+        {
+            tracing::warn!(worker = self.info.index, error = %e, %peer, "registering a connection failed; closing it");
+            self.close(key, CloseReason::Error, now);
+        }
     }
 }

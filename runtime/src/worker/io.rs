@@ -151,6 +151,10 @@ impl<H: Handler> Worker<H> {
     pub(super) fn watch_writable(&mut self, key: usize, yes: bool) -> Result<(), CloseReason> {
         let conn = &mut self.conns[key];
         conn.watching_writable(yes);
+        if self.unregistered == Some(key) {
+            // Registered with this interest once its first turn is over.
+            return Ok(());
+        }
         let token = ConnToken {
             key,
             generation: conn.generation(),

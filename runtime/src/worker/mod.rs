@@ -135,6 +135,9 @@ pub(crate) struct Worker<H: Handler> {
     wheel: TimerWheel,
     /// Connections whose read budget ran out: to be driven again next turn.
     requeue: Vec<usize>,
+    /// The connection being served before it is registered (deferred
+    /// accept: see `insert`).
+    unregistered: Option<usize>,
     accept: AcceptState,
     /// Logged the current resource episode already.
     accept_warned: bool,
@@ -230,6 +233,7 @@ impl<H: Handler> Worker<H> {
             pool: BufferPool::new(opts.buffer_size, opts.pool_max_idle, opts.reclaim_after),
             wheel: TimerWheel::new(now, opts.timer_resolution, 1024),
             requeue: Vec::new(),
+            unregistered: None,
             // Connections may have queued before the loop started.
             accept: AcceptState::Open { pending: true },
             accept_warned: false,
