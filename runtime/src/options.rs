@@ -48,6 +48,9 @@ pub struct ServerOptions {
     /// accepts it) only when its first data arrives, waiting up to this long
     /// (whole seconds), like nginx's `listen ... deferred`: a client that
     /// connects and sends nothing costs no wakeup, descriptor or buffer.
+    /// The worker then serves those first bytes at once and registers the
+    /// socket with epoll only if it is still open after that turn: a
+    /// connection that asks one thing and closes costs no `epoll_ctl`.
     /// Default `None`.
     pub defer_accept: Option<Duration>,
     /// Set `TCP_NODELAY` on accepted connections. Default `true`.
