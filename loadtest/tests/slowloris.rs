@@ -124,10 +124,11 @@ fn slowloris_is_cut_at_the_header_timeout_and_normal_clients_keep_their_latency(
         // The attacker shares the machine's two CPUs with the server and
         // the client, so p99 under attack moves between runs (1.3–5.0 ms
         // against 1.2–1.4 ms quiet over 13 runs here; on a noisy CI runner
-        // 23.7 ms against 6.9 ms quiet); a server that slowloris hurts
-        // makes clients wait for the header timeout (seconds) or fails
-        // them, far above the 50 ms floor.
-        attacked.latency_us.p99 <= (3 * baseline).max(50_000),
+        // 23.7 ms against 6.9 ms quiet, and once 52.4 ms against 9.5 ms,
+        // a debug build right after the fleet tests); a server that
+        // slowloris hurts makes clients wait for the header timeout
+        // (seconds) or fails them, far above the 150 ms floor.
+        attacked.latency_us.p99 <= (3 * baseline).max(150_000),
         "p99 {} µs under attack vs {} µs quiet",
         attacked.latency_us.p99,
         baseline
