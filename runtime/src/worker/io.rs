@@ -22,6 +22,27 @@ impl<H: Handler> Worker<H> {
             self.close(key, reason, now);
             return;
         }
+        self.settle(key, now);
+    }
+
+    /// [`drive`](Self::drive) after an operation on the connection's
+    /// behalf (a write, a resume): when it has nothing to read, only a
+    /// flush, not the read-and-flush-again of a readable connection.
+    pub(super) fn drive_output(&mut self, key: usize, now: Instant) {
+        if self.conns[key].wants_read() {
+            return self.drive(key, now);
+        }
+        if let Err(reason) = self.flush(key, now) {
+            self.close(key, reason, now);
+            return;
+        }
+        self.settle(key, now);
+    }
+
+    /// After serving: close the connection if it is done, else return the
+    /// buffers it no longer needs and re-arm its timer.
+    #[inline(always)]
+    fn settle(&mut self, key: usize, now: Instant) {
         let drain_idle =
             self.draining_until.is_some() && self.drain_grace_until.is_none_or(|g| now >= g);
         match self.conns[key].next(drain_idle) {
@@ -38,11 +59,6 @@ impl<H: Handler> Worker<H> {
         let mut reads = 0;
         loop {
             self.flush(key, now)?;
-            if !self.conns[key].wants_read() {
-                // Nothing to read (an operation on another connection's
-                // behalf, a paused one): nothing new to flush either.
-                return Ok(());
-            }
             let backpressure = self.read_some(key, now, &mut reads)?;
             self.flush(key, now)?;
             // Reading stopped at the high-water mark with bytes possibly left

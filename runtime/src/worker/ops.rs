@@ -111,7 +111,7 @@ impl<H: Handler> Worker<H> {
         if then_more {
             return;
         }
-        self.drive(key, now);
+        self.drive_output(key, now);
     }
 
     /// Fires the handler timers that are due, at most `TIMER_BUDGET` a turn.
