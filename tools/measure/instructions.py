@@ -98,8 +98,9 @@ def load(row, port, secs):
     raise ValueError(row)
 
 
-def measure(row, binary, secs):
-    """Instructions per request (message, connection) for one row."""
+def measure(row, binary, secs, keep=None):
+    """Instructions per request (message, connection) for one row; with
+    `keep`, the callgrind dump is copied there for `callgrind_annotate`."""
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "cg.out")
@@ -126,6 +127,9 @@ def measure(row, binary, secs):
                        key=lambda f: os.path.getmtime(os.path.join(d, f)))
         if not dumps:
             sys.exit(f"callgrind wrote no dump for {row}")
+        if keep:
+            import shutil
+            shutil.copy(os.path.join(d, dumps[-1]), os.path.join(keep, f"{row}.callgrind"))
         with open(os.path.join(d, dumps[-1]), errors="replace") as f:
             for line in f:
                 if line.startswith(("summary:", "totals:")):
@@ -142,6 +146,7 @@ def main():
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
     ap.add_argument("--check", metavar="BUDGETS", help="fail if a figure is over its budget")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--keep", metavar="DIR", help="keep each row's callgrind dump in DIR")
     args = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "wrk"]:
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
@@ -156,7 +161,7 @@ def main():
         binary = args.echo if row == "echo" else args.http
         if not os.access(binary, os.X_OK):
             sys.exit(f"{binary} is missing: cargo build --release -p corelane-http -p corelane-echo")
-        figures = [measure(row, binary, args.secs) for _ in range(args.runs)]
+        figures = [measure(row, binary, args.secs, args.keep) for _ in range(args.runs)]
         results[row] = {"per_request": [round(f, 1) for f, _ in figures],
                         "requests": [n for _, n in figures]}
         print(f"{row}: {', '.join(f'{f:,.1f}' for f, _ in figures)}", file=sys.stderr)
