@@ -563,8 +563,9 @@ mod simd {
         let lo = u64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
         let hi = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
         // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
-        let (not_name, not_value) =
-            unsafe { (flagged_sse2::<NAME>(lo, hi), flagged_sse2::<VALUE>(lo, hi)) };
+        let not_name = unsafe { flagged_sse2::<NAME>(lo, hi) };
+        // SAFETY: as above.
+        let not_value = unsafe { flagged_sse2::<VALUE>(lo, hi) };
         // The name ends at its first byte that is not a letter, digit or
         // `-`: a colon, in the common shape (a token ends there too).
         let colon = not_name.trailing_zeros() as usize;
@@ -808,7 +809,7 @@ mod tests {
             let mut line: Vec<u8> = b"Name: value \r\n".to_vec();
             let mut r = rng;
             for i in 0..len.min(line.len()) {
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     line[i] = alphabet[(r >> 2) as usize % alphabet.len()];
                 }
                 r = r.rotate_right(5) ^ 0x9e37_79b9;
