@@ -4,10 +4,10 @@
 //! added on request. The request has passed `corelane-http`'s strict
 //! parser first, so nothing ambiguous reaches this point.
 
-use corelane_http::head::{self, eq_lower};
+use corelane_http::head;
 use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
-use crate::hop::{connection_tokens, is_listed, start_line, Lines, Name};
+use crate::hop::{is_listed, names_fields, start_line, Lines, Listed, Name};
 
 /// What the proxy needs to know about the request it forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +86,8 @@ pub struct Rewrite<'a> {
     head: &'a [u8],
     out: Vec<u8>,
     fields: Fields<'a>,
-    /// The fields `Connection` lists (besides `close` and `keep-alive`).
-    listed: [&'a [u8]; 16],
-    n_listed: usize,
+    /// `Connection` names fields (besides `close` and `keep-alive`).
+    lists_fields: bool,
 }
 
 impl<'a> Rewrite<'a> {
@@ -100,8 +99,7 @@ impl<'a> Rewrite<'a> {
             head: buf,
             out,
             fields: Fields::default(),
-            listed: [b""; 16],
-            n_listed: 0,
+            lists_fields: false,
         }
     }
 
@@ -109,16 +107,8 @@ impl<'a> Rewrite<'a> {
     #[inline]
     pub fn field(&mut self, name: &'a [u8], value: &'a [u8]) {
         let kind = Name::of(name);
-        if kind == Name::Connection {
-            for t in connection_tokens(value) {
-                if self.n_listed < self.listed.len()
-                    && !eq_lower(t, b"close")
-                    && !eq_lower(t, b"keep-alive")
-                {
-                    self.listed[self.n_listed] = t;
-                    self.n_listed += 1;
-                }
-            }
+        if kind == Name::Connection && names_fields(value) {
+            self.lists_fields = true;
         }
         self.fields
             .write(self.head, name, value, kind, &[], &mut self.out);
@@ -143,18 +133,24 @@ impl<'a> Rewrite<'a> {
             head: _,
             mut out,
             mut fields,
-            listed,
-            n_listed,
+            lists_fields,
         } = self;
         // The fields `Connection` lists are known only once it is seen:
         // when it lists any (rare: `close` and `keep-alive` name no
         // field), a second pass writes the fields again without those.
-        if n_listed > 0 {
+        if lists_fields {
+            let head = &buf[..req.head_len];
+            let mut listed = Listed::default();
+            let _ = head::scan(head, MAX_HEADERS, |name, value| {
+                if Name::of(name) == Name::Connection {
+                    listed.add(value);
+                }
+            });
             out.clear();
             fields = Fields::default();
-            let _ = head::scan(&buf[..req.head_len], MAX_HEADERS, |name, value| {
+            let _ = head::scan(head, MAX_HEADERS, |name, value| {
                 let kind = Name::of(name);
-                fields.write(buf, name, value, kind, &listed[..n_listed], &mut out);
+                fields.write(buf, name, value, kind, listed.names(), &mut out);
             });
         }
         fields.lines.flush(buf, &mut out);

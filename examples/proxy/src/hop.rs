@@ -28,7 +28,7 @@ pub enum Name {
 impl Name {
     /// What `name` is, judged by its length first: most names match none
     /// and cost one comparison.
-    #[inline]
+    #[inline(always)]
     pub fn of(name: &[u8]) -> Name {
         match name.len() {
             2 if eq_lower(name, b"te") => Name::HopByHop,
@@ -57,9 +57,42 @@ impl Name {
 
 /// Whether `name` is listed in a `Connection` header (`listed`: its
 /// tokens): then it is hop-by-hop too.
-#[inline]
+#[inline(always)]
 pub fn is_listed(name: &[u8], listed: &[&[u8]]) -> bool {
-    listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+    !listed.is_empty() && listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+}
+
+/// Whether a `Connection` value names a field (a token other than
+/// `close` and `keep-alive`). Rare: when one does, the head is scanned
+/// again to gather them ([`Listed`]) and written again without them, so
+/// the common head pays for neither.
+pub fn names_fields(value: &[u8]) -> bool {
+    connection_tokens(value).any(|t| !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive"))
+}
+
+/// The fields the `Connection` fields of a head name (the first 16).
+#[derive(Debug, Default)]
+pub struct Listed<'a> {
+    names: [&'a [u8]; 16],
+    len: usize,
+}
+
+impl<'a> Listed<'a> {
+    /// Adds what a `Connection` value names.
+    pub fn add(&mut self, value: &'a [u8]) {
+        for t in connection_tokens(value) {
+            if self.len < self.names.len() && !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive")
+            {
+                self.names[self.len] = t;
+                self.len += 1;
+            }
+        }
+    }
+
+    /// The names gathered.
+    pub fn names(&self) -> &[&'a [u8]] {
+        &self.names[..self.len]
+    }
 }
 
 /// The tokens of a `Connection` header value (the headers it names are

@@ -6,7 +6,7 @@
 
 use corelane_http::head::{self, eq_lower, HeadError, Scan};
 
-use crate::hop::{connection_tokens, is_listed, start_line, Lines, Name};
+use crate::hop::{connection_tokens, is_listed, start_line, Lines, Listed, Name};
 
 /// Most header fields in a response.
 const MAX_HEADERS: usize = 96;
@@ -83,8 +83,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive_token = false;
-    let mut listed: [&[u8]; 16] = [b""; 16];
-    let mut n_listed = 0;
+    let mut lists_fields = false;
     // The first problem a field shows, judged once the head is whole.
     let mut invalid: Option<&'static str> = None;
     // The fields are written as they are scanned; the status line is put
@@ -130,10 +129,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
                     let is_keep_alive = eq_lower(token, b"keep-alive");
                     close |= is_close;
                     keep_alive_token |= is_keep_alive;
-                    if n_listed < listed.len() && !is_close && !is_keep_alive {
-                        listed[n_listed] = token;
-                        n_listed += 1;
-                    }
+                    lists_fields |= !is_close && !is_keep_alive;
                 }
             }
             _ => {}
@@ -177,10 +173,16 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     let reusable = framing != Framing::UntilClose && !close && (minor == 1 || keep_alive_token);
     let keep_client = keeps_client(framing, client);
 
-    if n_listed > 0 {
+    if lists_fields {
+        let mut listed = Listed::default();
+        let _ = head::scan_response(window, MAX_HEADERS, |name, value| {
+            if Name::of(name) == Name::Connection {
+                listed.add(value);
+            }
+        });
         out.clear();
         lines = Lines::default();
-        let listed = &listed[..n_listed];
+        let listed = listed.names();
         let mut first = true;
         let _ = head::scan_response(window, MAX_HEADERS, |name, value| {
             if std::mem::take(&mut first) {
