@@ -67,6 +67,9 @@ pub fn is_listed(name: &[u8], listed: &[&[u8]]) -> bool {
 /// again to gather them ([`Listed`]) and written again without them, so
 /// the common head pays for neither.
 pub fn names_fields(value: &[u8]) -> bool {
+    if eq_lower(value, b"keep-alive") || eq_lower(value, b"close") {
+        return false;
+    }
     connection_tokens(value).any(|t| !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive"))
 }
 
