@@ -67,7 +67,11 @@ pub struct ProxyOptions {
     /// Time the upstream may go without sending a byte of the response
     /// (504 before the response began; the client is closed after).
     pub response_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream per worker.
+    /// Idle keep-alive connections kept per upstream per worker for good.
+    /// More stay while they are used: those beyond it are closed at a tick
+    /// (each second) once unused since the one before, so a burst wider
+    /// than the pool does not close and reopen connections with each
+    /// burst, as a fixed cap (nginx's `keepalive`) does.
     pub pool_idle: usize,
     /// Add `Via: 1.1 corelane` to requests and responses.
     pub via: bool,
@@ -129,6 +133,7 @@ proxy_counters! {
     bad_responses => "Malformed or ambiguous upstream responses.",
     bad_requests => "Client requests refused as malformed or too large (4xx).",
     reused => "Upstream connections reused from the pool.",
+    pool_trimmed => "Idle upstream connections closed beyond --pool-idle, after a whole tick unused.",
 }
 
 /// Every worker's proxy counters; sized by the first worker that starts.
@@ -279,10 +284,34 @@ impl IpText {
     }
 }
 
+/// One upstream's connections on this worker.
 #[derive(Debug, Default)]
 struct Pool {
+    /// Idle connections, a stack: the most recently used on top, so the
+    /// bottom ones are those unused longest.
     idle: Vec<usize>,
     outstanding: usize,
+    /// The fewest idle connections since the last tick: the bottom `low`
+    /// of `idle` went unused all that time.
+    low: usize,
+}
+
+impl Pool {
+    /// Takes the most recently used idle connection.
+    fn pop(&mut self) -> Option<usize> {
+        let u = self.idle.pop();
+        self.low = self.low.min(self.idle.len());
+        u
+    }
+
+    /// Idle connections to close at a tick: beyond `bound`, those unused
+    /// since the last one (a burst's connections stay while bursts go on,
+    /// instead of being closed and opened again with every burst).
+    fn trim(&mut self, bound: usize) -> std::vec::Drain<'_, usize> {
+        let excess = self.idle.len().saturating_sub(bound).min(self.low);
+        self.low = self.idle.len() - excess;
+        self.idle.drain(..excess)
+    }
 }
 
 /// The proxy handler, one per worker.
@@ -360,7 +389,7 @@ impl Proxy {
         let pooled = if fresh {
             None
         } else {
-            self.pools[target].idle.pop()
+            self.pools[target].pop()
         };
         let u = match pooled {
             Some(u) => {
@@ -420,7 +449,9 @@ impl Proxy {
             let _ = cx.resume_reading(up.handle);
         }
         let pool = &mut self.pools[up.target];
-        if reusable && up.connected && pool.idle.len() < self.opts.pool_idle {
+        // Kept even beyond `pool_idle`: the excess is closed at a tick
+        // once unused for a whole tick (`on_tick`).
+        if reusable && up.connected {
             pool.idle.push(u);
         } else {
             let _ = cx.close(up.handle);
@@ -771,7 +802,8 @@ impl Proxy {
         let up = self.ups.remove(u);
         let pool = &mut self.pools[up.target];
         if let Some(i) = pool.idle.iter().position(|&x| x == u) {
-            pool.idle.swap_remove(i);
+            pool.idle.remove(i);
+            pool.low = pool.low.min(pool.idle.len());
         }
         let Some(k) = up.client else {
             return;
@@ -936,8 +968,14 @@ impl Handler for Proxy {
         }
     }
 
-    fn on_tick(&mut self, now: SystemTime, _cx: &mut Context<'_>) {
+    fn on_tick(&mut self, now: SystemTime, cx: &mut Context<'_>) {
         format_http_date(now, &mut self.date);
+        for pool in &mut self.pools {
+            for u in pool.trim(self.opts.pool_idle) {
+                bump(&self.counters.worker(self.worker).pool_trimmed);
+                let _ = cx.close(self.ups[u].handle);
+            }
+        }
     }
 
     /// Draining: the idle pooled upstream connections are closed (they

@@ -45,7 +45,8 @@ struct Args {
     /// (504 if it had not begun; the client is closed if it had).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     response_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream, per worker.
+    /// Idle keep-alive connections kept per upstream, per worker (more stay
+    /// while in use; those beyond it are closed once unused for a second).
     #[arg(long, default_value_t = 32)]
     pool_idle: usize,
     /// Add `Via: 1.1 corelane` to requests and responses.

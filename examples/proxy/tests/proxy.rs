@@ -556,3 +556,42 @@ fn a_slow_client_does_not_make_the_proxy_buffer_the_whole_response() {
     }
     assert_eq!(written.load(Ordering::SeqCst), SIZE);
 }
+
+#[test]
+fn a_burst_wider_than_the_pool_keeps_its_connections_until_a_tick_finds_them_unused() {
+    let up = http_upstream();
+    let p = proxy_to(&[up.addr], |o| o.pool_idle = 2);
+    // Eight clients at once, round after round: eight upstream connections
+    // in use together, six more than the pool keeps for good. With a fixed
+    // cap, six would be closed after every round and opened for the next.
+    let mut clients: Vec<TcpStream> = (0..8).map(|_| p.proxy.connect()).collect();
+    let mut bufs = vec![Vec::new(); clients.len()];
+    for _ in 0..20 {
+        for c in &mut clients {
+            c.write_all(&get("/plaintext")).unwrap();
+        }
+        for (c, buf) in clients.iter_mut().zip(&mut bufs) {
+            assert_eq!(read_response(c, buf).status, 200);
+        }
+    }
+    let accepted = up.metrics.total().accepted;
+    assert!(
+        accepted <= 8,
+        "{accepted} upstream connections for 8 concurrent clients"
+    );
+    // Unused for a whole tick (a second), those beyond the pool close.
+    let c = p.counters.worker(0);
+    assert!(
+        eventually(|| up.metrics.total().active == 2),
+        "upstream still has {} connections open; {} trimmed",
+        up.metrics.total().active,
+        c.pool_trimmed.load(Ordering::Relaxed)
+    );
+    assert_eq!(c.pool_trimmed.load(Ordering::Relaxed), accepted - 2);
+    // The two kept still serve.
+    for (c, buf) in clients.iter_mut().zip(&mut bufs).take(2) {
+        c.write_all(&get("/plaintext")).unwrap();
+        assert_eq!(read_response(c, buf).status, 200);
+    }
+    assert_eq!(up.metrics.total().accepted, accepted);
+}
