@@ -264,6 +264,7 @@ impl Http {
         );
     }
 
+    #[inline(always)]
     fn respond(&mut self, req: &Request<'_>, buf: &[u8], keep: bool, out: &mut Output) {
         let conn = match (keep, req.minor) {
             (false, _) => ConnHeader::Close,
