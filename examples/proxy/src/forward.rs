@@ -7,7 +7,7 @@
 use corelane_http::head;
 use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
-use crate::hop::{is_listed, names_fields, start_line, Lines, Listed, Name};
+use crate::hop::{is_listed, start_line, Lines, Listed, Name};
 
 /// What the proxy needs to know about the request it forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +86,8 @@ pub struct Rewrite<'a> {
     head: &'a [u8],
     out: Vec<u8>,
     fields: Fields<'a>,
-    /// `Connection` names fields (besides `close` and `keep-alive`).
-    lists_fields: bool,
+    /// The fields `Connection` names (besides `close` and `keep-alive`).
+    listed: Option<Listed<'a>>,
 }
 
 impl<'a> Rewrite<'a> {
@@ -99,7 +99,7 @@ impl<'a> Rewrite<'a> {
             head: buf,
             out,
             fields: Fields::default(),
-            lists_fields: false,
+            listed: None,
         }
     }
 
@@ -107,8 +107,8 @@ impl<'a> Rewrite<'a> {
     #[inline]
     pub fn field(&mut self, name: &'a [u8], value: &'a [u8]) {
         let kind = Name::of(name);
-        if kind == Name::Connection && names_fields(value) {
-            self.lists_fields = true;
+        if kind == Name::Connection {
+            Listed::add(&mut self.listed, value);
         }
         self.fields
             .write(self.head, name, value, kind, &[], &mut self.out);
@@ -133,22 +133,15 @@ impl<'a> Rewrite<'a> {
             head: _,
             mut out,
             mut fields,
-            lists_fields,
+            listed,
         } = self;
         // The fields `Connection` lists are known only once it is seen:
         // when it lists any (rare: `close` and `keep-alive` name no
         // field), a second pass writes the fields again without those.
-        if lists_fields {
-            let head = &buf[..req.head_len];
-            let mut listed = Listed::default();
-            let _ = head::scan(head, MAX_HEADERS, |name, value| {
-                if Name::of(name) == Name::Connection {
-                    listed.add(value);
-                }
-            });
+        if let Some(listed) = listed {
             out.clear();
             fields = Fields::default();
-            let _ = head::scan(head, MAX_HEADERS, |name, value| {
+            let _ = head::scan(&buf[..req.head_len], MAX_HEADERS, |name, value| {
                 let kind = Name::of(name);
                 fields.write(buf, name, value, kind, listed.names(), &mut out);
             });

@@ -62,18 +62,9 @@ pub fn is_listed(name: &[u8], listed: &[&[u8]]) -> bool {
     !listed.is_empty() && listed.iter().any(|l| l.eq_ignore_ascii_case(name))
 }
 
-/// Whether a `Connection` value names a field (a token other than
-/// `close` and `keep-alive`). Rare: when one does, the head is scanned
-/// again to gather them ([`Listed`]) and written again without them, so
-/// the common head pays for neither.
-pub fn names_fields(value: &[u8]) -> bool {
-    if eq_lower(value, b"keep-alive") || eq_lower(value, b"close") {
-        return false;
-    }
-    connection_tokens(value).any(|t| !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive"))
-}
-
-/// The fields the `Connection` fields of a head name (the first 16).
+/// The fields the `Connection` fields of a head name (the first 16). Rare:
+/// kept in an `Option` set only when a `Connection` names one, so the
+/// common head sets up nothing for it.
 #[derive(Debug, Default)]
 pub struct Listed<'a> {
     names: [&'a [u8]; 16],
@@ -81,13 +72,24 @@ pub struct Listed<'a> {
 }
 
 impl<'a> Listed<'a> {
-    /// Adds what a `Connection` value names.
-    pub fn add(&mut self, value: &'a [u8]) {
+    /// Adds a name a `Connection` token gives.
+    pub fn push(&mut self, token: &'a [u8]) {
+        if self.len < self.names.len() {
+            self.names[self.len] = token;
+            self.len += 1;
+        }
+    }
+
+    /// Adds what a `Connection` value names (`keep-alive` or `close` alone,
+    /// as nearly always, are judged without splitting the value).
+    #[inline]
+    pub fn add(listed: &mut Option<Self>, value: &'a [u8]) {
+        if eq_lower(value, b"keep-alive") || eq_lower(value, b"close") {
+            return;
+        }
         for t in connection_tokens(value) {
-            if self.len < self.names.len() && !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive")
-            {
-                self.names[self.len] = t;
-                self.len += 1;
+            if !eq_lower(t, b"close") && !eq_lower(t, b"keep-alive") {
+                listed.get_or_insert_default().push(t);
             }
         }
     }

@@ -304,6 +304,15 @@ impl Pool {
         u
     }
 
+    /// Drops `u` from the idle ones, if there (it closed), keeping the
+    /// order of the rest.
+    fn forget(&mut self, u: usize) {
+        if let Some(i) = self.idle.iter().position(|&x| x == u) {
+            self.idle.remove(i);
+            self.low = self.low.min(self.idle.len());
+        }
+    }
+
     /// Idle connections to close at a tick: beyond `bound`, those unused
     /// since the last one (a burst's connections stay while bursts go on,
     /// instead of being closed and opened again with every burst).
@@ -801,10 +810,7 @@ impl Proxy {
     fn upstream_closed(&mut self, u: usize, reason: CloseReason, cx: &mut Context<'_>) {
         let up = self.ups.remove(u);
         let pool = &mut self.pools[up.target];
-        if let Some(i) = pool.idle.iter().position(|&x| x == u) {
-            pool.idle.remove(i);
-            pool.low = pool.low.min(pool.idle.len());
-        }
+        pool.forget(u);
         let Some(k) = up.client else {
             return;
         };

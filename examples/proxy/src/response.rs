@@ -83,7 +83,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive_token = false;
-    let mut lists_fields = false;
+    let mut listed: Option<Listed<'_>> = None;
     // The first problem a field shows, judged once the head is whole.
     let mut invalid: Option<&'static str> = None;
     // The fields are written as they are scanned; the status line is put
@@ -129,7 +129,10 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
                     let is_keep_alive = eq_lower(token, b"keep-alive");
                     close |= is_close;
                     keep_alive_token |= is_keep_alive;
-                    lists_fields |= !is_close && !is_keep_alive;
+                    if !is_close && !is_keep_alive {
+                        // Names a field: hop-by-hop too.
+                        listed.get_or_insert_default().push(token);
+                    }
                 }
             }
             _ => {}
@@ -173,13 +176,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, client: &ClientSide, out: &mut Ve
     let reusable = framing != Framing::UntilClose && !close && (minor == 1 || keep_alive_token);
     let keep_client = keeps_client(framing, client);
 
-    if lists_fields {
-        let mut listed = Listed::default();
-        let _ = head::scan_response(window, MAX_HEADERS, |name, value| {
-            if Name::of(name) == Name::Connection {
-                listed.add(value);
-            }
-        });
+    if let Some(listed) = &listed {
         out.clear();
         lines = Lines::default();
         let listed = listed.names();
