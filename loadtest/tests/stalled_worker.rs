@@ -53,10 +53,13 @@ const NOISY_US: u64 = 10_000;
 /// What one server in one mode showed.
 struct Figures {
     /// New-connection p99.9 (µs) calm, with a worker stalled, and calm
-    /// again right after.
+    /// again right after: whether the machine was calm.
     calm: u64,
-    stalled: u64,
     after: u64,
+    /// New-connection p99 (µs) calm and with a worker stalled: what the
+    /// policy is judged on.
+    calm_p99: u64,
+    stalled_p99: u64,
     /// Of the connections opened while a worker was stalled, the share
     /// that the stalled worker accepted.
     share: f64,
@@ -113,14 +116,21 @@ fn measure(mode: &str) -> Figures {
     let after = run();
     let share = during[cpu] as f64 / during.iter().sum::<u64>().max(1) as f64;
     eprintln!(
-        "stalled worker, {mode}: new-connection p99.9 {} µs calm, {} µs with worker {cpu} stalled ({stalls} stalls of 50 ms), {} µs after; accepted while stalled {during:?} (stalled worker's share {share:.3}); errors {:?}",
-        calm.latency_us.p999, stalled.latency_us.p999, after.latency_us.p999, stalled.errors
+        "stalled worker, {mode}: new-connection p99 / p99.9 {} / {} µs calm, {} / {} µs with worker {cpu} stalled ({stalls} stalls of 50 ms), {} / {} µs after; accepted while stalled {during:?} (stalled worker's share {share:.3}); errors {:?}",
+        calm.latency_us.p99,
+        calm.latency_us.p999,
+        stalled.latency_us.p99,
+        stalled.latency_us.p999,
+        after.latency_us.p99,
+        after.latency_us.p999,
+        stalled.errors
     );
     assert_eq!(stalled.errors.total(), 0, "{stalled:?}");
     Figures {
         calm: calm.latency_us.p999,
-        stalled: stalled.latency_us.p999,
         after: after.latency_us.p999,
+        calm_p99: calm.latency_us.p99,
+        stalled_p99: stalled.latency_us.p99,
         share,
     }
 }
@@ -167,36 +177,34 @@ fn a_stalled_worker_is_avoided_by_least_loaded_but_not_by_the_kernel_hash() {
         kernel.share
     );
     // What a client sees: checked when the machine was calm around the
-    // measurement (on a noisy machine p99.9 is the noise, as CI has shown
-    // with calm runs of 50 to 185 ms).
-    // p99.9 of 3,000 connections is the third worst: below 2 ms it is the
-    // scheduler's noise on a 2-core machine, so 2 ms is the floor of "calm".
-    const FLOOR_US: u64 = 2_000;
+    // measurement (on a noisy machine the tail is the noise, as CI has
+    // shown with calm p99.9 of 50 to 185 ms).
+    //
+    // Judged on p99, the 30th worst of 3,000 new connections, not p99.9
+    // (the third worst): a few hiccups of the machine move p99.9 by tens of
+    // milliseconds with not one connection on the stalled worker (CI: 35.8
+    // ms least-loaded, calm 3.6 ms, share 0.000), and earlier bounds on it
+    // (2x calm, 3x calm, a fixed 35 ms) each failed on noise alone. The
+    // policy shows in p99 by a wide margin: under the kernel's hash half of
+    // the new connections land behind a 50 ms stall and wait ~25 ms on
+    // average, so p99 is ~50 ms or more; under least-loaded none do.
+    const BOUND_US: u64 = 20_000;
     if ll.calm_machine() {
-        // Least-loaded keeps new connections off the stalled worker:
-        // nobody waits anything like a stall. A connection behind a 50 ms
-        // stall waits the rest of it, so when a few dozen land there (as
-        // the kernel's hash lets ~1,500), the third worst waits ~45 ms or
-        // more. The bound is 35 ms whatever calm was (calm is under 10 ms
-        // here): bounds relative to calm failed on noise alone (2x: 4.96
-        // ms stalled vs 2.32 ms calm in CI, while the kernel's hash showed
-        // 257 ms; 3x: 22.4 ms vs 7.4 ms, with not one connection on the
-        // stalled worker).
         assert!(
-            ll.stalled <= 35_000,
-            "least-loaded: p99.9 {} µs stalled vs {} µs calm",
-            ll.stalled,
-            ll.calm
+            ll.stalled_p99 <= BOUND_US,
+            "least-loaded: p99 {} µs stalled vs {} µs calm",
+            ll.stalled_p99,
+            ll.calm_p99
         );
     } else {
         eprintln!("stalled worker, least-loaded: the machine was never calm; latency not judged");
     }
     if kernel.calm_machine() {
         assert!(
-            kernel.stalled > 2 * kernel.calm.max(FLOOR_US) && kernel.stalled > 20_000,
-            "the kernel's hash should show the stall: p99.9 {} µs stalled vs {} µs calm",
-            kernel.stalled,
-            kernel.calm
+            kernel.stalled_p99 > BOUND_US && kernel.stalled_p99 > 2 * kernel.calm_p99,
+            "the kernel's hash should show the stall: p99 {} µs stalled vs {} µs calm",
+            kernel.stalled_p99,
+            kernel.calm_p99
         );
     } else {
         eprintln!("stalled worker, kernel: the machine was never calm; latency not judged");
