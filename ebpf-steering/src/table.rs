@@ -153,6 +153,19 @@ impl WorkerHandle {
             .store(v, Ordering::Relaxed);
     }
 
+    /// The worker took one connection from its accept queue and now serves
+    /// `conns`: counted as live, and one fewer pending (never below zero:
+    /// an emptied queue may have reset the count already). Keeps the load
+    /// true while a worker takes one connection per wake, without learning
+    /// (at the cost of an `accept4` that fails) whether its queue is empty.
+    #[inline]
+    pub fn accepted(&self, conns: usize) {
+        self.set_connections(conns);
+        let _ = self
+            .u64_field(std::mem::offset_of!(WorkerSlot, pending))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
+    }
+
     /// The worker's accept queue is empty: nothing steered to it is pending.
     #[inline]
     pub fn accept_queue_empty(&self) {

@@ -234,6 +234,34 @@ pub(crate) fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Makes `fd`, registered for readable events in the epoll instance
+/// `epfd` under `token` (mio registers every source edge-triggered),
+/// level-triggered (`level`) or edge-triggered again. The events asked for
+/// are mio's for `Interest::READABLE`; so is the token's encoding.
+///
+/// # Errors
+///
+/// Returns the error of `epoll_ctl(2)`.
+pub(crate) fn epoll_readable_trigger(
+    epfd: RawFd,
+    fd: RawFd,
+    token: usize,
+    level: bool,
+) -> io::Result<()> {
+    let mut events = libc::EPOLLIN | libc::EPOLLRDHUP;
+    if !level {
+        events |= libc::EPOLLET;
+    }
+    let mut event = libc::epoll_event {
+        events: events as u32,
+        u64: token as u64,
+    };
+    // SAFETY: `event` is a valid epoll_event that outlives the call; the
+    // kernel checks both descriptors.
+    syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut event))?;
+    Ok(())
+}
+
 /// Waits up to `timeout_ms` for `fd` to become readable; `false` on
 /// timeout or error (the caller simply tries again).
 pub(crate) fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {

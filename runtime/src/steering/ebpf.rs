@@ -149,6 +149,16 @@ impl WorkerSteer {
         }
     }
 
+    /// The worker accepted a connection and now serves `conns`: counted,
+    /// no longer pending, and progress.
+    #[inline]
+    pub(crate) fn accepted(&mut self, conns: usize) {
+        if let Some(h) = &self.handle {
+            h.accepted(conns);
+        }
+        self.progress();
+    }
+
     /// The listener's accept queue is empty, and the worker serves `conns`
     /// connections: both published together, so the program never sees the
     /// just-accepted connections neither pending nor counted.

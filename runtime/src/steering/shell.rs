@@ -56,6 +56,9 @@ impl WorkerSteer {
     #[inline]
     pub(crate) fn accept_queue_empty(&self, _conns: usize) {}
 
+    #[inline]
+    pub(crate) fn accepted(&mut self, _conns: usize) {}
+
     pub(crate) fn wake_within(&self) -> Option<Duration> {
         None
     }

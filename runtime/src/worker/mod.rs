@@ -77,9 +77,9 @@ use crate::steering::{Steering, WorkerSteer};
 use crate::sys;
 use crate::timer::{Entry, TimerWheel};
 
-use accept::AcceptState;
+use accept::{AcceptState, Queue};
 
-const LISTENER: Token = Token(usize::MAX - 1);
+pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const EVENTS_CAPACITY: usize = 1024;
 /// Events handled between two signs of progress for least-loaded steering's
@@ -139,6 +139,8 @@ pub(crate) struct Worker<H: Handler> {
     /// accept: see `insert`).
     unregistered: Option<usize>,
     accept: AcceptState,
+    /// Whether the listener is level-triggered now (while accepting).
+    listener_level: bool,
     /// Logged the current resource episode already.
     accept_warned: bool,
     counters: Counters,
@@ -234,8 +236,9 @@ impl<H: Handler> Worker<H> {
             wheel: TimerWheel::new(now, opts.timer_resolution, 1024),
             requeue: Vec::new(),
             unregistered: None,
-            // Connections may have queued before the loop started.
-            accept: AcceptState::Open { pending: true },
+            // Edge-triggered as mio registered it; `set_accept` below.
+            accept: AcceptState::Closed,
+            listener_level: false,
             accept_warned: false,
             counters: Counters::default(),
             shutdown,
@@ -256,6 +259,9 @@ impl<H: Handler> Worker<H> {
             shared,
             opts,
         };
+        // Connections may have queued before the loop started.
+        let burst = started.opts.accept_budget;
+        started.set_accept(AcceptState::Open(Queue::Ready(burst)));
         started.handler_tick();
         Ok(started)
     }
@@ -279,7 +285,9 @@ impl<H: Handler> Worker<H> {
             let now = Instant::now();
             self.counters.loop_iterations += 1;
             self.observe_state();
+            let mut reported = 0;
             for event in events.iter() {
+                reported += 1;
                 self.counters.events += 1;
                 if self.counters.events.is_multiple_of(PROGRESS_EVERY) {
                     self.steer.progress();
@@ -290,7 +298,7 @@ impl<H: Handler> Worker<H> {
             self.resume_requeued(now);
             self.deliver_messages(now);
             self.check_shutdown(now);
-            self.accept_connections(now);
+            self.accept_connections(now, reported < EVENTS_CAPACITY);
             self.expire_timers(now);
             self.fire_handler_timers(now);
             self.apply_ops(now);
