@@ -274,13 +274,34 @@ pub(crate) fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
 }
 
+/// The flags of a write to a socket: `MSG_NOSIGNAL` (a peer gone is an
+/// error, not a `SIGPIPE`), and `MSG_MORE` when the socket is closed (or
+/// shut down for writing) as soon as the write completes (`fin_follows`):
+/// the last partial segment is then held, and the FIN leaves in it, one
+/// segment fewer per connection (with a connection per request 10 → 9,
+/// and the peer takes the reply and the end in one receive). Nothing is
+/// held longer than that: the close pushes it, and if the write is
+/// partial, the peer's acknowledgements push what was written (the flag
+/// holds data only during the call that passes it).
+fn send_flags(fin_follows: bool) -> libc::c_int {
+    if fin_follows {
+        libc::MSG_NOSIGNAL | libc::MSG_MORE
+    } else {
+        libc::MSG_NOSIGNAL
+    }
+}
+
 /// Writes several slices to a socket with one `sendmsg(2)` (a `writev(2)`
-/// that cannot raise SIGPIPE).
+/// that cannot raise SIGPIPE); `fin_follows` as in [`send`].
 ///
 /// # Errors
 ///
 /// Returns the error of `sendmsg(2)`; `WouldBlock` when the socket buffer is full.
-pub(crate) fn send_vectored(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn send_vectored(
+    fd: RawFd,
+    bufs: &[io::IoSlice<'_>],
+    fin_follows: bool,
+) -> io::Result<usize> {
     // SAFETY: all-zero is a valid msghdr (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
@@ -288,7 +309,12 @@ pub(crate) fn send_vectored(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<u
     // SAFETY: IoSlice is ABI-compatible with iovec (guaranteed by std), the
     // slices outlive the call, the kernel only reads them, and msg_iovlen does
     // not exceed `bufs.len()`.
-    direct!(libc::SYS_sendmsg, fd, &raw const msg, libc::MSG_NOSIGNAL)
+    direct!(
+        libc::SYS_sendmsg,
+        fd,
+        &raw const msg,
+        send_flags(fin_follows)
+    )
 }
 
 /// Reads from a descriptor into the spare capacity of `buf` with one
@@ -307,13 +333,14 @@ pub(crate) fn read_spare(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Writes `buf` to a socket with one `sendto(2)` (`MSG_NOSIGNAL`: a peer
-/// gone is an error, not a `SIGPIPE`). Returns the bytes written.
+/// Writes `buf` to a socket with one `sendto(2)`. Returns the bytes
+/// written. `fin_follows`: the socket is closed as soon as this completes
+/// (see [`send_flags`]).
 ///
 /// # Errors
 ///
 /// Returns the error of `sendto(2)`; `WouldBlock` when the socket is full.
-pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(fd: RawFd, buf: &[u8], fin_follows: bool) -> io::Result<usize> {
     // SAFETY: the kernel reads `buf.len()` bytes from `buf`, which outlives
     // the call; no address is passed.
     direct!(
@@ -321,7 +348,7 @@ pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         fd,
         buf.as_ptr(),
         buf.len(),
-        libc::MSG_NOSIGNAL,
+        send_flags(fin_follows),
         std::ptr::null::<libc::sockaddr>(),
         0
     )

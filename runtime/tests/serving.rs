@@ -296,3 +296,64 @@ fn with_deferred_accept_output_left_by_the_first_turn_is_still_sent() {
     server.wait_for("closed", Duration::from_secs(5), |m| m.active == 0);
     server.stop().unwrap();
 }
+
+/// Answers its first bytes with `len` bytes of `b'y'` and closes; with
+/// `keep_input`, leaves those bytes unconsumed (the close then lingers).
+struct ReplyAndClose {
+    len: usize,
+    keep_input: bool,
+}
+
+impl Handler for ReplyAndClose {
+    type Conn = ();
+
+    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
+
+    fn on_data(
+        &mut self,
+        _: &mut (),
+        input: &mut Input<'_>,
+        output: &mut Output,
+        _cx: &mut Context<'_>,
+    ) -> Action {
+        if !self.keep_input {
+            input.consume(input.bytes().len());
+        }
+        output.extend_from_slice(&vec![b'y'; self.len]);
+        Action::Close
+    }
+}
+
+#[test]
+fn a_reply_before_a_close_arrives_whole_and_ends_with_the_fin() {
+    // The last write before a close holds its tail for the FIN to leave
+    // in it (`MSG_MORE`): the close must push it, on the at-once path and
+    // the lingering one, for a reply that fits in the socket and for one
+    // written over many turns (each partial write passing the flag too).
+    for (len, keep_input) in [(150, false), (150, true), (3 << 20, false), (3 << 20, true)] {
+        let server = TestServer::start(Server::builder().workers(1), move |_| ReplyAndClose {
+            len,
+            keep_input,
+        });
+        for _ in 0..20 {
+            let mut c = server.connect();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(b"go").unwrap();
+            if len > 1 << 20 {
+                // Let the socket fill: the reply goes out over many turns.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap_or_else(|e| {
+                panic!(
+                    "{len} bytes, keep_input {keep_input}: {e} after {} bytes",
+                    got.len()
+                )
+            });
+            assert_eq!(got.len(), len, "keep_input {keep_input}");
+            assert!(got.iter().all(|&b| b == b'y'));
+        }
+        server.wait_for("closed", Duration::from_secs(5), |m| m.active == 0);
+        server.stop().unwrap();
+    }
+}

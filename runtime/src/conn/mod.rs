@@ -544,15 +544,17 @@ impl<S> Conn<S> {
         }
         let stream = &self.stream;
         let (fd, id) = (stream.as_raw_fd(), self.id);
+        // Closing: the FIN follows this output as soon as it is written.
+        let fin_follows = matches!(self.phase, Phase::Closing { .. });
         let mut writes = 0;
         let written = self
             .output
             .flush_to(|iov| {
                 let n = if iov.len() == 1 {
                     // The common case: one piece, one send(2).
-                    sys::send(fd, &iov[0])
+                    sys::send(fd, &iov[0], fin_follows)
                 } else {
-                    sys::send_vectored(fd, iov)
+                    sys::send_vectored(fd, iov, fin_follows)
                 }?;
                 probes::write(worker, fd, id, n);
                 writes += 1;

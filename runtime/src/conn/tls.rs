@@ -65,11 +65,11 @@ struct Socket(RawFd);
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        sys::send(self.0, buf)
+        sys::send(self.0, buf, false)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        sys::send_vectored(self.0, bufs)
+        sys::send_vectored(self.0, bufs, false)
     }
 
     fn flush(&mut self) -> io::Result<()> {
