@@ -8,6 +8,12 @@
 //! as nginx's is, and a report takes one connection (nginx's default,
 //! `multi_accept off`); the next turn tells whether more are queued: the
 //! listener is reported again (take one more), or not (the queue is empty).
+//! A listener reported among other events (connections arrive faster than
+//! turns come round) is drained instead, up to the turn's budget, as
+//! before: one accept per turn then settles into a turn per connection
+//! (under callgrind, with a connection per request, nearly every turn
+//! found the listener and one connection's request: 2,990 → 3,640
+//! instructions per connection).
 //! Least-loaded steering counts what it sent a worker as pending until
 //! accepted: each accept takes one off, and an empty queue resets the
 //! count (it also holds handshakes that never completed). A burst
@@ -28,7 +34,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::{Worker, LISTENER};
+use super::{Worker, EVENTS_CAPACITY, LISTENER};
 use crate::conn::{Conn, ConnToken};
 use crate::context::ConnHandle;
 use crate::handler::{Accepted, CloseReason, Handler};
@@ -78,10 +84,9 @@ impl AcceptState {
 impl<H: Handler> Worker<H> {
     /// The listener reported queued connections.
     pub(super) fn listener_ready(&mut self) {
-        self.accept = match self.accept {
-            AcceptState::Open(Queue::Empty | Queue::Took) => AcceptState::Open(Queue::Ready(1)),
-            other => other,
-        };
+        if let AcceptState::Open(Queue::Empty | Queue::Took) = self.accept {
+            self.accept = AcceptState::Open(Queue::Ready(1));
+        }
     }
 
     /// A connection closed: a worker at its cap may accept again.
@@ -91,11 +96,16 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Accepts what this turn's state asks for; `all_reported` says the
-    /// turn's events were not cut short by their capacity (so a listener
-    /// not among them has nothing queued).
-    pub(super) fn accept_connections(&mut self, now: Instant, all_reported: bool) {
+    /// Accepts what this turn's state asks for, after a turn of `events`
+    /// readiness events.
+    pub(super) fn accept_connections(&mut self, now: Instant, events: usize) {
+        // Not cut short by the events' capacity: a listener not among them
+        // has nothing queued.
+        let all_reported = events < EVENTS_CAPACITY;
         let budget = match self.accept {
+            // Reported among other events: connections arrive faster than
+            // turns come round.
+            AcceptState::Open(Queue::Ready(1)) if events > 1 => self.opts.accept_budget,
             AcceptState::Open(Queue::Ready(n)) => n,
             AcceptState::Open(Queue::Took) => {
                 // Not reported again: nothing more was queued.

@@ -298,7 +298,7 @@ impl<H: Handler> Worker<H> {
             self.resume_requeued(now);
             self.deliver_messages(now);
             self.check_shutdown(now);
-            self.accept_connections(now, reported < EVENTS_CAPACITY);
+            self.accept_connections(now, reported);
             self.expire_timers(now);
             self.fire_handler_timers(now);
             self.apply_ops(now);
