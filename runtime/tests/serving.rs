@@ -255,56 +255,29 @@ fn with_deferred_accept_a_connection_is_served_before_it_is_registered() {
     server.stop().unwrap();
 }
 
-/// Answers its first bytes with 16 MiB: more than a socket takes at once.
-struct Flood;
+/// Answers any bytes with `len` bytes of `byte`, then does `then`; with
+/// `keep_input`, leaves the bytes unconsumed (a close then lingers).
+struct Answer {
+    len: usize,
+    byte: u8,
+    keep_input: bool,
+    then: Action,
+}
 
-impl Handler for Flood {
-    type Conn = ();
-
-    fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
-
-    fn on_data(
-        &mut self,
-        _: &mut (),
-        input: &mut Input<'_>,
-        output: &mut Output,
-        _cx: &mut Context<'_>,
-    ) -> Action {
-        input.consume(input.bytes().len());
-        output.extend_from_slice(&vec![b'x'; 16 << 20]);
-        Action::Continue
+impl Answer {
+    /// 16 MiB of `x`, more than a socket takes at once, keeping the
+    /// connection.
+    fn flood() -> Answer {
+        Answer {
+            len: 16 << 20,
+            byte: b'x',
+            keep_input: false,
+            then: Action::Continue,
+        }
     }
 }
 
-#[test]
-fn with_deferred_accept_output_left_by_the_first_turn_is_still_sent() {
-    // The reply to the bytes found at accept does not fit in the socket:
-    // writable edges are asked for before the connection is registered.
-    let server = TestServer::start(
-        Server::builder()
-            .workers(1)
-            .defer_accept(Some(Duration::from_secs(1))),
-        |_| Flood,
-    );
-    let mut c = server.connect();
-    c.write_all(b"go").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let got = read_exact_n(&mut c, 16 << 20);
-    assert!(got.iter().all(|&b| b == b'x'));
-    drop(c);
-    server.wait_for("closed", Duration::from_secs(5), |m| m.active == 0);
-    server.stop().unwrap();
-}
-
-/// Answers its first bytes with `len` bytes of `b'y'` and closes; with
-/// `keep_input`, leaves those bytes unconsumed (the close then lingers).
-struct ReplyAndClose {
-    len: usize,
-    keep_input: bool,
-}
-
-impl Handler for ReplyAndClose {
+impl Handler for Answer {
     type Conn = ();
 
     fn on_accept(&mut self, _conn: &Accepted, _cx: &mut Context<'_>) {}
@@ -319,9 +292,30 @@ impl Handler for ReplyAndClose {
         if !self.keep_input {
             input.consume(input.bytes().len());
         }
-        output.extend_from_slice(&vec![b'y'; self.len]);
-        Action::Close
+        output.extend_from_slice(&vec![self.byte; self.len]);
+        self.then
     }
+}
+
+#[test]
+fn with_deferred_accept_output_left_by_the_first_turn_is_still_sent() {
+    // The reply to the bytes found at accept does not fit in the socket:
+    // writable edges are asked for before the connection is registered.
+    let server = TestServer::start(
+        Server::builder()
+            .workers(1)
+            .defer_accept(Some(Duration::from_secs(1))),
+        |_| Answer::flood(),
+    );
+    let mut c = server.connect();
+    c.write_all(b"go").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let got = read_exact_n(&mut c, 16 << 20);
+    assert!(got.iter().all(|&b| b == b'x'));
+    drop(c);
+    server.wait_for("closed", Duration::from_secs(5), |m| m.active == 0);
+    server.stop().unwrap();
 }
 
 #[test]
@@ -331,9 +325,11 @@ fn a_reply_before_a_close_arrives_whole_and_ends_with_the_fin() {
     // the lingering one, for a reply that fits in the socket and for one
     // written over many turns (each partial write passing the flag too).
     for (len, keep_input) in [(150, false), (150, true), (3 << 20, false), (3 << 20, true)] {
-        let server = TestServer::start(Server::builder().workers(1), move |_| ReplyAndClose {
+        let server = TestServer::start(Server::builder().workers(1), move |_| Answer {
             len,
+            byte: b'y',
             keep_input,
+            then: Action::Close,
         });
         for _ in 0..20 {
             let mut c = server.connect();
