@@ -165,6 +165,11 @@ enum Command {
         /// nginx binary (default: `nginx` on the PATH; `none` to skip it).
         #[arg(long, default_value = "nginx")]
         nginx: String,
+        /// What drives the load: `own` (this tool's closed-loop
+        /// generator, `Host` only) or `wrk` (`wrk -t1`, TechEmpower's
+        /// headers: issue 13's set-up).
+        #[arg(long, default_value = "own", value_parser = ["own", "wrk"])]
+        generator: String,
     },
     /// Run the system's wrk with TechEmpower's headers (and the bundled
     /// pipeline.lua) and report its results the same way.
@@ -180,6 +185,7 @@ fn main() -> ExitCode {
             rounds,
             upstream,
             nginx,
+            generator,
         } => {
             let dir = rounds.bin_dir();
             let out = rounds.out.clone();
@@ -207,6 +213,11 @@ fn main() -> ExitCode {
                 server_cpu: 0,
                 client_cpu: 1,
                 out: out.clone(),
+                generator: if generator == "wrk" {
+                    proxy::Generator::Wrk
+                } else {
+                    proxy::Generator::Own
+                },
             };
             match proxy::compare(&o) {
                 Ok(_) => {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::suite::{closed_loop, cpu_seconds, median, pin_self, start_command, Running};
-use crate::{run, Target};
+use crate::{run, wrk, Target};
 
 /// Settings of the proxy comparison.
 #[derive(Debug, Clone)]
@@ -38,6 +38,28 @@ pub struct ProxyOptions {
     pub client_cpu: usize,
     /// Output folder (`proxy.md`, `proxy.json`).
     pub out: PathBuf,
+    /// What drives the load.
+    pub generator: Generator,
+}
+
+/// What drives the proxy comparison's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generator {
+    /// This crate's closed-loop generator (a request per connection in
+    /// flight, the `Host` header only).
+    Own,
+    /// The system's `wrk -t1` with TechEmpower's headers (the set-up issue
+    /// 13's nginx figures were taken with).
+    Wrk,
+}
+
+impl Generator {
+    fn describe(self) -> &'static str {
+        match self {
+            Generator::Own => "corelane-loadtest's own generator",
+            Generator::Wrk => "wrk -t1 with TechEmpower's headers",
+        }
+    }
 }
 
 /// One measurement of one proxy.
@@ -126,14 +148,17 @@ fn measure(
     proxy: &Running,
     o: &ProxyOptions,
 ) -> Result<ProxySample, String> {
-    let target = Target::parse(&format!("http://127.0.0.1:{port}/plaintext"))?;
+    let url = format!("http://127.0.0.1:{port}/plaintext");
+    let target = Target::parse(&url)?;
+    let load = |duration| match o.generator {
+        Generator::Own => run(&target, &closed_loop(CLIENTS, duration, pipeline, false)),
+        // wrk runs whole seconds, on this process's (the generator's) CPU.
+        Generator::Wrk => wrk::run(&url, 1, CLIENTS, duration, pipeline),
+    };
     // Warm: pools filled, caches hot.
-    run(
-        &target,
-        &closed_loop(CLIENTS, Duration::from_millis(300), pipeline, false),
-    )?;
+    load(Duration::from_millis(300))?;
     let cpu0 = cpu_seconds(proxy.pid())?;
-    let r = run(&target, &closed_loop(CLIENTS, o.duration, pipeline, false))?;
+    let r = load(o.duration)?;
     let cpu = cpu_seconds(proxy.pid())? - cpu0;
     Ok(ProxySample {
         test: test.to_owned(),
@@ -175,8 +200,8 @@ fn write_report(o: &ProxyOptions, samples: &[ProxySample]) -> Result<(), String>
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# corelane-proxy vs nginx\n\nOne proxy worker and the upstream on CPU {}, the generator on CPU {} ({CLIENTS} connections, {:?} per run, {} rounds, alternating order; each proxy keeps up to {CLIENTS} idle upstream connections). CPU is the proxy's own (user + system).\n",
-        o.server_cpu, o.client_cpu, o.duration, o.rounds
+        "# corelane-proxy vs nginx\n\nOne proxy worker and the upstream on CPU {}, the generator ({}) on CPU {} ({CLIENTS} connections, {:?} per run, {} rounds, alternating order; each proxy keeps up to {CLIENTS} idle upstream connections). CPU is the proxy's own (user + system).\n",
+        o.server_cpu, o.generator.describe(), o.client_cpu, o.duration, o.rounds
     );
     let _ = writeln!(
         md,
@@ -194,12 +219,16 @@ fn write_report(o: &ProxyOptions, samples: &[ProxySample]) -> Result<(), String>
             let cost: Vec<f64> = mine.iter().map(|s| s.cpu_us_per_request).collect();
             let best = cost.iter().copied().fold(f64::INFINITY, f64::min);
             let worst = cost.iter().copied().fold(0.0, f64::max);
+            // wrk reports no per-request latency when pipelining.
+            let p99 = match median(mine.iter().map(|s| s.p99 as f64).collect()) {
+                p if p > 0.0 => format!("{p:.0}"),
+                _ => "—".to_owned(),
+            };
             let _ = writeln!(
                 md,
-                "| {test} | {name} | {:.0} | {:.2} | {best:.2} … {worst:.2} | {:.0} | {} |",
+                "| {test} | {name} | {:.0} | {:.2} | {best:.2} … {worst:.2} | {p99} | {} |",
                 median(mine.iter().map(|s| s.requests_per_sec).collect()),
                 median(cost),
-                median(mine.iter().map(|s| s.p99 as f64).collect()),
                 mine.iter().map(|s| s.errors).sum::<u64>()
             );
         }
