@@ -60,7 +60,9 @@ pub struct ServerOptions {
     /// Default 65,536.
     pub max_connections_per_worker: usize,
     /// Most connections a worker accepts per loop turn before serving the ones
-    /// it has. Default 64.
+    /// it has, when its listener is drained (reported among other events,
+    /// or at the loop's start; a listener reported alone gives one
+    /// connection a turn). Default 64.
     pub accept_budget: usize,
     /// Most reads from one connection per loop turn, so one busy connection
     /// cannot starve the others. Default 16.
