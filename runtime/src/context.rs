@@ -119,6 +119,41 @@ pub(crate) struct Ops {
     pub(crate) bytes: Vec<u8>,
 }
 
+impl Ops {
+    /// Bytes of carried-out writes the arena may keep in front of the
+    /// queued ones before they are dropped (moving the rest down).
+    const SPENT_MAX: usize = 64 * 1024;
+
+    /// The first `done` operations were carried out: drops them, and the
+    /// arena's bytes no queued write needs any more. Writes take their
+    /// bytes from the end of the arena in queue order, so what the queue
+    /// still needs starts at its first write. While the queue never runs
+    /// empty (callbacks that keep queuing beyond a turn's budget), the
+    /// arena is thus bounded by what is queued plus [`Self::SPENT_MAX`].
+    #[inline(never)]
+    pub(crate) fn done(&mut self, done: usize) {
+        self.queue.drain(..done);
+        let needed_from = self
+            .queue
+            .iter()
+            .find_map(|op| match *op {
+                Op::Write { at, .. } => Some(at),
+                _ => None,
+            })
+            .unwrap_or(self.bytes.len());
+        if needed_from == self.bytes.len() {
+            self.bytes.clear();
+        } else if needed_from > Self::SPENT_MAX {
+            self.bytes.drain(..needed_from);
+            for op in &mut self.queue {
+                if let Op::Write { at, .. } = op {
+                    *at -= needed_from;
+                }
+            }
+        }
+    }
+}
+
 /// What a callback may do besides answering: see the module docs.
 pub struct Context<'a> {
     worker: usize,
@@ -548,5 +583,59 @@ impl DetachedContext {
             &self.outbox,
             ServerState::Serving,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Op, Ops};
+
+    /// Queues a write of `len` copies of `byte` to connection 1, as
+    /// `Context::write` does.
+    fn write(ops: &mut Ops, byte: u8, len: usize) {
+        let at = ops.bytes.len();
+        ops.bytes.extend(std::iter::repeat_n(byte, len));
+        ops.queue.push(Op::Write { conn: 1, at, len });
+    }
+
+    /// The bytes each queued write would append.
+    fn written(ops: &Ops) -> Vec<Vec<u8>> {
+        ops.queue
+            .iter()
+            .filter_map(|op| match *op {
+                Op::Write { at, len, .. } => Some(ops.bytes[at..at + len].to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_arena_stays_bounded_while_the_queue_never_runs_empty() {
+        let mut ops = Ops::default();
+        let mut next = 0u8;
+        for _ in 0..200 {
+            // A turn's worth carried out while as many more are queued
+            // (and a non-write between them).
+            for _ in 0..10 {
+                write(&mut ops, next, 1000);
+                next = next.wrapping_add(1);
+            }
+            ops.queue.push(Op::Pause(1));
+            let before = written(&ops);
+            let done = ops.queue.len() / 2;
+            ops.done(done);
+            // What is still queued writes the same bytes as before.
+            assert_eq!(written(&ops), before[before.len() - written(&ops).len()..]);
+            let queued: usize = written(&ops).iter().map(Vec::len).sum();
+            assert!(
+                ops.bytes.len() <= queued + Ops::SPENT_MAX + 1000,
+                "arena {} for {queued} queued bytes",
+                ops.bytes.len()
+            );
+        }
+        // All carried out: the arena is emptied.
+        let n = ops.queue.len();
+        ops.done(n);
+        assert!(ops.queue.is_empty() && ops.bytes.is_empty());
     }
 }

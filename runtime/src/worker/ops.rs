@@ -47,10 +47,13 @@ impl<H: Handler> Worker<H> {
             self.apply(op, now, then_more);
             i += 1;
         }
-        self.ops.queue.drain(..i);
-        if self.ops.queue.is_empty() {
-            // The arena holds the bytes of queued writes only.
+        if i == self.ops.queue.len() {
+            // All carried out (the common case): the arena holds the bytes
+            // of queued writes only.
+            self.ops.queue.clear();
             self.ops.bytes.clear();
+        } else {
+            self.ops.done(i);
         }
     }
 
