@@ -277,9 +277,10 @@ pub(crate) fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
 /// The flags of a write to a socket: `MSG_NOSIGNAL` (a peer gone is an
 /// error, not a `SIGPIPE`), and `MSG_MORE` when the socket is closed (or
 /// shut down for writing) as soon as the write completes (`fin_follows`):
-/// the last partial segment is then held, and the FIN leaves in it, one
-/// segment fewer per connection (with a connection per request 10 → 9,
-/// and the peer takes the reply and the end in one receive). Nothing is
+/// the last partial segment is then held, and the FIN leaves in it (with
+/// a connection per request, segments per connection, both ends, 10 → 8:
+/// the peer acknowledges the reply and the FIN at once, and takes both in
+/// one receive). Nothing is
 /// held longer than that: the close pushes it, and if the write is
 /// partial, the peer's acknowledgements push what was written (the flag
 /// holds data only during the call that passes it).

@@ -1,30 +1,31 @@
 //! Accepting, from a level-triggered listener.
 //!
 //! At low rates a listener wakes the loop with one connection queued:
-//! accepting until the queue is empty would cost a second `accept4` that
-//! fails with `EAGAIN` for every connection (0.8 per connection with a
-//! connection per request, measured with bpftrace: 6.7 system calls per
-//! connection against nginx's 6.0). So the listener is level-triggered,
-//! as nginx's is, and a report takes one connection (nginx's default,
-//! `multi_accept off`); the next turn tells whether more are queued: the
-//! listener is reported again (take one more), or not (the queue is empty).
-//! A listener reported among other events (connections arrive faster than
-//! turns come round) is drained instead, up to the turn's budget, as
-//! before: one accept per turn then settles into a turn per connection
-//! (under callgrind, with a connection per request, nearly every turn
-//! found the listener and one connection's request: 2,990 → 3,640
-//! instructions per connection).
+//! draining it to `EAGAIN` cost a second `accept4` for nearly every
+//! connection (0.8 per connection with a connection per request, counted
+//! with bpftrace: 6.7 system calls per connection against nginx's 6.2).
+//! So the listener is level-triggered, as nginx's is:
+//!
+//! - reported alone, it gives one connection (nginx's `multi_accept off`);
+//!   the next turn's events say whether more are queued (reported again)
+//!   or not (the queue is empty);
+//! - reported among other events (connections arrive faster than turns
+//!   come round), at the loop's start, and at the end of a pause or of the
+//!   connection cap, it is drained to `EAGAIN` or the turn's budget. One
+//!   accept per turn there settles into a turn per connection (under
+//!   callgrind, with a connection per request: 2,990 → 3,640 instructions
+//!   per connection). Taking two when reported twice in a row was tried:
+//!   a third of the `accept4` calls failed again.
+//!
 //! Least-loaded steering counts what it sent a worker as pending until
 //! accepted: each accept takes one off, and an empty queue resets the
-//! count (it also holds handshakes that never completed). A burst
-//! then costs an `epoll_wait` per connection instead of an `accept4` per
-//! wake, but that `epoll_wait` also gathers every other connection's
-//! events. Taking two when reported twice in a row was tried: a third of
-//! the `accept4` calls failed again with a connection per request.
-//! Only the loop's start and the end of a pause or of the connection cap
-//! accept until the queue is empty (or the turn's budget is spent). Accepting pauses (serving what it has) when descriptors
-//! or memory run out, and stops at the connection cap; the listener is
-//! edge-triggered then, or a queued connection would wake every turn.
+//! count (it also holds handshakes that never completed).
+//!
+//! Accepting pauses (serving what it has) when descriptors or memory run
+//! out, and stops at the connection cap; the listener is edge-triggered
+//! then, or a queued connection would wake every turn. Should switching
+//! the trigger ever fail, the listener stays edge-triggered and every
+//! report is drained, as before.
 
 use std::io;
 use std::net::SocketAddr;
@@ -102,10 +103,13 @@ impl<H: Handler> Worker<H> {
         // Not cut short by the events' capacity: a listener not among them
         // has nothing queued.
         let all_reported = events < EVENTS_CAPACITY;
+        // Edge-triggered while open (switching failed): only draining
+        // keeps what is queued from waiting for the next arrival.
+        let drain = !self.listener_level;
         let budget = match self.accept {
             // Reported among other events: connections arrive faster than
             // turns come round.
-            AcceptState::Open(Queue::Ready(1)) if events > 1 => self.opts.accept_budget,
+            AcceptState::Open(Queue::Ready(1)) if events > 1 || drain => self.opts.accept_budget,
             AcceptState::Open(Queue::Ready(n)) => n,
             AcceptState::Open(Queue::Took) => {
                 // Not reported again: nothing more was queued.
@@ -148,8 +152,12 @@ impl<H: Handler> Worker<H> {
             }
         }
         // As many taken as asked, maybe with more queued: the listener's
-        // next report says.
-        self.set_accept(AcceptState::Open(Queue::Took));
+        // next report says (edge-triggered, no report comes: go on).
+        self.set_accept(AcceptState::Open(if drain {
+            Queue::Ready(self.opts.accept_budget)
+        } else {
+            Queue::Took
+        }));
     }
 
     /// The listener's queue is empty.
@@ -165,13 +173,14 @@ impl<H: Handler> Worker<H> {
         if level != self.listener_level {
             if let Some(listener) = &self.listener {
                 let (epfd, fd) = (self.poll.as_raw_fd(), listener.as_raw_fd());
-                if let Err(e) = sys::epoll_readable_trigger(epfd, fd, LISTENER.0, level) {
-                    // Edge-triggered still accepts (what is queued is
-                    // taken, turn by turn, as before this change): only
-                    // the `EAGAIN` per wake comes back.
-                    tracing::warn!(worker = self.info.index, error = %e, level, "changing the listener's trigger failed");
+                match sys::epoll_readable_trigger(epfd, fd, LISTENER.0, level) {
+                    Ok(()) => self.listener_level = level,
+                    // Stays as it was: edge-triggered while open is
+                    // drained on every report (see the module docs).
+                    Err(e) => {
+                        tracing::warn!(worker = self.info.index, error = %e, level, "changing the listener's trigger failed")
+                    }
                 }
-                self.listener_level = level;
             }
         }
         self.accept = state;

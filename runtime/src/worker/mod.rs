@@ -79,7 +79,7 @@ use crate::timer::{Entry, TimerWheel};
 
 use accept::{AcceptState, Queue};
 
-pub(super) const LISTENER: Token = Token(usize::MAX - 1);
+const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const EVENTS_CAPACITY: usize = 1024;
 /// Events handled between two signs of progress for least-loaded steering's
