@@ -23,7 +23,7 @@ cd "$(dirname "$0")/../.."
 . tools/measure/common.sh
 rounds=${1:-3}
 secs=${2:-8}
-need wrk nginx bpftrace nstat
+need wrk nginx bpftrace
 cargo build --release -q -p corelane-http
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 conf() { # port -> nginx.conf path
@@ -73,16 +73,17 @@ for server in corelane-http nginx; do
   pid=$(start $server $port taskset -c 0)
   load $port 6 >/dev/null &
   sleep 1
-  segs0=$(nstat -az TcpOutSegs 2>/dev/null | awk '/TcpOutSegs/ {print $2}')
   # Every system call of the server's threads by number (one probe: the
-  # counts start together), and the accepts that returned a connection.
+  # counts start together), the accepts that returned a connection, and
+  # the packets both ends send (loopback: the load's only traffic; each a
+  # TCP segment).
   bpftrace -q -e "tracepoint:raw_syscalls:sys_enter /pid == $pid/ { @calls[args->id] = count(); }
     tracepoint:syscalls:sys_exit_accept4 /pid == $pid && args->ret >= 0/ { @conns = count(); }
-    interval:s:3 { exit(); }" >"$dir/calls.$server" 2>/dev/null
-  segs1=$(nstat -az TcpOutSegs 2>/dev/null | awk '/TcpOutSegs/ {print $2}')
+    tracepoint:net:net_dev_xmit { @segs = count(); }
+    interval:s:3 { exit(); }" >"$dir/calls.$server" 2>/dev/null || true
   wait
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  python3 - "$dir/calls.$server" "$server" "${segs0:-0}" "${segs1:-0}" <<'EOF'
+  python3 - "$dir/calls.$server" "$server" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
 n = int(re.search(r"@conns: (\d+)", text).group(1))
@@ -95,10 +96,8 @@ calls = {names.get(int(m[0]), "syscall " + m[0]): int(m[1])
          for m in re.findall(r"@calls\[(\d+)\]: (\d+)", text)}
 # Every call made at least once per hundred connections.
 per = {k: c / n for k, c in sorted(calls.items(), key=lambda kv: -kv[1]) if c / n >= 0.01}
-# TCP segments sent by both ends (loopback), per connection, over about
-# the same window (nstat; the load's only traffic).
-segs = (int(sys.argv[4]) - int(sys.argv[3])) / n
+segs = re.search(r"@segs: (\d+)", text)
 print(f"  {sys.argv[2]}: {sum(per.values()):.2f} —", ", ".join(f"{k} {v:.2f}" for k, v in per.items()),
-      f"(TCP segments per connection, both ends: {segs:.1f})" if segs > 0 else "")
+      f"(TCP segments per connection, both ends: {int(segs.group(1)) / n:.1f})" if segs else "")
 EOF
 done
