@@ -74,7 +74,7 @@
 //! | probe | arguments | when it fires |
 //! |---|---|---|
 //! | `accept` | worker, fd, conn_id | a connection was accepted (`conn_id` is unique per worker) |
-//! | `read` | worker, fd, conn_id, bytes | a `read(2)` returned `bytes` > 0 |
+//! | `read` | worker, fd, conn_id, bytes | a `recvfrom(2)` returned `bytes` > 0 |
 //! | `write` | worker, fd, conn_id, bytes | a `send(2)`/`sendmsg(2)` wrote `bytes` > 0 |
 //! | `close` | worker, fd, conn_id, reason | a connection is closed; `reason` is a [`CloseReason`] name |
 //! | `gc_start` | worker, kind | a reclamation pass begins: `pool_trim`, `idle_sweep` or `slab_shrink` |

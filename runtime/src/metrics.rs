@@ -96,7 +96,7 @@ worker_counters! {
     bytes_read,
     /// Bytes written to connections.
     bytes_written,
-    /// `read(2)` calls on connections that returned bytes.
+    /// `recvfrom(2)` calls on connections that returned bytes.
     reads,
     /// `send(2)`/`sendmsg(2)` calls on connections that wrote bytes.
     writes,

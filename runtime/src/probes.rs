@@ -85,7 +85,7 @@ pub(crate) fn connected(worker: usize, fd: i32, conn_id: u64) {
     fire!(connected, worker, fd, conn_id);
 }
 
-/// One `read(2)` returned `bytes` (> 0).
+/// One `recvfrom(2)` returned `bytes` (> 0).
 #[inline(always)]
 pub(crate) fn read(worker: usize, fd: i32, conn_id: u64, bytes: usize) {
     fire!(read, worker, fd, conn_id, bytes);

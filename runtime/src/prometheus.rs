@@ -73,7 +73,7 @@ const FAMILIES: &[Family] = &[
     (
         "read_calls_total",
         "counter",
-        "read(2) calls that returned bytes.",
+        "recvfrom(2) calls that returned bytes.",
         |w| w.reads,
     ),
     (

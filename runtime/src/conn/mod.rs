@@ -317,7 +317,7 @@ impl<S> Conn<S> {
 
     // ----- reading ------------------------------------------------------------
 
-    /// One `read(2)` into the input buffer (taken from `pool` if the
+    /// One `recvfrom(2)` into the input buffer (taken from `pool` if the
     /// connection holds none), or, while lingering, into a scratch buffer
     /// that is discarded.
     ///

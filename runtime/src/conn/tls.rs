@@ -102,7 +102,7 @@ impl Tls {
         self.eof && self.plaintext == 0
     }
 
-    /// One `read(2)` of ciphertext into rustls, and its records processed.
+    /// One `recvfrom(2)` of ciphertext into rustls, and its records processed.
     /// Called only when no plaintext waits (rustls refuses to read more
     /// while its plaintext buffer is full).
     ///
