@@ -166,10 +166,15 @@ enum Command {
         #[arg(long, default_value = "nginx")]
         nginx: String,
         /// What drives the load: `own` (this tool's closed-loop
-        /// generator, `Host` only) or `wrk` (`wrk -t1`, TechEmpower's
-        /// headers: issue 13's set-up).
+        /// generator) or `wrk` (`wrk -t1`, issue 13's set-up); both send
+        /// TechEmpower's headers.
         #[arg(long, default_value = "own", value_parser = ["own", "wrk"])]
         generator: String,
+        /// Leave out `blind-proxy`, the floor of any proxy (it runs when
+        /// the binary is next to this program: `cargo build --release -p
+        /// corelane-benches`).
+        #[arg(long)]
+        no_floor: bool,
     },
     /// Run the system's wrk with TechEmpower's headers (and the bundled
     /// pipeline.lua) and report its results the same way.
@@ -186,8 +191,16 @@ fn main() -> ExitCode {
             upstream,
             nginx,
             generator,
+            no_floor,
         } => {
             let dir = rounds.bin_dir();
+            let floor = Some(dir.join("blind-proxy")).filter(|p| !no_floor && p.exists());
+            if floor.is_none() && !no_floor {
+                eprintln!(
+                    "corelane-loadtest: {} is not built: the report leaves out the floor (cargo build --release -p corelane-benches)",
+                    dir.join("blind-proxy").display()
+                );
+            }
             let out = rounds.out.clone();
             let nginx = match nginx.as_str() {
                 "none" => None,
@@ -208,6 +221,7 @@ fn main() -> ExitCode {
                     )
                 }),
                 nginx,
+                floor,
                 rounds: rounds.rounds(),
                 duration: rounds.duration(),
                 server_cpu: 0,

@@ -28,6 +28,9 @@ pub struct ProxyOptions {
     pub upstream: String,
     /// The nginx binary (`None`: corelane-proxy alone).
     pub nginx: Option<PathBuf>,
+    /// The `blind-proxy` binary, the floor of any proxy (`None`: left
+    /// out).
+    pub floor: Option<PathBuf>,
     /// Rounds per test.
     pub rounds: usize,
     /// Length of each load run.
@@ -46,10 +49,10 @@ pub struct ProxyOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generator {
     /// This crate's closed-loop generator (a request per connection in
-    /// flight, the `Host` header only).
+    /// flight, TechEmpower's headers).
     Own,
-    /// The system's `wrk -t1` with TechEmpower's headers (the set-up issue
-    /// 13's nginx figures were taken with).
+    /// The system's `wrk -t1` with TechEmpower's headers (the generator
+    /// issue 13's nginx figures were taken with).
     Wrk,
 }
 
@@ -81,6 +84,9 @@ pub struct ProxySample {
     pub errors: u64,
 }
 
+/// The floor's name in the report.
+const FLOOR: &str = "blind-proxy";
+
 const TESTS: [(&str, usize); 2] = [("plaintext", 1), ("pipelined-16", 16)];
 /// The generator's connections, and the idle upstream connections each
 /// proxy keeps (`--pool-idle`, nginx's `keepalive`): as many, so that
@@ -107,16 +113,28 @@ pub fn compare(o: &ProxyOptions) -> Result<Vec<ProxySample>, String> {
     if o.nginx.is_some() {
         names.push("nginx");
     }
+    if o.floor.is_some() {
+        names.push(FLOOR);
+    }
     for round in 1..=o.rounds {
         for (test, pipeline) in TESTS {
+            // Each proxy goes first in turn (with two, alternating).
             let mut order = names.clone();
-            if round % 2 == 0 {
-                order.reverse();
+            // The floor pipelines to its upstream (it copies bytes), which
+            // an HTTP proxy does not: it is a floor only one request deep.
+            if pipeline > 1 {
+                order.retain(|&n| n != FLOOR);
             }
+            let first = (round - 1) % order.len();
+            order.rotate_left(first);
             for name in order {
                 port += 1;
-                let command = match (name, &o.nginx) {
-                    ("nginx", Some(bin)) => nginx_command(bin, &conf_dir, port, upstream_port)?,
+                let command = match (name, &o.nginx, &o.floor) {
+                    ("nginx", Some(bin), _) => nginx_command(bin, &conf_dir, port, upstream_port)?,
+                    (FLOOR, _, Some(bin)) => format!(
+                        "{} --addr 127.0.0.1:{{port}} --upstream 127.0.0.1:{upstream_port}",
+                        bin.display()
+                    ),
                     _ => format!(
                         "{} --addr 127.0.0.1:{{port}} --workers 1 --steering kernel --pool-idle {CLIENTS} --upstream 127.0.0.1:{upstream_port}",
                         o.proxy_bin.display()
@@ -203,12 +221,18 @@ fn write_report(o: &ProxyOptions, samples: &[ProxySample]) -> Result<(), String>
         "# corelane-proxy vs nginx\n\nOne proxy worker and the upstream on CPU {}, the generator ({}) on CPU {} ({CLIENTS} connections, {:?} per run, {} rounds, alternating order; each proxy keeps up to {CLIENTS} idle upstream connections). CPU is the proxy's own (user + system).\n",
         o.server_cpu, o.generator.describe(), o.client_cpu, o.duration, o.rounds
     );
+    if o.floor.is_some() {
+        let _ = writeln!(
+            md,
+            "`{FLOOR}` is the floor of any proxy: each client connection paired with its own upstream connection, bytes copied both ways with no HTTP (benches/src/bin/blind-proxy.rs). It runs in the plaintext test only: it would pipeline to its upstream, which no HTTP proxy does.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "| test | proxy | req/s (median) | CPU µs/request (median) | CPU µs/request (best … worst) | p99 µs (median) | errors |\n|---|---|---|---|---|---|---|"
     );
     for (test, _) in TESTS {
-        for name in ["corelane-proxy", "nginx"] {
+        for name in ["corelane-proxy", "nginx", FLOOR] {
             let mine: Vec<&ProxySample> = samples
                 .iter()
                 .filter(|s| s.test == test && s.proxy == name)
@@ -233,31 +257,37 @@ fn write_report(o: &ProxyOptions, samples: &[ProxySample]) -> Result<(), String>
             );
         }
     }
-    let _ = writeln!(
-        md,
-        "\n| test | corelane ÷ nginx CPU per request, each round | median |\n|---|---|---|"
-    );
-    for (test, _) in TESTS {
-        let ratios: Vec<f64> = (1..=o.rounds)
-            .filter_map(|round| {
-                let get = |name: &str| {
-                    samples
-                        .iter()
-                        .find(|s| s.test == test && s.proxy == name && s.round == round)
-                        .map(|s| s.cpu_us_per_request)
-                };
-                Some(get("corelane-proxy")? / get("nginx")?)
+    for (mine, theirs, why) in [
+        ("corelane-proxy", "nginx", "the target"),
+        (FLOOR, "nginx", "where the floor lies in this run"),
+        (
+            "corelane-proxy",
+            FLOOR,
+            "what corelane-proxy costs above the floor",
+        ),
+    ] {
+        let rows: Vec<String> = TESTS
+            .iter()
+            .filter_map(|(test, _)| {
+                let ratios = round_ratios(samples, test, mine, theirs, o.rounds);
+                if ratios.is_empty() {
+                    return None;
+                }
+                let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                Some(format!(
+                    "| {test} | {} | {:.2} |",
+                    each.join(", "),
+                    median(ratios)
+                ))
             })
             .collect();
-        if ratios.is_empty() {
+        if rows.is_empty() {
             continue;
         }
-        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         let _ = writeln!(
             md,
-            "| {test} | {} | {:.2} |",
-            each.join(", "),
-            median(ratios)
+            "\n{mine} ÷ {theirs}, CPU per request ({why}):\n\n| test | each round | median |\n|---|---|---|\n{}",
+            rows.join("\n")
         );
     }
     let md_path = o.out.join("proxy.md");
@@ -266,4 +296,25 @@ fn write_report(o: &ProxyOptions, samples: &[ProxySample]) -> Result<(), String>
     let json = serde_json::to_string_pretty(samples).map_err(|e| e.to_string())?;
     std::fs::write(&json_path, json).map_err(|e| format!("{}: {e}", json_path.display()))?;
     Ok(())
+}
+
+/// `mine ÷ theirs` CPU per request in each round both ran.
+fn round_ratios(
+    samples: &[ProxySample],
+    test: &str,
+    mine: &str,
+    theirs: &str,
+    rounds: usize,
+) -> Vec<f64> {
+    (1..=rounds)
+        .filter_map(|round| {
+            let get = |name: &str| {
+                samples
+                    .iter()
+                    .find(|s| s.test == test && s.proxy == name && s.round == round)
+                    .map(|s| s.cpu_us_per_request)
+            };
+            Some(get(mine)? / get(theirs)?)
+        })
+        .collect()
 }
