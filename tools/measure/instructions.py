@@ -105,7 +105,7 @@ def measure(row, binary, secs, keep=None):
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "cg.out")
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
+            ["valgrind", "--tool=callgrind", *os.environ.get("CALLGRIND_ARGS", "").split(), f"--callgrind-out-file={out}", binary,
              "--addr", f"127.0.0.1:{port}", "--workers", "1", "--steering", "kernel"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
