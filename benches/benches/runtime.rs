@@ -65,16 +65,15 @@ fn timer_wheel(c: &mut Criterion) {
 
 fn buffer_pool(c: &mut Criterion) {
     let mut pool = BufferPool::new(16 * 1024, 256, Duration::from_secs(10));
-    let now = Instant::now();
     // Warm: the pool holds buffers, as in steady state.
     let warm: Vec<_> = (0..64).map(|_| pool.take()).collect();
     for b in warm {
-        pool.give(b, now);
+        pool.give(b);
     }
     c.bench_function("buffer_pool/take_give", |b| {
         b.iter(|| {
             let buf = pool.take();
-            pool.give(black_box(buf), now);
+            pool.give(black_box(buf));
         })
     });
 }

@@ -15,16 +15,24 @@ use bytes::Bytes;
 const MAX_IOVECS: usize = 64;
 
 /// A worker's free list of equally sized byte buffers.
+///
+/// `take` and `give` are on every request's path (a connection takes its
+/// buffers when bytes arrive and gives them back once they are handled),
+/// so they only pop and push: how many buffers are lent out is derived
+/// from counts kept on the slow paths (allocating, dropping), and whether
+/// the free list stayed over its bound is sampled at ticks.
 #[derive(Debug)]
 pub struct BufferPool {
     free: Vec<Vec<u8>>,
     buf_size: usize,
     max_idle: usize,
     trim_after: Duration,
-    /// Since when the free list has held more than `max_idle` buffers.
+    /// Since when the free list has been seen holding more than `max_idle`
+    /// buffers (sampled by [`trim_due`](Self::trim_due)).
     over_since: Option<Instant>,
-    /// Buffers handed out and not yet returned.
-    outstanding: usize,
+    /// Buffers this pool allocated and has not let go of since (whether
+    /// lent out or on the free list).
+    owned: usize,
 }
 
 impl BufferPool {
@@ -37,45 +45,46 @@ impl BufferPool {
             max_idle,
             trim_after,
             over_since: None,
-            outstanding: 0,
+            owned: 0,
         }
     }
 
     /// An empty buffer with at least the pool's buffer size of capacity.
     #[inline]
     pub fn take(&mut self) -> Vec<u8> {
-        self.outstanding += 1;
         match self.free.pop() {
-            Some(buf) => {
-                if self.free.len() <= self.max_idle {
-                    self.over_since = None;
-                }
-                buf
+            Some(buf) => buf,
+            None => {
+                self.owned += 1;
+                Vec::with_capacity(self.buf_size)
             }
-            None => Vec::with_capacity(self.buf_size),
         }
     }
 
     /// Returns a buffer taken with [`take`](Self::take). A buffer that grew past
     /// twice the pool size goes back to the allocator instead of being kept.
     #[inline]
-    pub fn give(&mut self, mut buf: Vec<u8>, now: Instant) {
-        self.outstanding = self.outstanding.saturating_sub(1);
+    pub fn give(&mut self, mut buf: Vec<u8>) {
         if buf.capacity() < self.buf_size || buf.capacity() > 2 * self.buf_size {
+            self.owned = self.owned.saturating_sub(1);
             return;
         }
         buf.clear();
         self.free.push(buf);
-        if self.free.len() > self.max_idle && self.over_since.is_none() {
-            self.over_since = Some(now);
-        }
     }
 
-    /// Whether a trim pass is due: the free list has held more than its bound
-    /// for longer than the trim period.
-    pub fn trim_due(&self, now: Instant) -> bool {
-        self.over_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.trim_after)
+    /// Whether a trim pass is due: the free list has been over its bound
+    /// at every sample (each call) for at least the trim period. Called
+    /// once per tick, so a dip under the bound between two ticks goes
+    /// unseen: the excess is then freed up to a tick early, never kept
+    /// longer.
+    pub fn trim_due(&mut self, now: Instant) -> bool {
+        if self.free.len() <= self.max_idle {
+            self.over_since = None;
+            return false;
+        }
+        let since = *self.over_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= self.trim_after
     }
 
     /// Frees idle buffers down to the bound. Returns how many were freed.
@@ -84,6 +93,7 @@ impl BufferPool {
         self.free.truncate(self.max_idle);
         self.free.shrink_to_fit();
         self.over_since = None;
+        self.owned = self.owned.saturating_sub(freed);
         freed
     }
 
@@ -94,7 +104,7 @@ impl BufferPool {
 
     /// Buffers currently lent to connections.
     pub fn outstanding(&self) -> usize {
-        self.outstanding
+        self.owned.saturating_sub(self.free.len())
     }
 }
 
@@ -547,15 +557,47 @@ mod tests {
         let bufs: Vec<_> = (0..5).map(|_| pool.take()).collect();
         assert_eq!(pool.outstanding(), 5);
         for b in bufs {
-            pool.give(b, t0);
+            pool.give(b);
         }
         assert_eq!(pool.idle(), 5);
+        assert_eq!(pool.outstanding(), 0);
         assert!(!pool.trim_due(t0));
         assert!(pool.trim_due(t0 + Duration::from_secs(1)));
         assert_eq!(pool.trim(), 3);
         assert_eq!(pool.idle(), 2);
         let b = pool.take();
         assert!(b.capacity() >= 4096 && b.is_empty());
+        assert_eq!(pool.outstanding(), 1);
+        pool.give(b);
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    /// Over the bound at one tick, under it at the next: the period
+    /// starts again.
+    #[test]
+    fn a_dip_under_the_bound_restarts_the_trim_period() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut pool = BufferPool::new(4096, 1, s);
+        let bufs: Vec<_> = (0..3).map(|_| pool.take()).collect();
+        for b in bufs {
+            pool.give(b);
+        }
+        assert!(!pool.trim_due(t0));
+        let (a, b) = (pool.take(), pool.take());
+        assert!(
+            !pool.trim_due(t0 + s),
+            "one idle buffer is within the bound"
+        );
+        pool.give(a);
+        pool.give(b);
+        assert!(
+            !pool.trim_due(t0 + 2 * s),
+            "over again: a new period starts"
+        );
+        assert!(pool.trim_due(t0 + 3 * s));
+        assert_eq!(pool.trim(), 2);
+        assert_eq!((pool.idle(), pool.outstanding()), (1, 0));
     }
 
     #[test]
@@ -563,7 +605,7 @@ mod tests {
         let mut pool = BufferPool::new(4096, 8, Duration::from_secs(1));
         let mut b = pool.take();
         b.reserve(1 << 20);
-        pool.give(b, Instant::now());
+        pool.give(b);
         assert_eq!(pool.idle(), 0);
         assert_eq!(pool.outstanding(), 0);
     }

@@ -604,13 +604,13 @@ impl<S> Conn<S> {
     /// Returns the buffers the connection no longer needs to the pool: an
     /// idle connection holds none.
     #[inline]
-    pub(crate) fn release_buffers(&mut self, pool: &mut BufferPool, now: Instant) {
+    pub(crate) fn release_buffers(&mut self, pool: &mut BufferPool) {
         if self.input.is_empty() && self.input.capacity() != 0 {
-            pool.give(std::mem::take(&mut self.input), now);
+            pool.give(std::mem::take(&mut self.input));
         }
         if self.output.is_empty() {
             if let Some(buf) = self.output.take_buffer() {
-                pool.give(buf, now);
+                pool.give(buf);
             }
         }
     }
@@ -618,7 +618,7 @@ impl<S> Conn<S> {
     /// Closing: drops unwritten output, returns every buffer to the pool and
     /// hands back the handler's state. Dropping the connection then closes
     /// the descriptor (which also removes it from the epoll set).
-    pub(crate) fn finish(&mut self, pool: &mut BufferPool, now: Instant) -> Option<S> {
+    pub(crate) fn finish(&mut self, pool: &mut BufferPool) -> Option<S> {
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.as_mut() {
             // A close that did not wait for a flush (a timeout, a drain of
@@ -626,10 +626,10 @@ impl<S> Conn<S> {
             tls.close_now(self.stream.as_raw_fd());
         }
         if self.input.capacity() != 0 {
-            pool.give(std::mem::take(&mut self.input), now);
+            pool.give(std::mem::take(&mut self.input));
         }
         if let Some(buf) = self.output.discard() {
-            pool.give(buf, now);
+            pool.give(buf);
         }
         self.user.take()
     }

@@ -122,7 +122,7 @@ impl<H: Handler> Worker<H> {
         if let Some(key) = key {
             let mut conn = self.conns.remove(key);
             probes::close(self.info.index, conn.fd(), id, c"connect_failed");
-            let _ = conn.finish(&mut self.pool, now);
+            let _ = conn.finish(&mut self.pool);
             self.counters.active -= 1;
             self.room_freed();
         }

@@ -50,7 +50,7 @@ impl<H: Handler> Worker<H> {
             Next::Close(reason) => return self.close(key, reason, now),
             Next::Linger => return self.start_linger(key, now),
         }
-        self.conns[key].release_buffers(&mut self.pool, now);
+        self.conns[key].release_buffers(&mut self.pool);
         self.update_timer(key);
     }
 
@@ -229,7 +229,7 @@ impl<H: Handler> Worker<H> {
             self.close(key, CloseReason::Handler, now);
             return;
         }
-        conn.release_buffers(&mut self.pool, now);
+        conn.release_buffers(&mut self.pool);
         self.update_timer(key);
         self.requeue.push(key);
     }
@@ -254,7 +254,7 @@ impl<H: Handler> Worker<H> {
         let id = conn.id();
         self.live.remove(&id);
         probes::close(self.info.index, conn.fd(), id, reason.as_cstr());
-        let state = conn.finish(&mut self.pool, now);
+        let state = conn.finish(&mut self.pool);
         // Closes the descriptor, which also removes it from the epoll set:
         // no epoll_ctl(DEL) needed.
         drop(conn);
