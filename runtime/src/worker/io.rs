@@ -139,9 +139,13 @@ impl<H: Handler> Worker<H> {
     #[inline]
     fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
         let conn = &mut self.conns[key];
-        let (writes, bytes) = conn.flush(self.info.index, now)?;
-        self.counters.writes += writes;
-        self.counters.bytes_written += bytes;
+        // Nothing to write (a drive's first flush, most of the time): no
+        // call into the write path.
+        if conn.unflushed() {
+            let (writes, bytes) = conn.flush(self.info.index, now)?;
+            self.counters.writes += writes;
+            self.counters.bytes_written += bytes;
+        }
         if conn.needs_writable_edges() || conn.awaits_writable() {
             return self.after_partial_flush(key, now);
         }
