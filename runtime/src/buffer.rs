@@ -366,7 +366,22 @@ impl Output {
     }
 
     /// Records that `n` bytes were written.
-    fn advance(&mut self, mut n: usize) {
+    #[inline]
+    fn advance(&mut self, n: usize) {
+        // The common case: all of it, all inline.
+        if n == self.pending && self.segs.is_empty() {
+            self.pending = 0;
+            self.buf.clear();
+            self.pos = 0;
+            return;
+        }
+        self.advance_part(n);
+    }
+
+    /// [`advance`](Self::advance) by less than everything, or across
+    /// shared segments.
+    #[inline(never)]
+    fn advance_part(&mut self, mut n: usize) {
         self.pending -= n;
         if self.segs.is_empty() {
             self.pos += n;
