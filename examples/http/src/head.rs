@@ -252,7 +252,9 @@ fn status_line(buf: &[u8]) -> Result<Option<(StatusLine<'_>, usize)>, HeadError>
 }
 
 /// The request line: `Ok(None)` while partial, else the line and where the
-/// fields begin.
+/// fields begin. The common shape's fast path is inlined into the caller;
+/// any other line is a call.
+#[inline(always)]
 fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
     #[cfg(target_arch = "x86_64")]
     if let Some(line) = simd::common_request_line(buf) {
@@ -262,6 +264,7 @@ fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
 }
 
 /// [`request_line`] byte by byte (bar SIMD for the target): any shape.
+#[inline(never)]
 fn exact_request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
     let Some(mut pos) = skip_empty_lines(buf)? else {
         return Ok(None);
