@@ -365,34 +365,27 @@ impl Output {
         n
     }
 
-    /// Records that `n` bytes were written.
+    /// Records that `n` bytes were written. All inline (the common case),
+    /// in place; across shared segments, [`advance_segments`](Self::advance_segments).
     #[inline]
     fn advance(&mut self, n: usize) {
-        // The common case: all of it, all inline.
-        if n == self.pending && self.segs.is_empty() {
-            self.pending = 0;
+        if !self.segs.is_empty() {
+            return self.advance_segments(n);
+        }
+        self.pending -= n;
+        self.pos += n;
+        if self.pending == 0 {
             self.buf.clear();
             self.pos = 0;
-            return;
+        } else {
+            self.compact();
         }
-        self.advance_part(n);
     }
 
-    /// [`advance`](Self::advance) by less than everything, or across
-    /// shared segments.
+    /// [`advance`](Self::advance) with shared segments queued.
     #[inline(never)]
-    fn advance_part(&mut self, mut n: usize) {
+    fn advance_segments(&mut self, mut n: usize) {
         self.pending -= n;
-        if self.segs.is_empty() {
-            self.pos += n;
-            if self.pending == 0 {
-                self.buf.clear();
-                self.pos = 0;
-            } else {
-                self.compact();
-            }
-            return;
-        }
         while n > 0 {
             match self.segs.front() {
                 Some(Segment::Inline(end)) => {
