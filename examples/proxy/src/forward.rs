@@ -212,11 +212,17 @@ fn finish(
         }
     }
     Forwarded {
-        idempotent: matches!(
-            method,
-            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-        ),
+        idempotent: idempotent(method),
     }
+}
+
+/// Whether `method` is idempotent (RFC 9110 §9.2.2): a request with it
+/// may be sent again, and pipelined.
+pub fn idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
 }
 
 #[cfg(test)]

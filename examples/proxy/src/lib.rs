@@ -8,7 +8,12 @@
 //! `proxy_request_buffering on`), checked by `corelane-http`'s strict
 //! parser (no ambiguous message is ever forwarded), rewritten (hop-by-hop
 //! headers dropped, body re-framed, `X-Forwarded-For` added) and sent on a
-//! pooled connection or a new one. The response is streamed back as it
+//! pooled connection or a new one. Idempotent requests a client pipelined
+//! follow the first on the same upstream connection without waiting for
+//! its answer (RFC 9112 §9.3.2, up to [`ProxyOptions::pipeline`]), so the
+//! answers come back in order; a request of any other method waits until
+//! those before it are answered, and none follows it before its own
+//! answer. The response is streamed back as it
 //! arrives, with backpressure: after a window of bytes the upstream is
 //! paused until the client's output drains (`Context::notify_writable`).
 //!
@@ -28,6 +33,7 @@ pub mod forward;
 pub mod hop;
 pub mod response;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -77,6 +83,13 @@ pub struct ProxyOptions {
     pub via: bool,
     /// Largest response head accepted from an upstream (502 above it).
     pub max_response_head: usize,
+    /// Most requests of one client in flight on its upstream connection.
+    /// Only requests the client itself pipelined are sent ahead, and only
+    /// idempotent ones (RFC 9112 §9.3.2): each waits in the proxy until
+    /// the upstream answered the ones before it, never behind a POST, and
+    /// those left unanswered when the connection fails are sent again on
+    /// another. 1 (or 0) sends one request at a time, as nginx does.
+    pub pipeline: usize,
 }
 
 impl Default for ProxyOptions {
@@ -93,6 +106,7 @@ impl Default for ProxyOptions {
             pool_idle: 32,
             via: false,
             max_response_head: 16 * 1024,
+            pipeline: 32,
         }
     }
 }
@@ -207,21 +221,63 @@ pub enum Role {
     Upstream(usize),
 }
 
+/// A client's request forwarded and not yet answered.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    side: ClientSide,
+    idempotent: bool,
+    /// Its length as forwarded, in [`Client::request`].
+    len: usize,
+}
+
 #[derive(Debug)]
 struct Client {
     handle: ConnHandle,
     /// The peer's address as text, for `X-Forwarded-For`.
     ip: IpText,
-    /// The upstream connection carrying its request, while one is in flight.
+    /// The upstream connection carrying its requests, while any is in
+    /// flight (all of them on the one connection, so that the answers come
+    /// back in order).
     up: Option<usize>,
-    /// The request as forwarded (kept for a retry; its capacity is reused).
+    /// The requests in flight, oldest first.
+    queue: VecDeque<Pending>,
+    /// The requests in flight as forwarded, from `answered` on (kept to be
+    /// sent again; the capacity is reused).
     request: Vec<u8>,
-    side: ClientSide,
-    idempotent: bool,
+    /// Bytes at the start of `request` already answered.
+    answered: usize,
+    /// The oldest request in flight was sent again already.
     retried: bool,
-    /// Bytes of the response have been sent to the client.
+    /// Bytes of the oldest one's response have been sent to the client.
     responded: bool,
     continue_sent: bool,
+    /// Reading is paused until the requests in flight are answered.
+    paused: bool,
+}
+
+impl Client {
+    /// The oldest request in flight.
+    fn front(&mut self) -> &mut Pending {
+        self.queue.front_mut().expect("a request in flight")
+    }
+
+    /// Whether another request may follow those in flight on their
+    /// connection before they are answered.
+    fn takes_more(&self, depth: usize) -> bool {
+        self.queue.len() < depth
+            && self
+                .queue
+                .back()
+                .is_some_and(|p| p.idempotent && p.side.keep_alive)
+    }
+
+    /// Stops reading the client until the requests in flight are answered.
+    fn pause(&mut self, cx: &mut Context<'_>) {
+        if !self.paused {
+            self.paused = true;
+            let _ = cx.pause_reading(self.handle);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -336,6 +392,8 @@ pub struct Proxy {
     next: usize,
     /// Reused for response heads, decoded chunks and error responses.
     scratch: Vec<u8>,
+    /// Reused for a request as rewritten for the upstream.
+    fwd: Vec<u8>,
     date: [u8; DATE_LEN],
 }
 
@@ -364,6 +422,7 @@ impl Proxy {
             ups: Slab::new(),
             next: 0,
             scratch: Vec::new(),
+            fwd: Vec::new(),
             date,
         }
     }
@@ -391,8 +450,8 @@ impl Proxy {
         }
     }
 
-    /// Sends client `k`'s request on a pooled connection, or a new one
-    /// (`fresh`: never a pooled one, for a retry).
+    /// Sends client `k`'s requests in flight on a pooled connection, or a
+    /// new one (`fresh`: never a pooled one, for a retry).
     fn dispatch(&mut self, k: usize, fresh: bool, cx: &mut Context<'_>) {
         let target = self.pick();
         let pooled = if fresh {
@@ -436,7 +495,7 @@ impl Proxy {
         let client = &mut self.clients[k];
         client.up = Some(u);
         // Queued while connecting: sent once established.
-        let _ = cx.write(up.handle, &client.request);
+        let _ = cx.write(up.handle, &client.request[client.answered..]);
         up.active_since = cx.now();
         if up.timer.is_none() {
             up.timer = cx
@@ -471,24 +530,61 @@ impl Proxy {
         }
     }
 
-    /// Client `k`'s response is complete: it reads its next request, or
-    /// closes.
-    fn client_done(&mut self, k: usize, cx: &mut Context<'_>) {
+    /// The response to client `k`'s oldest request in flight is complete
+    /// (or was an error of the proxy's own). The client then reads its next
+    /// request, or closes; requests left in flight go on on its upstream
+    /// connection (`true`) or, when the caller let that one go
+    /// (`Client::up` unset), on another.
+    fn answered(&mut self, k: usize, cx: &mut Context<'_>) -> bool {
         let Some(c) = self.clients.get_mut(k) else {
-            return;
+            return false;
         };
-        c.up = None;
-        bump(&self.counters.worker(self.worker).proxied);
-        if c.side.keep_alive {
-            // Presents a pipelined request already read, if any.
-            let _ = cx.resume_reading(c.handle);
-        } else {
+        let p = c.queue.pop_front().expect("a request in flight");
+        c.answered += p.len;
+        c.responded = false;
+        c.retried = false;
+        if !p.side.keep_alive {
+            // Those pipelined after it go unanswered: the client sees the
+            // close, and sends them again (RFC 9112 §9.3.2).
+            c.up = None;
+            c.queue.clear();
             let _ = cx.close(c.handle);
+            return false;
+        }
+        if c.queue.is_empty() {
+            c.up = None;
+            c.request.clear();
+            c.answered = 0;
+        } else if c.answered >= 4096 && c.answered * 2 >= c.request.len() {
+            // A client that keeps its pipeline full never empties it.
+            c.request.drain(..c.answered);
+            c.answered = 0;
+        }
+        if c.paused {
+            // Presents a pipelined request already read, if any.
+            c.paused = false;
+            let _ = cx.resume_reading(c.handle);
+        }
+        if c.queue.is_empty() || c.up.is_some() {
+            return c.up.is_some();
+        }
+        self.dispatch(k, false, cx);
+        false
+    }
+
+    /// Client `k`'s response is complete, and its upstream connection let
+    /// go.
+    fn client_done(&mut self, k: usize, cx: &mut Context<'_>) {
+        bump(&self.counters.worker(self.worker).proxied);
+        if let Some(c) = self.clients.get_mut(k) {
+            c.up = None;
+            self.answered(k, cx);
         }
     }
 
-    /// Client `k`'s request failed with `status` (or, once its response
-    /// began, the connection is closed: it is cut short).
+    /// Client `k`'s oldest request failed with `status` (or, once its
+    /// response began, the connection is closed: it is cut short); its
+    /// upstream connection has been let go.
     fn client_failed(&mut self, k: usize, status: Status, cx: &mut Context<'_>) {
         let Some(c) = self.clients.get_mut(k) else {
             return;
@@ -496,18 +592,15 @@ impl Proxy {
         c.up = None;
         if c.responded {
             bump(&self.counters.worker(self.worker).truncated);
+            c.queue.clear();
             let _ = cx.close(c.handle);
             return;
         }
-        let keep = c.side.keep_alive;
+        let keep = c.front().side.keep_alive;
         let handle = c.handle;
         self.error_response(status, keep);
         let _ = cx.write(handle, &self.scratch);
-        if keep {
-            let _ = cx.resume_reading(handle);
-        } else {
-            let _ = cx.close(handle);
-        }
+        self.answered(k, cx);
     }
 
     /// An error response of the proxy's own, into `scratch`.
@@ -566,8 +659,10 @@ impl Proxy {
         output.extend_from_slice(&page);
     }
 
-    /// A client's bytes: the next whole request is forwarded (one at a
-    /// time: the client is paused until its response is complete).
+    /// A client's bytes: each whole request is forwarded. Those it
+    /// pipelined follow the first on the same upstream connection while
+    /// they are idempotent (up to [`ProxyOptions::pipeline`]); any other
+    /// waits, the client paused, until those in flight are answered.
     fn client_data(
         &mut self,
         k: usize,
@@ -575,29 +670,50 @@ impl Proxy {
         output: &mut Output,
         cx: &mut Context<'_>,
     ) -> Action {
+        // Where this call's requests begin in the client's buffer: they
+        // go to the upstream in one write.
+        let start = self.clients[k].request.len();
         loop {
             let c = &mut self.clients[k];
-            if c.up.is_some() || input.bytes().is_empty() {
-                return Action::Continue;
+            if input.bytes().is_empty() {
+                break;
+            }
+            let ahead = !c.queue.is_empty();
+            if ahead && !c.takes_more(self.opts.pipeline) {
+                c.pause(cx);
+                break;
             }
             // The request is rewritten for the upstream as it is parsed
-            // (one scan of its head), into the client's request buffer.
-            let mut rewrite = forward::Rewrite::new(input.bytes(), std::mem::take(&mut c.request));
+            // (one scan of its head).
+            let mut rewrite = forward::Rewrite::new(input.bytes(), std::mem::take(&mut self.fwd));
             let parsed = parse_with(input.bytes(), &self.opts.limits, |name, value| {
                 rewrite.field(name, value)
             });
             let req = match parsed {
-                Parse::Complete(req) => req,
+                Parse::Complete(req)
+                    if !ahead
+                        || (forward::idempotent(req.method_token)
+                            && !req.path.starts_with(b"/_proxy/")) =>
+                {
+                    req
+                }
+                _ if ahead => {
+                    // Answered after those in flight: read again then.
+                    self.fwd = rewrite.into_buffer();
+                    c.pause(cx);
+                    break;
+                }
+                Parse::Complete(_) => unreachable!("taken above"),
                 Parse::Partial { expect_continue } => {
-                    c.request = rewrite.into_buffer();
+                    self.fwd = rewrite.into_buffer();
                     if expect_continue && !c.continue_sent {
                         c.continue_sent = true;
                         output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
-                    return Action::Continue;
+                    break;
                 }
                 Parse::Error(status) => {
-                    c.request = rewrite.into_buffer();
+                    self.fwd = rewrite.into_buffer();
                     bump(&self.count().bad_requests);
                     self.error_response(status, false);
                     output.extend_from_slice(&self.scratch);
@@ -607,7 +723,7 @@ impl Proxy {
             c.continue_sent = false;
             let keep_alive = req.keep_alive && !input.draining();
             if req.path.starts_with(b"/_proxy/") {
-                c.request = rewrite.into_buffer();
+                self.fwd = rewrite.into_buffer();
                 let path = req.path;
                 let len = req.total_len;
                 self.admin(path, keep_alive, cx.server_state(), output);
@@ -617,158 +733,199 @@ impl Proxy {
                 }
                 continue;
             }
-            let (request, f) = rewrite.finish(input.bytes(), &req, c.ip.as_bytes(), self.opts.via);
-            c.request = request;
-            c.side = ClientSide {
-                head_request: req.method == corelane_http::request::Method::Head,
-                minor: req.minor,
-                keep_alive,
-                via: self.opts.via,
-            };
-            c.idempotent = f.idempotent;
-            c.retried = false;
-            c.responded = false;
-            let handle = c.handle;
+            let (mut request, f) =
+                rewrite.finish(input.bytes(), &req, c.ip.as_bytes(), self.opts.via);
+            let len = request.len();
+            if c.request.is_empty() {
+                std::mem::swap(&mut c.request, &mut request);
+            } else {
+                c.request.extend_from_slice(&request);
+            }
+            self.fwd = request;
+            c.queue.push_back(Pending {
+                side: ClientSide {
+                    head_request: req.method == corelane_http::request::Method::Head,
+                    minor: req.minor,
+                    keep_alive,
+                    via: self.opts.via,
+                },
+                idempotent: f.idempotent,
+                len,
+            });
             input.consume(req.total_len);
-            self.dispatch(k, false, cx);
-            // Pipelined requests wait in the socket (and the input) until
-            // this one is answered.
-            let _ = cx.pause_reading(handle);
-            return Action::Continue;
         }
+        let c = &mut self.clients[k];
+        if c.request.len() > start {
+            match c.up {
+                // Pipelined behind those in flight.
+                Some(u) => {
+                    let _ = cx.write(self.ups[u].handle, &c.request[start..]);
+                }
+                None => {
+                    c.responded = false;
+                    c.retried = false;
+                    self.dispatch(k, false, cx);
+                }
+            }
+        }
+        Action::Continue
     }
 
-    /// An upstream's bytes: the response head is rewritten for the client,
-    /// the body forwarded as it comes.
+    /// An upstream's bytes: each response head is rewritten for the
+    /// client, the body forwarded as it comes.
     fn upstream_data(&mut self, u: usize, input: &mut Input<'_>, cx: &mut Context<'_>) -> Action {
-        let up = &mut self.ups[u];
-        let Some(k) = up.client else {
+        let Some(k) = self.ups[u].client else {
             // An idle pooled connection has nothing to say.
             input.consume(input.bytes().len());
             return Action::Close;
         };
-        up.got_bytes = true;
         // The response timeout runs between two reads, as nginx's
         // proxy_read_timeout.
-        up.active_since = cx.now();
-        let client = &mut self.clients[k];
-        let to = client.handle;
+        self.ups[u].active_since = cx.now();
         let mut forwarded = 0;
-        let done = loop {
-            let bytes = input.bytes();
-            match &mut up.body {
-                Body::Head => {
-                    match parse_head(
-                        bytes,
-                        self.opts.max_response_head,
-                        &client.side,
-                        &mut self.scratch,
-                    ) {
-                        Parsed::Partial => {
-                            if input.peer_closed() {
-                                break false; // on_close says what failed
-                            }
-                            return Action::Continue;
-                        }
-                        Parsed::Interim(n) => input.consume(n),
-                        Parsed::Invalid(why) => return self.bad_response(u, why, cx),
-                        Parsed::Complete(head) => {
-                            client.responded = true;
-                            input.consume(head.len);
-                            up.reusable = head.reusable;
-                            if !response::keeps_client(head.framing, &client.side) {
-                                client.side.keep_alive = false;
-                            }
-                            up.body = match head.framing {
-                                Framing::Length(len) if len > 0 => {
-                                    // The body, or what came of it, goes out
-                                    // with the head: one write.
-                                    let body = input.bytes();
-                                    let n =
-                                        body.len().min(usize::try_from(len).unwrap_or(usize::MAX));
-                                    self.scratch.extend_from_slice(&body[..n]);
-                                    input.consume(n);
-                                    let _ = cx.write(to, &self.scratch);
-                                    forwarded += self.scratch.len();
-                                    let left = len - n as u64;
-                                    if left == 0 {
-                                        break true;
-                                    }
-                                    up.body = Body::Length(left);
-                                    return self.backpressure(u, forwarded, cx);
+        loop {
+            let up = &mut self.ups[u];
+            up.got_bytes |= !input.bytes().is_empty();
+            let client = &mut self.clients[k];
+            let to = client.handle;
+            let done = loop {
+                let bytes = input.bytes();
+                match &mut up.body {
+                    Body::Head => {
+                        let side = &mut client.queue.front_mut().expect("in flight").side;
+                        match parse_head(
+                            bytes,
+                            self.opts.max_response_head,
+                            side,
+                            &mut self.scratch,
+                        ) {
+                            Parsed::Partial => {
+                                if input.peer_closed() {
+                                    break false; // on_close says what failed
                                 }
-                                _ => {
-                                    let _ = cx.write(to, &self.scratch);
-                                    forwarded += self.scratch.len();
-                                    match head.framing {
-                                        Framing::Chunked => Body::Chunked(Chunked::default()),
-                                        Framing::UntilClose => Body::UntilClose,
-                                        Framing::Empty | Framing::Length(_) => break true,
-                                    }
+                                return Action::Continue;
+                            }
+                            Parsed::Interim(n) => input.consume(n),
+                            Parsed::Invalid(why) => return self.bad_response(u, why, cx),
+                            Parsed::Complete(head) => {
+                                client.responded = true;
+                                input.consume(head.len);
+                                up.reusable = head.reusable;
+                                if !response::keeps_client(head.framing, side) {
+                                    side.keep_alive = false;
                                 }
-                            };
+                                up.body = match head.framing {
+                                    Framing::Length(len) if len > 0 => {
+                                        // The body, or what came of it, goes
+                                        // out with the head: one write.
+                                        let body = input.bytes();
+                                        let n = body
+                                            .len()
+                                            .min(usize::try_from(len).unwrap_or(usize::MAX));
+                                        self.scratch.extend_from_slice(&body[..n]);
+                                        input.consume(n);
+                                        let _ = cx.write(to, &self.scratch);
+                                        forwarded += self.scratch.len();
+                                        let left = len - n as u64;
+                                        if left == 0 {
+                                            break true;
+                                        }
+                                        up.body = Body::Length(left);
+                                        return self.backpressure(u, forwarded, cx);
+                                    }
+                                    _ => {
+                                        let _ = cx.write(to, &self.scratch);
+                                        forwarded += self.scratch.len();
+                                        match head.framing {
+                                            Framing::Chunked => Body::Chunked(Chunked::default()),
+                                            Framing::UntilClose => Body::UntilClose,
+                                            Framing::Empty | Framing::Length(_) => break true,
+                                        }
+                                    }
+                                };
+                            }
                         }
                     }
-                }
-                Body::Length(left) => {
-                    let n = bytes
-                        .len()
-                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    let _ = cx.write(to, &bytes[..n]);
-                    forwarded += n;
-                    input.consume(n);
-                    *left -= n as u64;
-                    if *left == 0 {
-                        break true;
-                    }
-                    return self.backpressure(u, forwarded, cx);
-                }
-                Body::Chunked(decoder) => {
-                    let dechunk = client.side.dechunk();
-                    let scratch = &mut self.scratch;
-                    scratch.clear();
-                    let fed = decoder.feed(bytes, |d| {
-                        if dechunk {
-                            scratch.extend_from_slice(d);
+                    Body::Length(left) => {
+                        let n = bytes
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        let _ = cx.write(to, &bytes[..n]);
+                        forwarded += n;
+                        input.consume(n);
+                        *left -= n as u64;
+                        if *left == 0 {
+                            break true;
                         }
-                    });
-                    let n = match fed {
-                        Ok(n) => n,
-                        Err(why) => return self.bad_response(u, why, cx),
-                    };
-                    let out = if dechunk { &scratch[..] } else { &bytes[..n] };
-                    let _ = cx.write(to, out);
-                    forwarded += out.len();
-                    input.consume(n);
-                    if decoder.is_done() {
-                        break true;
+                        return self.backpressure(u, forwarded, cx);
                     }
-                    return self.backpressure(u, forwarded, cx);
-                }
-                Body::UntilClose => {
-                    let _ = cx.write(to, bytes);
-                    forwarded += bytes.len();
-                    input.consume(bytes.len());
-                    if input.peer_closed() {
-                        up.reusable = false;
-                        break true;
+                    Body::Chunked(decoder) => {
+                        let dechunk = client.front().side.dechunk();
+                        let scratch = &mut self.scratch;
+                        scratch.clear();
+                        let fed = decoder.feed(bytes, |d| {
+                            if dechunk {
+                                scratch.extend_from_slice(d);
+                            }
+                        });
+                        let n = match fed {
+                            Ok(n) => n,
+                            Err(why) => return self.bad_response(u, why, cx),
+                        };
+                        let out = if dechunk { &scratch[..] } else { &bytes[..n] };
+                        let _ = cx.write(to, out);
+                        forwarded += out.len();
+                        input.consume(n);
+                        if decoder.is_done() {
+                            break true;
+                        }
+                        return self.backpressure(u, forwarded, cx);
                     }
-                    return self.backpressure(u, forwarded, cx);
+                    Body::UntilClose => {
+                        let _ = cx.write(to, bytes);
+                        forwarded += bytes.len();
+                        input.consume(bytes.len());
+                        if input.peer_closed() {
+                            up.reusable = false;
+                            break true;
+                        }
+                        return self.backpressure(u, forwarded, cx);
+                    }
                 }
+            };
+            if !done {
+                return Action::Continue;
             }
-        };
-        if !done {
-            return Action::Continue;
-        }
-        // Bytes after the response, unasked for: the connection is not
-        // reused.
-        let reusable = self.ups[u].reusable && input.bytes().is_empty() && !input.draining();
-        self.release(u, reusable, cx);
-        self.client_done(k, cx);
-        if reusable {
-            Action::Continue
-        } else {
-            Action::Close
+            if client.queue.len() > 1 && up.reusable {
+                // The next response comes on this connection.
+                up.body = Body::Head;
+                up.got_bytes = false;
+                // It has answered on this request's connection already: a
+                // close before the next answer is the race of a keep-alive
+                // close, and the requests left are sent again.
+                up.reused = true;
+                bump(&self.counters.worker(self.worker).proxied);
+                if self.answered(k, cx) {
+                    continue;
+                }
+                // The client closes after that one: the answers to come
+                // have no reader.
+                self.release(u, false, cx);
+                return Action::Close;
+            }
+            // Bytes after the last response, unasked for: the connection is
+            // not reused.
+            let reusable = up.reusable
+                && client.queue.len() == 1
+                && input.bytes().is_empty()
+                && !input.draining();
+            self.release(u, reusable, cx);
+            self.client_done(k, cx);
+            return if reusable {
+                Action::Continue
+            } else {
+                Action::Close
+            };
         }
     }
 
@@ -816,14 +973,15 @@ impl Proxy {
         };
         pool.outstanding -= 1;
         if matches!(up.body, Body::UntilClose) && reason == CloseReason::PeerClosed {
-            // The close is the end of this body.
+            // The close is the end of this body (and of the client's
+            // connection: such a body is never followed).
             return self.client_done(k, cx);
         }
         let Some(c) = self.clients.get_mut(k) else {
             return;
         };
         c.up = None;
-        if !c.responded && up.reused && !up.got_bytes && c.idempotent && !c.retried {
+        if !c.responded && up.reused && !up.got_bytes && c.front().idempotent && !c.retried {
             // The pooled connection had died while idle: once more, fresh.
             c.retried = true;
             bump(&self.count().retries);
@@ -844,17 +1002,13 @@ impl Handler for Proxy {
             handle: conn.handle,
             ip: IpText::new(conn.peer.ip()),
             up: None,
+            queue: VecDeque::new(),
             request: Vec::new(),
-            side: ClientSide {
-                head_request: false,
-                minor: 1,
-                keep_alive: true,
-                via: false,
-            },
-            idempotent: false,
+            answered: 0,
             retried: false,
             responded: false,
             continue_sent: false,
+            paused: false,
         }))
     }
 

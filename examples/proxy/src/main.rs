@@ -58,6 +58,13 @@ struct Args {
     /// Largest request head, in bytes (431 above it).
     #[arg(long, default_value_t = 16 * 1024)]
     max_head: usize,
+    /// Most requests of one client in flight on its upstream connection:
+    /// idempotent requests the client pipelined follow the first without
+    /// waiting for its answer (RFC 9112 §9.3.2; never behind a POST, and
+    /// sent again if the connection fails before answering them). 1 sends
+    /// one at a time, as nginx does.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pipeline: u16,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +84,7 @@ fn serve(args: Args) -> corelane::Result<()> {
         response_timeout: args.response_timeout,
         pool_idle: args.pool_idle,
         via: args.via,
+        pipeline: usize::from(args.pipeline),
         ..ProxyOptions::default()
     };
     opts.limits.max_body = args.max_body;

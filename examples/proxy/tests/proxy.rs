@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corelane::Server;
@@ -50,6 +50,12 @@ struct Response {
 
 /// Reads one response from `s` (Content-Length, chunked, or until close).
 fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Response {
+    read_response_to(s, buf, false)
+}
+
+/// Reads one response from `s`, to a HEAD request if `head_request` (the
+/// head alone, whatever its framing says).
+fn read_response_to(s: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -> Response {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -79,7 +85,9 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Response {
         n > 0
     };
     let mut closed = false;
-    let body = if let Some(len) = header("content-length") {
+    let body = if head_request {
+        Vec::new()
+    } else if let Some(len) = header("content-length") {
         let len: usize = len.trim().parse().unwrap();
         while buf.len() < len {
             if !fill(s, buf) {
@@ -155,22 +163,58 @@ enum Reply {
 fn scripted(
     answer: impl Fn(usize, usize, &[u8]) -> Reply + Send + Sync + 'static,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, seen, _) = scripted_log(false, answer);
+    (addr, seen)
+}
+
+/// A request as a scripted upstream read it.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// The connection it came on (0 the first accepted).
+    conn: usize,
+    /// Its request line.
+    line: String,
+    /// Bytes of the next request were there before it was answered (it was
+    /// pipelined behind); with `wait`, looked for over 50 ms.
+    ahead: bool,
+}
+
+/// [`scripted`], also logging each request read.
+fn scripted_log(
+    wait: bool,
+    answer: impl Fn(usize, usize, &[u8]) -> Reply + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<Seen>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let answer = Arc::new(answer);
     let seen = Arc::new(AtomicUsize::new(0));
     let seen2 = Arc::clone(&seen);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = Arc::clone(&log);
     std::thread::spawn(move || {
         for (conn, s) in l.incoming().enumerate() {
             let Ok(mut s) = s else { return };
             let answer = Arc::clone(&answer);
             let seen = Arc::clone(&seen2);
+            let log = Arc::clone(&log2);
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 for req in 0.. {
                     let Some(raw) = read_request(&mut s, &mut buf) else {
                         return;
                     };
+                    let mut ahead = !buf.is_empty();
+                    if wait && !ahead {
+                        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                        ahead = s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+                        s.set_read_timeout(None).unwrap();
+                    }
+                    let line = String::from_utf8_lossy(&raw)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    log.lock().unwrap().push(Seen { conn, line, ahead });
                     seen.fetch_add(1, Ordering::SeqCst);
                     match answer(conn, req, &raw) {
                         Reply::Send(b) => {
@@ -192,7 +236,7 @@ fn scripted(
             });
         }
     });
-    (addr, seen)
+    (addr, seen, log)
 }
 
 /// One request (head and Content-Length body) from `s`.
@@ -594,4 +638,141 @@ fn a_burst_wider_than_the_pool_keeps_its_connections_until_a_tick_finds_them_unu
         assert_eq!(read_response(c, buf).status, 200);
     }
     assert_eq!(up.metrics.total().accepted, accepted);
+}
+
+/// Answers each request with its path as the body (a HEAD with the head
+/// only).
+fn path_reply(raw: &[u8], close: bool) -> Vec<u8> {
+    let text = String::from_utf8_lossy(raw);
+    let path = text.split(' ').nth(1).unwrap_or("?").to_owned();
+    let close = if close { "Connection: close\r\n" } else { "" };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n",
+        path.len()
+    );
+    if text.starts_with("HEAD ") {
+        head.into_bytes()
+    } else {
+        (head + &path).into_bytes()
+    }
+}
+
+/// Sends `raw` (requests pipelined in one write) and reads `n` responses.
+fn pipelined(addr: SocketAddr, raw: &str, n: usize) -> Vec<Response> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let heads: Vec<bool> = raw
+        .split("\r\n\r\n")
+        .map(|r| r.starts_with("HEAD "))
+        .collect();
+    let mut buf = Vec::new();
+    (0..n)
+        .map(|i| read_response_to(&mut s, &mut buf, heads[i]))
+        .collect()
+}
+
+fn bodies(responses: &[Response]) -> Vec<String> {
+    responses
+        .iter()
+        .map(|r| format!("{} {}", r.status, String::from_utf8_lossy(&r.body)))
+        .collect()
+}
+
+#[test]
+fn pipelined_idempotent_requests_go_ahead_on_one_upstream_connection_and_come_back_in_order() {
+    let (addr, _, log) = scripted_log(false, |_, _, raw| Reply::Send(path_reply(raw, false)));
+    let p = proxy_to(&[addr], |_| {});
+    let raw: String = ["/1", "/2", "/3", "/4", "/5", "/6", "/7", "/8"]
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let method = if i == 2 { "HEAD" } else { "GET" };
+            format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+        })
+        .collect();
+    let got = pipelined(p.proxy.addr, &raw, 8);
+    assert_eq!(
+        bodies(&got),
+        ["200 /1", "200 /2", "200 ", "200 /4", "200 /5", "200 /6", "200 /7", "200 /8"]
+    );
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 8);
+    assert!(log.iter().all(|s| s.conn == 0), "{log:?}");
+    // Sent in one write: each was in the upstream's hands before the one
+    // ahead of it was answered.
+    assert!(log[..7].iter().all(|s| s.ahead), "{log:?}");
+    assert_eq!(p.counters.worker(0).proxied.load(Ordering::Relaxed), 8);
+}
+
+#[test]
+fn a_request_that_is_not_idempotent_is_neither_pipelined_nor_followed() {
+    let (addr, _, log) = scripted_log(true, |_, _, raw| Reply::Send(path_reply(raw, false)));
+    let p = proxy_to(&[addr], |_| {});
+    let got = pipelined(
+        p.proxy.addr,
+        "GET /a HTTP/1.1\r\nHost: t\r\n\r\nPOST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhiGET /c HTTP/1.1\r\nHost: t\r\n\r\n",
+        3,
+    );
+    assert_eq!(bodies(&got), ["200 /a", "200 /b", "200 /c"]);
+    let log = log.lock().unwrap();
+    let lines: Vec<&str> = log.iter().map(|s| s.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        ["GET /a HTTP/1.1", "POST /b HTTP/1.1", "GET /c HTTP/1.1"]
+    );
+    assert!(log.iter().all(|s| !s.ahead), "{log:?}");
+}
+
+#[test]
+fn with_a_pipeline_of_one_requests_go_one_at_a_time() {
+    let (addr, _, log) = scripted_log(true, |_, _, raw| Reply::Send(path_reply(raw, false)));
+    let p = proxy_to(&[addr], |o| o.pipeline = 1);
+    let raw = "GET /1 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3);
+    let got = pipelined(p.proxy.addr, &raw, 3);
+    assert_eq!(bodies(&got), ["200 /1", "200 /1", "200 /1"]);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|s| !s.ahead && s.conn == 0), "{log:?}");
+}
+
+#[test]
+fn pipelined_requests_left_unanswered_by_a_closing_upstream_are_sent_again() {
+    let raw: String = (1..=4)
+        .map(|i| format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    // Each connection answers one request, then closes: without a word,
+    // and saying so in its answer.
+    for warned in [false, true] {
+        let (addr, seen, log) = scripted_log(false, move |_, _, raw| {
+            Reply::SendThenClose(path_reply(raw, warned))
+        });
+        let p = proxy_to(&[addr], |_| {});
+        let got = pipelined(p.proxy.addr, &raw, 4);
+        assert_eq!(
+            bodies(&got),
+            ["200 /1", "200 /2", "200 /3", "200 /4"],
+            "warned: {warned}"
+        );
+        assert!(got.iter().all(|r| !r.closed));
+        assert_eq!(seen.load(Ordering::SeqCst), 4);
+        let conns: Vec<usize> = log.lock().unwrap().iter().map(|s| s.conn).collect();
+        assert_eq!(conns, [0, 1, 2, 3], "warned: {warned}");
+        let c = p.counters.worker(0);
+        // A close announced is no failure: the rest simply go elsewhere.
+        let retries = if warned { 0 } else { 3 };
+        assert_eq!(
+            c.retries.load(Ordering::Relaxed),
+            retries,
+            "warned: {warned}"
+        );
+        assert_eq!(c.bad_gateway.load(Ordering::Relaxed), 0);
+    }
+    // An upstream that answers nothing: each request gets its 502, in
+    // order, and the client's connection stays.
+    let (addr, _) = scripted(|_, _, _| Reply::Close);
+    let p = proxy_to(&[addr], |_| {});
+    let got = pipelined(p.proxy.addr, &raw, 4);
+    assert!(got.iter().all(|r| r.status == 502 && !r.closed), "{got:?}");
+    assert_eq!(p.counters.worker(0).bad_gateway.load(Ordering::Relaxed), 4);
 }
