@@ -3,8 +3,8 @@
 //!
 //! Each worker keeps its own pool of keep-alive connections to every
 //! upstream (no locks between workers) and balances requests over the
-//! upstreams, round robin or to the one with the fewest requests in
-//! flight. A request is read whole (body included, as nginx's default
+//! upstreams, round robin or to the one with the fewest clients
+//! awaiting answers. A request is read whole (body included, as nginx's default
 //! `proxy_request_buffering on`), checked by `corelane-http`'s strict
 //! parser (no ambiguous message is ever forwarded), rewritten (hop-by-hop
 //! headers dropped, body re-framed, `X-Forwarded-For` added) and sent on a
@@ -55,7 +55,8 @@ use response::{parse_head, Chunked, ClientSide, Framing, Parsed};
 pub enum Balance {
     /// In turn.
     RoundRobin,
-    /// To the upstream with the fewest requests in flight from this worker.
+    /// To the upstream with the fewest clients awaiting answers from this worker
+    /// (a client's pipelined requests count once).
     LeastOutstanding,
 }
 

@@ -20,7 +20,8 @@ use corelane_proxy::{Balance, Proxy, ProxyCounters, ProxyOptions};
 enum BalanceArg {
     /// Each upstream in turn.
     RoundRobin,
-    /// The upstream with the fewest requests in flight from this worker.
+    /// The upstream with the fewest clients awaiting answers from this worker (a
+    /// client's pipelined requests count once).
     LeastOutstanding,
 }
 
