@@ -776,3 +776,47 @@ fn pipelined_requests_left_unanswered_by_a_closing_upstream_are_sent_again() {
     assert!(got.iter().all(|r| r.status == 502 && !r.closed), "{got:?}");
     assert_eq!(p.counters.worker(0).bad_gateway.load(Ordering::Relaxed), 4);
 }
+
+#[test]
+fn a_failure_in_the_middle_of_a_pipeline_answers_that_request_and_the_rest_go_on() {
+    let raw: String = (1..=3)
+        .map(|i| format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    // The first connection answers /1, then stalls: /2 times out (504),
+    // and /3 goes again on a new connection, which answers it.
+    let (addr, _, log) = scripted_log(false, |conn, req, raw| match (conn, req) {
+        (0, 0) | (1, _) => Reply::Send(path_reply(raw, false)),
+        _ => Reply::Stall,
+    });
+    let p = proxy_to(&[addr], |o| o.response_timeout = Duration::from_millis(300));
+    let got = pipelined(p.proxy.addr, &raw, 3);
+    assert_eq!(bodies(&got), ["200 /1", "504 Gateway Timeout\n", "200 /3"]);
+    assert!(got.iter().all(|r| !r.closed));
+    let lines: Vec<(usize, String)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.conn, s.line.clone()))
+        .collect();
+    assert_eq!(
+        lines[..2],
+        [(0, "GET /1 HTTP/1.1".into()), (0, "GET /2 HTTP/1.1".into())]
+    );
+    assert!(lines.contains(&(1, "GET /3 HTTP/1.1".into())), "{lines:?}");
+    assert_eq!(
+        p.counters.worker(0).gateway_timeout.load(Ordering::Relaxed),
+        1
+    );
+    // A malformed answer to /2: a 502 for it, /3 answered on another
+    // connection.
+    let (addr, _) = scripted(|conn, req, raw| match (conn, req) {
+        (0, 1) => Reply::Send(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
+        _ => Reply::Send(path_reply(raw, false)),
+    });
+    let p = proxy_to(&[addr], |_| {});
+    let got = pipelined(p.proxy.addr, &raw, 3);
+    assert_eq!(bodies(&got), ["200 /1", "502 Bad Gateway\n", "200 /3"]);
+    let c = p.counters.worker(0);
+    assert_eq!(c.bad_responses.load(Ordering::Relaxed), 1);
+    assert_eq!(c.proxied.load(Ordering::Relaxed), 2);
+}
