@@ -45,13 +45,15 @@ impl<H: Handler> Worker<H> {
     fn settle(&mut self, key: usize, now: Instant) {
         let drain_idle =
             self.draining_until.is_some() && self.drain_grace_until.is_none_or(|g| now >= g);
-        match self.conns[key].next(drain_idle) {
+        // One look-up of the connection for all three steps.
+        let conn = &mut self.conns[key];
+        match conn.next(drain_idle) {
             Next::Keep => {}
             Next::Close(reason) => return self.close(key, reason, now),
             Next::Linger => return self.start_linger(key, now),
         }
-        self.conns[key].release_buffers(&mut self.pool);
-        self.update_timer(key);
+        conn.release_buffers(&mut self.pool);
+        conn.update_timer(&mut self.wheel, key, &self.opts, self.drain_grace_until);
     }
 
     fn drive_io(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
