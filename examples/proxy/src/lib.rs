@@ -597,15 +597,16 @@ impl Proxy {
             let _ = cx.close(c.handle);
             return;
         }
-        let keep = c.front().side.keep_alive;
+        let side = c.front().side;
         let handle = c.handle;
-        self.error_response(status, keep);
+        self.error_response(status, side.keep_alive, side.head_request);
         let _ = cx.write(handle, &self.scratch);
         self.answered(k, cx);
     }
 
-    /// An error response of the proxy's own, into `scratch`.
-    fn error_response(&mut self, status: Status, keep_alive: bool) {
+    /// An error response of the proxy's own, into `scratch` (to a HEAD
+    /// request, without its body).
+    fn error_response(&mut self, status: Status, keep_alive: bool, head_request: bool) {
         let body = status.reason_body();
         let out = &mut self.scratch;
         out.clear();
@@ -618,11 +619,20 @@ impl Proxy {
             out.extend_from_slice(b"\r\nConnection: close");
         }
         out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(body);
+        if !head_request {
+            out.extend_from_slice(body);
+        }
     }
 
-    /// `/_proxy/...`: answered by the proxy itself.
-    fn admin(&mut self, path: &[u8], keep_alive: bool, state: ServerState, output: &mut Output) {
+    /// `/_proxy/...`: answered by the proxy itself (to a HEAD request,
+    /// without the body).
+    fn admin(
+        &mut self,
+        path: &[u8],
+        (keep_alive, head_request): (bool, bool),
+        state: ServerState,
+        output: &mut Output,
+    ) {
         let mut page = Vec::new();
         let status = match path {
             b"/_proxy/metrics" => {
@@ -657,7 +667,9 @@ impl Proxy {
             output.extend_from_slice(b"\r\nConnection: close");
         }
         output.extend_from_slice(b"\r\n\r\n");
-        output.extend_from_slice(&page);
+        if !head_request {
+            output.extend_from_slice(&page);
+        }
     }
 
     /// A client's bytes: each whole request is forwarded. Those it
@@ -716,7 +728,7 @@ impl Proxy {
                 Parse::Error(status) => {
                     self.fwd = rewrite.into_buffer();
                     bump(&self.count().bad_requests);
-                    self.error_response(status, false);
+                    self.error_response(status, false, false);
                     output.extend_from_slice(&self.scratch);
                     return Action::Close;
                 }
@@ -727,7 +739,8 @@ impl Proxy {
                 self.fwd = rewrite.into_buffer();
                 let path = req.path;
                 let len = req.total_len;
-                self.admin(path, keep_alive, cx.server_state(), output);
+                let head_request = req.method == corelane_http::request::Method::Head;
+                self.admin(path, (keep_alive, head_request), cx.server_state(), output);
                 input.consume(len);
                 if !keep_alive {
                     return Action::Close;

@@ -820,3 +820,28 @@ fn a_failure_in_the_middle_of_a_pipeline_answers_that_request_and_the_rest_go_on
     assert_eq!(c.bad_responses.load(Ordering::Relaxed), 1);
     assert_eq!(c.proxied.load(Ordering::Relaxed), 2);
 }
+
+#[test]
+fn answers_of_the_proxy_s_own_to_a_head_request_have_no_body() {
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = proxy_to(&[closed], |_| {});
+    // A 502 to a HEAD, then to a GET, then the health route both ways: if
+    // a body followed the HEAD's head, the next response would start
+    // inside it.
+    let got = pipelined(
+        p.proxy.addr,
+        "HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        2,
+    );
+    assert_eq!(bodies(&got), ["502 ", "502 Bad Gateway\n"]);
+    assert!(got[0].head.to_ascii_lowercase().contains("content-length: 12"));
+    let got = pipelined(
+        p.proxy.addr,
+        "HEAD /_proxy/healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /_proxy/healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        2,
+    );
+    assert_eq!(bodies(&got), ["200 ", "200 ok\n"]);
+}
