@@ -364,12 +364,17 @@ fn hop_by_hop_headers_never_cross_and_forwarding_headers_are_added() {
     );
 }
 
-#[test]
-fn a_refused_or_unanswered_connect_is_a_502() {
-    let closed = TcpListener::bind("127.0.0.1:0")
+/// An address nothing listens on (bound, then let go).
+fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_refused_or_unanswered_connect_is_a_502() {
+    let closed = closed_port();
     let p = proxy_to(&[closed], |_| {});
     let r = request(p.proxy.addr, &get("/"));
     assert_eq!(r.status, 502);
@@ -823,10 +828,7 @@ fn a_failure_in_the_middle_of_a_pipeline_answers_that_request_and_the_rest_go_on
 
 #[test]
 fn answers_of_the_proxy_s_own_to_a_head_request_have_no_body() {
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let p = proxy_to(&[closed], |_| {});
     // A 502 to a HEAD, then to a GET, then the health route both ways: if
     // a body followed the HEAD's head, the next response would start
@@ -837,7 +839,10 @@ fn answers_of_the_proxy_s_own_to_a_head_request_have_no_body() {
         2,
     );
     assert_eq!(bodies(&got), ["502 ", "502 Bad Gateway\n"]);
-    assert!(got[0].head.to_ascii_lowercase().contains("content-length: 12"));
+    assert!(got[0]
+        .head
+        .to_ascii_lowercase()
+        .contains("content-length: 12"));
     let got = pipelined(
         p.proxy.addr,
         "HEAD /_proxy/healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /_proxy/healthz HTTP/1.1\r\nHost: t\r\n\r\n",
