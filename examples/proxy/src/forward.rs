@@ -9,14 +9,6 @@ use corelane_http::request::{decode_chunked, Body, Request, MAX_HEADERS};
 
 use crate::hop::{is_listed, start_line, Lines, Listed, Name};
 
-/// What the proxy needs to know about the request it forwarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forwarded {
-    /// The method is idempotent (RFC 9110 §9.2.2): safe to send again
-    /// when a pooled connection turns out dead.
-    pub idempotent: bool,
-}
-
 /// What the fields said, as they were written.
 #[derive(Debug, Default)]
 struct Fields<'a> {
@@ -121,14 +113,8 @@ impl<'a> Rewrite<'a> {
 
     /// Completes the request at the start of `buf` (parsed as `req`, its
     /// fields handed to [`field`](Self::field)) as sent to the upstream:
-    /// the buffer holding it, and what the proxy needs to know of it.
-    pub fn finish(
-        self,
-        buf: &'a [u8],
-        req: &Request<'a>,
-        client: &[u8],
-        via: bool,
-    ) -> (Vec<u8>, Forwarded) {
+    /// the buffer holding it.
+    pub fn finish(self, buf: &'a [u8], req: &Request<'a>, client: &[u8], via: bool) -> Vec<u8> {
         let Rewrite {
             head: _,
             mut out,
@@ -147,8 +133,8 @@ impl<'a> Rewrite<'a> {
             });
         }
         fields.lines.flush(buf, &mut out);
-        let forwarded = finish(buf, req, fields, client, via, &mut out);
-        (out, forwarded)
+        finish(buf, req, fields, client, via, &mut out);
+        out
     }
 }
 
@@ -161,7 +147,7 @@ fn finish(
     client: &[u8],
     via: bool,
     out: &mut Vec<u8>,
-) -> Forwarded {
+) {
     let (method, target) = (req.method_token, req.target);
     let Fields {
         host,
@@ -211,13 +197,11 @@ fn finish(
             let _ = decode_chunked(body, body_len, |data| out.extend_from_slice(data));
         }
     }
-    Forwarded {
-        idempotent: idempotent(method),
-    }
 }
 
 /// Whether `method` is idempotent (RFC 9110 §9.2.2): a request with it
-/// may be sent again, and pipelined.
+/// may be sent again when a pooled connection turns out dead, and
+/// pipelined.
 pub fn idempotent(method: &[u8]) -> bool {
     matches!(
         method,
@@ -230,6 +214,11 @@ mod tests {
     use super::*;
     use corelane_http::request::{parse_with, Limits, Parse};
 
+    /// What the proxy learns of a request it forwards.
+    struct Forwarded {
+        idempotent: bool,
+    }
+
     fn forward(raw: &[u8]) -> (String, Forwarded) {
         let limits = Limits {
             max_head: 8192,
@@ -239,7 +228,10 @@ mod tests {
         let Parse::Complete(req) = parse_with(raw, &limits, |n, v| rewrite.field(n, v)) else {
             panic!("does not parse")
         };
-        let (out, f) = rewrite.finish(raw, &req, b"10.1.2.3", true);
+        let out = rewrite.finish(raw, &req, b"10.1.2.3", true);
+        let f = Forwarded {
+            idempotent: idempotent(req.method_token),
+        };
         (String::from_utf8(out).unwrap(), f)
     }
 

@@ -566,10 +566,13 @@ impl Proxy {
             c.paused = false;
             let _ = cx.resume_reading(c.handle);
         }
-        if c.queue.is_empty() || c.up.is_some() {
-            return c.up.is_some();
+        if c.up.is_some() {
+            return true;
         }
-        self.dispatch(k, false, cx);
+        if !c.queue.is_empty() {
+            // The caller let the connection go: the rest go on another.
+            self.dispatch(k, false, cx);
+        }
         false
     }
 
@@ -703,20 +706,13 @@ impl Proxy {
                 rewrite.field(name, value)
             });
             let req = match parsed {
-                Parse::Complete(req)
-                    if !ahead
-                        || (forward::idempotent(req.method_token)
-                            && !req.path.starts_with(b"/_proxy/")) =>
-                {
-                    req
-                }
+                Parse::Complete(req) => req,
                 _ if ahead => {
                     // Answered after those in flight: read again then.
                     self.fwd = rewrite.into_buffer();
                     c.pause(cx);
                     break;
                 }
-                Parse::Complete(_) => unreachable!("taken above"),
                 Parse::Partial { expect_continue } => {
                     self.fwd = rewrite.into_buffer();
                     if expect_continue && !c.continue_sent {
@@ -733,9 +729,17 @@ impl Proxy {
                     return Action::Close;
                 }
             };
+            let idempotent = forward::idempotent(req.method_token);
+            let admin = req.path.starts_with(b"/_proxy/");
+            if ahead && (admin || !idempotent) {
+                // Never pipelined: answered after those in flight.
+                self.fwd = rewrite.into_buffer();
+                c.pause(cx);
+                break;
+            }
             c.continue_sent = false;
             let keep_alive = req.keep_alive && !input.draining();
-            if req.path.starts_with(b"/_proxy/") {
+            if admin {
                 self.fwd = rewrite.into_buffer();
                 let path = req.path;
                 let len = req.total_len;
@@ -747,8 +751,7 @@ impl Proxy {
                 }
                 continue;
             }
-            let (mut request, f) =
-                rewrite.finish(input.bytes(), &req, c.ip.as_bytes(), self.opts.via);
+            let mut request = rewrite.finish(input.bytes(), &req, c.ip.as_bytes(), self.opts.via);
             let len = request.len();
             if c.request.is_empty() {
                 std::mem::swap(&mut c.request, &mut request);
@@ -763,7 +766,7 @@ impl Proxy {
                     keep_alive,
                     via: self.opts.via,
                 },
-                idempotent: f.idempotent,
+                idempotent,
                 len,
             });
             input.consume(req.total_len);
@@ -798,119 +801,12 @@ impl Proxy {
         self.ups[u].active_since = cx.now();
         let mut forwarded = 0;
         loop {
-            let up = &mut self.ups[u];
-            up.got_bytes |= !input.bytes().is_empty();
-            let client = &mut self.clients[k];
-            let to = client.handle;
-            let done = loop {
-                let bytes = input.bytes();
-                match &mut up.body {
-                    Body::Head => {
-                        let side = &mut client.queue.front_mut().expect("in flight").side;
-                        match parse_head(
-                            bytes,
-                            self.opts.max_response_head,
-                            side,
-                            &mut self.scratch,
-                        ) {
-                            Parsed::Partial => {
-                                if input.peer_closed() {
-                                    break false; // on_close says what failed
-                                }
-                                return Action::Continue;
-                            }
-                            Parsed::Interim(n) => input.consume(n),
-                            Parsed::Invalid(why) => return self.bad_response(u, why, cx),
-                            Parsed::Complete(head) => {
-                                client.responded = true;
-                                input.consume(head.len);
-                                up.reusable = head.reusable;
-                                if !response::keeps_client(head.framing, side) {
-                                    side.keep_alive = false;
-                                }
-                                up.body = match head.framing {
-                                    Framing::Length(len) if len > 0 => {
-                                        // The body, or what came of it, goes
-                                        // out with the head: one write.
-                                        let body = input.bytes();
-                                        let n = body
-                                            .len()
-                                            .min(usize::try_from(len).unwrap_or(usize::MAX));
-                                        self.scratch.extend_from_slice(&body[..n]);
-                                        input.consume(n);
-                                        let _ = cx.write(to, &self.scratch);
-                                        forwarded += self.scratch.len();
-                                        let left = len - n as u64;
-                                        if left == 0 {
-                                            break true;
-                                        }
-                                        up.body = Body::Length(left);
-                                        return self.backpressure(u, forwarded, cx);
-                                    }
-                                    _ => {
-                                        let _ = cx.write(to, &self.scratch);
-                                        forwarded += self.scratch.len();
-                                        match head.framing {
-                                            Framing::Chunked => Body::Chunked(Chunked::default()),
-                                            Framing::UntilClose => Body::UntilClose,
-                                            Framing::Empty | Framing::Length(_) => break true,
-                                        }
-                                    }
-                                };
-                            }
-                        }
-                    }
-                    Body::Length(left) => {
-                        let n = bytes
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        let _ = cx.write(to, &bytes[..n]);
-                        forwarded += n;
-                        input.consume(n);
-                        *left -= n as u64;
-                        if *left == 0 {
-                            break true;
-                        }
-                        return self.backpressure(u, forwarded, cx);
-                    }
-                    Body::Chunked(decoder) => {
-                        let dechunk = client.front().side.dechunk();
-                        let scratch = &mut self.scratch;
-                        scratch.clear();
-                        let fed = decoder.feed(bytes, |d| {
-                            if dechunk {
-                                scratch.extend_from_slice(d);
-                            }
-                        });
-                        let n = match fed {
-                            Ok(n) => n,
-                            Err(why) => return self.bad_response(u, why, cx),
-                        };
-                        let out = if dechunk { &scratch[..] } else { &bytes[..n] };
-                        let _ = cx.write(to, out);
-                        forwarded += out.len();
-                        input.consume(n);
-                        if decoder.is_done() {
-                            break true;
-                        }
-                        return self.backpressure(u, forwarded, cx);
-                    }
-                    Body::UntilClose => {
-                        let _ = cx.write(to, bytes);
-                        forwarded += bytes.len();
-                        input.consume(bytes.len());
-                        if input.peer_closed() {
-                            up.reusable = false;
-                            break true;
-                        }
-                        return self.backpressure(u, forwarded, cx);
-                    }
-                }
-            };
-            if !done {
-                return Action::Continue;
+            self.ups[u].got_bytes |= !input.bytes().is_empty();
+            if let Err(action) = self.response(u, k, input, &mut forwarded, cx) {
+                return action;
             }
-            if client.queue.len() > 1 && up.reusable {
+            let up = &mut self.ups[u];
+            if self.clients[k].queue.len() > 1 && up.reusable {
                 // The next response comes on this connection.
                 up.body = Body::Head;
                 up.got_bytes = false;
@@ -930,7 +826,7 @@ impl Proxy {
             // Bytes after the last response, unasked for: the connection is
             // not reused.
             let reusable = up.reusable
-                && client.queue.len() == 1
+                && self.clients[k].queue.len() == 1
                 && input.bytes().is_empty()
                 && !input.draining();
             self.release(u, reusable, cx);
@@ -940,6 +836,117 @@ impl Proxy {
             } else {
                 Action::Close
             };
+        }
+    }
+
+    /// Upstream `u`'s bytes of the response to client `k`'s oldest
+    /// request, forwarded to the client (`forwarded` counts them): `Ok`
+    /// once it is complete, else what the upstream connection does next.
+    fn response(
+        &mut self,
+        u: usize,
+        k: usize,
+        input: &mut Input<'_>,
+        forwarded: &mut usize,
+        cx: &mut Context<'_>,
+    ) -> Result<(), Action> {
+        let up = &mut self.ups[u];
+        let client = &mut self.clients[k];
+        let to = client.handle;
+        loop {
+            let bytes = input.bytes();
+            match &mut up.body {
+                Body::Head => {
+                    let side = &mut client.queue.front_mut().expect("in flight").side;
+                    match parse_head(bytes, self.opts.max_response_head, side, &mut self.scratch) {
+                        // More to come (or, closed, `on_close` says what failed).
+                        Parsed::Partial => return Err(Action::Continue),
+                        Parsed::Interim(n) => input.consume(n),
+                        Parsed::Invalid(why) => return Err(self.bad_response(u, why, cx)),
+                        Parsed::Complete(head) => {
+                            client.responded = true;
+                            input.consume(head.len);
+                            up.reusable = head.reusable;
+                            if !response::keeps_client(head.framing, side) {
+                                side.keep_alive = false;
+                            }
+                            up.body = match head.framing {
+                                Framing::Length(len) if len > 0 => {
+                                    // The body, or what came of it, goes
+                                    // out with the head: one write.
+                                    let body = input.bytes();
+                                    let n =
+                                        body.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+                                    self.scratch.extend_from_slice(&body[..n]);
+                                    input.consume(n);
+                                    let _ = cx.write(to, &self.scratch);
+                                    *forwarded += self.scratch.len();
+                                    let left = len - n as u64;
+                                    if left == 0 {
+                                        return Ok(());
+                                    }
+                                    up.body = Body::Length(left);
+                                    return Err(self.backpressure(u, *forwarded, cx));
+                                }
+                                _ => {
+                                    let _ = cx.write(to, &self.scratch);
+                                    *forwarded += self.scratch.len();
+                                    match head.framing {
+                                        Framing::Chunked => Body::Chunked(Chunked::default()),
+                                        Framing::UntilClose => Body::UntilClose,
+                                        Framing::Empty | Framing::Length(_) => return Ok(()),
+                                    }
+                                }
+                            };
+                        }
+                    }
+                }
+                Body::Length(left) => {
+                    let n = bytes
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let _ = cx.write(to, &bytes[..n]);
+                    *forwarded += n;
+                    input.consume(n);
+                    *left -= n as u64;
+                    if *left == 0 {
+                        return Ok(());
+                    }
+                    return Err(self.backpressure(u, *forwarded, cx));
+                }
+                Body::Chunked(decoder) => {
+                    let dechunk = client.front().side.dechunk();
+                    let scratch = &mut self.scratch;
+                    scratch.clear();
+                    let fed = decoder.feed(bytes, |d| {
+                        if dechunk {
+                            scratch.extend_from_slice(d);
+                        }
+                    });
+                    let n = match fed {
+                        Ok(n) => n,
+                        Err(why) => return Err(self.bad_response(u, why, cx)),
+                    };
+                    let out = if dechunk { &scratch[..] } else { &bytes[..n] };
+                    let _ = cx.write(to, out);
+                    *forwarded += out.len();
+                    input.consume(n);
+                    if decoder.is_done() {
+                        return Ok(());
+                    }
+                    return Err(self.backpressure(u, *forwarded, cx));
+                }
+                Body::UntilClose => {
+                    let _ = cx.write(to, bytes);
+                    *forwarded += bytes.len();
+                    input.consume(bytes.len());
+                    if input.peer_closed() {
+                        up.reusable = false;
+                        return Ok(());
+                    }
+                    return Err(self.backpressure(u, *forwarded, cx));
+                }
+            }
         }
     }
 
