@@ -318,7 +318,9 @@ type Field<'a> = (&'a [u8], &'a [u8], usize);
 
 /// One field starting at `pos` (a byte is there, not a line end): its name,
 /// its value, and where the next line begins; `Ok(None)` while partial.
-#[inline(always)]
+/// A call: the common shape is judged inline, and this code there would
+/// only crowd it.
+#[inline(never)]
 fn header_field(buf: &[u8], pos: usize) -> Result<Option<Field<'_>>, HeadError> {
     let name_end = token_end(buf, pos);
     match buf.get(name_end) {
@@ -521,6 +523,7 @@ mod simd {
     /// Which bytes a scan stops at.
     pub(super) const VALUE: u8 = 1;
     pub(super) const NAME: u8 = 2;
+    pub(super) const CONTROL: u8 = 3;
 
     /// The 16 bytes to judge from `i` on, and how many at their start
     /// come before `i` (to shift out of the masks): `buf[i..i + 16]`, or,
@@ -575,41 +578,49 @@ mod simd {
     /// The field at `pos` if it has the shape almost every field has, in
     /// one 16-byte load for its name and the start of its value: a name of
     /// letters, digits and `-` shorter than 16 bytes, its colon, at most
-    /// one space, a value not ending in a space or tab, and `CRLF`. Then
-    /// exactly what [`header_field`](super::header_field) finds (the
-    /// caller's unit test holds the two to that); `None` for any other
-    /// shape, a partial line or a malformed one, which the byte-exact scan
-    /// then judges.
+    /// one space, a value of no control byte (not even `HTAB`) not ending
+    /// in a space, and `CRLF`. Then exactly what
+    /// [`header_field`](super::header_field) finds (the caller's unit test
+    /// holds the two to that); `None` for any other shape, a partial line
+    /// or a malformed one, which the byte-exact scan then judges.
     #[inline(always)]
     pub(super) fn common_field(buf: &[u8], pos: usize) -> Option<super::Field<'_>> {
         let chunk = buf.get(pos..pos + 16)?;
-        let (not_name, not_value) = (flagged::<NAME>(chunk), flagged::<VALUE>(chunk));
+        let [ctl, not_name] = masks_field(chunk);
         // The name ends at its first byte that is not a letter, digit or
-        // `-`: a colon, in the common shape (a token ends there too).
-        let colon = not_name.trailing_zeros() as usize;
+        // `-`, or is a control (some fold into those): a colon, in the
+        // common shape. The first control is then the line's end.
+        let colon = (not_name | ctl).trailing_zeros() as usize;
         if colon == 0 || chunk.get(colon) != Some(&b':') {
             return None;
         }
-        let colon = pos + colon;
-        let start = match *buf.get(colon + 1)? {
-            b' ' => match *buf.get(colon + 2)? {
-                b' ' | b'\t' => return None,
-                _ => colon + 2,
-            },
-            b'\t' => return None,
-            _ => colon + 1,
-        };
-        // Name, colon and space are all allowed in a value, so the first
-        // byte flagged from `pos` on is the value's end.
-        let end = if not_value != 0 {
-            pos + not_value.trailing_zeros() as usize
+        let end = if ctl != 0 {
+            pos + ctl.trailing_zeros() as usize
         } else {
-            super::value_end(buf, pos + 16)
+            first_control(buf, pos + 16)
         };
-        if !crlf_at(buf, end) || (end > start && matches!(buf[end - 1], b' ' | b'\t')) {
+        if !crlf_at(buf, end) {
             return None;
         }
-        Some((&buf[pos..colon], &buf[start..end], end + 2))
+        // The colon and the line's end delimit the value (`end` is past
+        // the colon, as the colon is no control).
+        let line = buf.get(pos..end)?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let value = match value {
+            [b' ', rest @ ..] => rest,
+            _ => value,
+        };
+        if let [b' ', ..] | [.., b' '] = value {
+            return None;
+        }
+        Some((name, value, end + 2))
+    }
+
+    /// The first control byte (below `0x20`, or `0x7F`) from `start` on,
+    /// or `buf.len()`: where a value without tabs ends.
+    #[inline(always)]
+    fn first_control(buf: &[u8], start: usize) -> usize {
+        first::<{ CONTROL }>(buf, start, |c| c >= b' ' && c != 0x7F)
     }
 
     /// The request line if it has the shape almost every one has: a method
@@ -726,6 +737,36 @@ mod simd {
         ]
     }
 
+    /// For a field's first 16 bytes: its control bytes (below `0x20`, and
+    /// `0x7F`), and the bytes that are not letters, digits or `-` once
+    /// case is folded (`| 0x20`, which lets CR and `0x10`..`0x19` pass:
+    /// they are controls).
+    #[inline]
+    fn masks_field(chunk: &[u8]) -> [u32; 2] {
+        let lo = u64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
+        let hi = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
+        // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
+        unsafe { masks_field_sse2(lo, hi) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn masks_field_sse2(lo: u64, hi: u64) -> [u32; 2] {
+        let v: __m128i = _mm_set_epi64x(hi as i64, lo as i64);
+        let at_most =
+            |x: __m128i, max: u8| _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(max as i8)), x);
+        let ctl = _mm_or_si128(at_most(v, 0x1F), _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7F)));
+        let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
+        let alpha = at_most(_mm_sub_epi8(lower, _mm_set1_epi8(b'a' as i8)), 25);
+        let digit = at_most(_mm_sub_epi8(lower, _mm_set1_epi8(b'0' as i8)), 9);
+        let dash = _mm_cmpeq_epi8(lower, _mm_set1_epi8(b'-' as i8));
+        let fine = _mm_or_si128(_mm_or_si128(alpha, digit), dash);
+        [
+            _mm_movemask_epi8(ctl) as u32,
+            !(_mm_movemask_epi8(fine) as u32) & 0xFFFF,
+        ]
+    }
+
     /// A bit per byte of `chunk` (16 bytes) that ends a `KIND` scan.
     #[inline]
     fn flagged<const KIND: u8>(chunk: &[u8]) -> u32 {
@@ -746,6 +787,7 @@ mod simd {
         let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
         let bad = match KIND {
             VALUE => _mm_or_si128(_mm_andnot_si128(eq(b'\t'), at_most(v, 0x1F)), eq(0x7F)),
+            CONTROL => _mm_or_si128(at_most(v, 0x1F), eq(0x7F)),
             _ => {
                 // Letters (case folded), digits and `-` are fine.
                 let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
