@@ -603,7 +603,7 @@ impl<S> Conn<S> {
 
     /// Returns the buffers the connection no longer needs to the pool: an
     /// idle connection holds none.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release_buffers(&mut self, pool: &mut BufferPool) {
         if self.input.is_empty() && self.input.capacity() != 0 {
             pool.give(std::mem::take(&mut self.input));
