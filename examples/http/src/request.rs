@@ -97,65 +97,94 @@ pub enum Parse<'a> {
 /// What the header fields say about framing and the connection, gathered
 /// while the head is scanned; the first problem found is kept and answered
 /// once the head is complete (as if the fields were judged after it).
+/// The flags are one word, which the scan keeps in a register.
 #[derive(Default)]
 struct Fields {
-    content_length: Option<usize>,
-    chunked: bool,
-    transfer_encoding: bool,
-    hosts: usize,
-    close: bool,
-    keep_alive_token: bool,
-    expect_continue: bool,
+    /// [`Fields::HOST`] and the other flags.
+    flags: u32,
+    /// The `Content-Length`, when [`Fields::LENGTH`] is set.
+    content_length: usize,
+    /// The first problem, when [`Fields::ERROR`] is set.
     error: Option<Status>,
 }
 
 impl Fields {
+    /// One `Host` field.
+    const HOST: u32 = 1;
+    /// More than one `Host` field.
+    const HOSTS: u32 = 1 << 1;
+    /// A `Content-Length` field.
+    const LENGTH: u32 = 1 << 2;
+    /// A `Transfer-Encoding` field.
+    const CODING: u32 = 1 << 3;
+    /// It says `chunked`, alone.
+    const CHUNKED: u32 = 1 << 4;
+    /// `Connection` names `close`.
+    const CLOSE: u32 = 1 << 5;
+    /// `Connection` names `keep-alive`.
+    const KEEP_ALIVE: u32 = 1 << 6;
+    /// `Expect: 100-continue`.
+    const CONTINUE: u32 = 1 << 7;
+    /// A problem was found (in `error`).
+    const ERROR: u32 = 1 << 8;
+
+    fn fail(&mut self, status: Status) {
+        self.flags |= Fields::ERROR;
+        self.error = Some(status);
+    }
+
     #[inline]
     fn field(&mut self, name: &[u8], value: &[u8]) {
-        if self.error.is_some() {
+        if self.flags & Fields::ERROR != 0 {
             return;
         }
         // Dispatch on length first: most headers (Accept, User-Agent, ...)
         // match no interesting name and cost one comparison.
         match name.len() {
             14 if eq_lower(name, b"content-length") => {
-                if self.content_length.is_some() {
-                    self.error = Some(Status::BadRequest); // repeated: smuggling risk
-                    return;
+                if self.flags & Fields::LENGTH != 0 {
+                    return self.fail(Status::BadRequest); // repeated: smuggling risk
                 }
                 match parse_length(value) {
-                    Some(n) => self.content_length = Some(n),
-                    None => self.error = Some(Status::BadRequest),
+                    Some(n) => {
+                        self.flags |= Fields::LENGTH;
+                        self.content_length = n;
+                    }
+                    None => self.fail(Status::BadRequest),
                 }
             }
             17 if eq_lower(name, b"transfer-encoding") => {
-                if self.transfer_encoding {
-                    self.error = Some(Status::BadRequest);
-                    return;
+                if self.flags & Fields::CODING != 0 {
+                    return self.fail(Status::BadRequest);
                 }
-                self.transfer_encoding = true;
+                self.flags |= Fields::CODING;
                 match transfer_coding(value) {
-                    Ok(()) => self.chunked = true,
-                    Err(status) => self.error = Some(status),
+                    Ok(()) => self.flags |= Fields::CHUNKED,
+                    Err(status) => self.fail(status),
                 }
             }
-            4 if eq_lower(name, b"host") => self.hosts += 1,
+            // A second `Host` sets `HOSTS`.
+            4 if eq_lower(name, b"host") => self.flags |= (self.flags & Fields::HOST) << 1 | 1,
             10 if eq_lower(name, b"connection") => {
                 if eq_lower(value, b"keep-alive") {
-                    self.keep_alive_token = true;
+                    self.flags |= Fields::KEEP_ALIVE;
                 } else {
                     for token in value.split(|&b| b == b',') {
                         let token = trim(token);
-                        self.close |= eq_lower(token, b"close");
-                        self.keep_alive_token |= eq_lower(token, b"keep-alive");
+                        if eq_lower(token, b"close") {
+                            self.flags |= Fields::CLOSE;
+                        }
+                        if eq_lower(token, b"keep-alive") {
+                            self.flags |= Fields::KEEP_ALIVE;
+                        }
                     }
                 }
             }
             6 if eq_lower(name, b"expect") => {
                 if eq_lower(trim(value), b"100-continue") {
-                    self.expect_continue = true;
+                    self.flags |= Fields::CONTINUE;
                 } else {
-                    self.error = Some(Status::ExpectationFailed);
+                    self.fail(Status::ExpectationFailed);
                 }
             }
             _ => {}
@@ -215,8 +244,9 @@ pub fn parse_with<'a>(
         }
         Err(HeadError::Malformed) => return Parse::Error(Status::BadRequest),
     };
-    if let Some(status) = fields.error {
-        return Parse::Error(status);
+    let flags = fields.flags;
+    if flags & Fields::ERROR != 0 {
+        return Parse::Error(fields.error.unwrap_or(Status::BadRequest));
     }
     let minor = line.minor;
     let method = match line.method {
@@ -226,29 +256,18 @@ pub fn parse_with<'a>(
         _ => Method::Other,
     };
     let path = route_path(line.target, line.path_len);
-    let Fields {
-        content_length,
-        chunked,
-        transfer_encoding,
-        hosts,
-        close,
-        keep_alive_token,
-        expect_continue,
-        ..
-    } = fields;
+    let has = |flag: u32| flags & flag != 0;
     // `100 Continue` is an HTTP/1.1 interim response.
-    let expect_continue = expect_continue && minor == 1;
-    if transfer_encoding && (content_length.is_some() || minor == 0) {
+    let expect_continue = has(Fields::CONTINUE) && minor == 1;
+    if has(Fields::CODING) && (has(Fields::LENGTH) || minor == 0) {
         return Parse::Error(Status::BadRequest);
     }
-    if hosts > 1 || (minor == 1 && hosts == 0) {
+    if has(Fields::HOSTS) || (minor == 1 && !has(Fields::HOST)) {
         return Parse::Error(Status::BadRequest);
     }
-    let keep_alive = if minor == 1 {
-        !close
-    } else {
-        keep_alive_token && !close
-    };
+    let keep_alive = !has(Fields::CLOSE) && (minor == 1 || has(Fields::KEEP_ALIVE));
+    let chunked = has(Fields::CHUNKED);
+    let content_length = has(Fields::LENGTH).then_some(fields.content_length);
 
     let rest = &buf[head_len..];
     let (body, body_wire) = if chunked {
