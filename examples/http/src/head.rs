@@ -720,11 +720,19 @@ mod simd {
         }
     }
 
+    /// The 16 bytes of `chunk` as two little-endian words, for the SSE2
+    /// functions (which take no slice: a slice would keep their loads
+    /// from being folded into the caller's).
+    #[inline(always)]
+    fn halves(chunk: &[u8]) -> (u64, u64) {
+        let word = |at: usize| u64::from_le_bytes(chunk[at..at + 8].try_into().unwrap_or_default());
+        (word(0), word(8))
+    }
+
     /// For a target: the bytes that end it, `?`s, and bytes above `0x7F`.
     #[inline]
     fn masks_target(chunk: &[u8]) -> [u32; 3] {
-        let lo = u64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
-        let hi = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
+        let (lo, hi) = halves(chunk);
         // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
         unsafe { masks_target_sse2(lo, hi) }
     }
@@ -749,8 +757,7 @@ mod simd {
     /// they are controls).
     #[inline]
     fn masks_field(chunk: &[u8]) -> [u32; 2] {
-        let lo = u64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
-        let hi = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
+        let (lo, hi) = halves(chunk);
         // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
         unsafe { masks_field_sse2(lo, hi) }
     }
@@ -776,8 +783,7 @@ mod simd {
     /// A bit per byte of `chunk` (16 bytes) that ends a `KIND` scan.
     #[inline]
     fn flagged<const KIND: u8>(chunk: &[u8]) -> u32 {
-        let lo = u64::from_le_bytes(chunk[..8].try_into().unwrap_or_default());
-        let hi = u64::from_le_bytes(chunk[8..16].try_into().unwrap_or_default());
+        let (lo, hi) = halves(chunk);
         // SAFETY: SSE2 is enabled on every x86-64 target (it is part of the
         // architecture's baseline), which is all `flagged_sse2` needs.
         unsafe { flagged_sse2::<KIND>(lo, hi) }
