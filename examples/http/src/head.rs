@@ -586,11 +586,11 @@ mod simd {
     #[inline(always)]
     pub(super) fn common_field(buf: &[u8], pos: usize) -> Option<super::Field<'_>> {
         let chunk = buf.get(pos..pos + 16)?;
-        let [ctl, not_name] = masks_field(chunk);
+        let (ctl, not_name) = (flagged::<CONTROL>(chunk), flagged::<NAME>(chunk));
         // The name ends at its first byte that is not a letter, digit or
-        // `-`, or is a control (some fold into those): a colon, in the
-        // common shape. The first control is then the line's end.
-        let colon = (not_name | ctl).trailing_zeros() as usize;
+        // `-`: a colon, in the common shape, and then no control byte came
+        // before it, so the first control byte is the line's end.
+        let colon = not_name.trailing_zeros() as usize;
         if colon == 0 || chunk.get(colon) != Some(&b':') {
             return None;
         }
@@ -748,35 +748,6 @@ mod simd {
             _mm_movemask_epi8(end) as u32,
             _mm_movemask_epi8(q) as u32,
             _mm_movemask_epi8(v) as u32,
-        ]
-    }
-
-    /// For a field's first 16 bytes: its control bytes (below `0x20`, and
-    /// `0x7F`), and the bytes that are not letters, digits or `-` once
-    /// case is folded (`| 0x20`, which lets CR and `0x10`..`0x19` pass:
-    /// they are controls).
-    #[inline]
-    fn masks_field(chunk: &[u8]) -> [u32; 2] {
-        let (lo, hi) = halves(chunk);
-        // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
-        unsafe { masks_field_sse2(lo, hi) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "sse2")]
-    fn masks_field_sse2(lo: u64, hi: u64) -> [u32; 2] {
-        let v: __m128i = _mm_set_epi64x(hi as i64, lo as i64);
-        let at_most =
-            |x: __m128i, max: u8| _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(max as i8)), x);
-        let ctl = _mm_or_si128(at_most(v, 0x1F), _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7F)));
-        let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
-        let alpha = at_most(_mm_sub_epi8(lower, _mm_set1_epi8(b'a' as i8)), 25);
-        let digit = at_most(_mm_sub_epi8(lower, _mm_set1_epi8(b'0' as i8)), 9);
-        let dash = _mm_cmpeq_epi8(lower, _mm_set1_epi8(b'-' as i8));
-        let fine = _mm_or_si128(_mm_or_si128(alpha, digit), dash);
-        [
-            _mm_movemask_epi8(ctl) as u32,
-            !(_mm_movemask_epi8(fine) as u32) & 0xFFFF,
         ]
     }
 
