@@ -66,9 +66,10 @@ impl Op {
         }
     }
 
-    /// Whether carrying it out ends by driving its connection (flushing
-    /// what the operations before it on that connection left): those
-    /// before it then need not drive it themselves.
+    /// Whether carrying it out ends by driving its connection, or by
+    /// queueing it for the turn's flush (either way sending what the
+    /// operations before it on that connection left): those before it then
+    /// need not drive it themselves.
     pub(crate) fn drives(&self) -> bool {
         matches!(
             self,
@@ -290,9 +291,12 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// Appends `bytes` to `conn`'s output, flushed right after this
-    /// callback (also when it is the connection being handled: after what
-    /// the callback wrote to its own `Output`).
+    /// Appends `bytes` to `conn`'s output right after this callback (also
+    /// when it is the connection being handled: after what the callback
+    /// wrote to its own `Output`). It is sent once the worker has handled
+    /// this turn's events, together with the turn's other such writes: a
+    /// batch of reads, then a batch of writes, so that a peer is woken once
+    /// for several messages instead of between every two reads.
     ///
     /// # Errors
     ///
