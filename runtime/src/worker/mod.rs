@@ -133,7 +133,9 @@ pub(crate) struct Worker<H: Handler> {
     next_conn_id: u64,
     pool: BufferPool,
     wheel: TimerWheel,
-    /// Connections whose read budget ran out: to be driven again next turn.
+    /// Connections to drive again once the turn's events are handled:
+    /// those whose read budget ran out, and those that writes through
+    /// handles gave output (a turn is a batch of reads, then of writes).
     requeue: Vec<usize>,
     /// The connection being served before it is registered (deferred
     /// accept: see `insert`).
@@ -168,11 +170,6 @@ pub(crate) struct Worker<H: Handler> {
     live: Live,
     /// Operations callbacks queued on connections, carried out after them.
     ops: Ops,
-    /// Connections (by id) that queued writes gave output, flushed together
-    /// once the turn's events are handled.
-    unflushed: Vec<u64>,
-    /// The list being flushed (kept for its allocation).
-    flushing: Vec<u64>,
     /// The handler's timers.
     timers: Timers,
     /// Handler timer entries that fired and are not yet dealt with.
@@ -257,8 +254,6 @@ impl<H: Handler> Worker<H> {
             slab_low_since: None,
             live: Live::default(),
             ops: Ops::default(),
-            unflushed: Vec::new(),
-            flushing: Vec::new(),
             timers: Timers::new(now, opts.timer_resolution),
             due_timers: Vec::new(),
             inbox,
@@ -302,7 +297,6 @@ impl<H: Handler> Worker<H> {
                 self.dispatch(event, now);
                 self.apply_ops(now);
             }
-            self.flush_unflushed(now);
             self.resume_requeued(now);
             self.deliver_messages(now);
             self.check_shutdown(now);
@@ -310,7 +304,6 @@ impl<H: Handler> Worker<H> {
             self.expire_timers(now);
             self.fire_handler_timers(now);
             self.apply_ops(now);
-            self.flush_unflushed(now);
             if now >= self.next_tick {
                 self.tick(now);
             }
@@ -354,7 +347,6 @@ impl<H: Handler> Worker<H> {
             || !self.due.is_empty()
             || !self.due_timers.is_empty()
             || !self.ops.queue.is_empty()
-            || !self.unflushed.is_empty()
             || self.accept.is_pending()
             || self.inbox.pending()
         {

@@ -12,8 +12,6 @@ use crate::panic;
 /// next turn, which comes at once (callbacks that keep writing to each
 /// other cannot hold the loop).
 const OPS_BUDGET: usize = 1024;
-/// Most rounds of queued writes' flushes in one turn.
-const FLUSH_ROUNDS: usize = 8;
 /// Most handler timers fired in one turn.
 const TIMER_BUDGET: usize = 256;
 
@@ -86,10 +84,12 @@ impl<H: Handler> Worker<H> {
             Op::Write { at, len, .. } => {
                 conn.append(&mut self.pool, &self.ops.bytes[at..at + len]);
                 conn.note_output(self.opts.output_low_water);
-                // Sent with the turn's other queued writes, after its reads
-                // (see `flush_unflushed`).
-                if self.unflushed.last() != Some(&id) {
-                    self.unflushed.push(id);
+                // Sent with the turn's other queued writes, once its events
+                // are handled: a proxy writing to its upstream after each
+                // client's read would wake the upstream (on a shared CPU, it
+                // preempts us) between one client and the next.
+                if self.requeue.last() != Some(&key) {
+                    self.requeue.push(key);
                 }
                 return;
             }
@@ -123,43 +123,6 @@ impl<H: Handler> Worker<H> {
             return;
         }
         self.drive_output(key, now);
-    }
-
-    /// Flushes the connections queued writes gave output. The writes of a
-    /// whole turn go out together, after its reads: a proxy that writes to
-    /// its upstream once per client request would otherwise wake the
-    /// upstream (on the same CPU, it preempts us) between one client's read
-    /// and the next; batched, the upstream is woken less often, for more
-    /// requests at a time. What the flushes' callbacks write (a resumed
-    /// connection's `on_data`) is flushed in a further round, a bounded
-    /// number of them (then next turn, which comes at once).
-    #[inline]
-    pub(super) fn flush_unflushed(&mut self, now: Instant) {
-        // Most turns of most servers queue no write: one test.
-        if !self.unflushed.is_empty() {
-            self.flush_rounds(now);
-        }
-    }
-
-    #[inline(never)]
-    fn flush_rounds(&mut self, now: Instant) {
-        let mut batch = std::mem::take(&mut self.flushing);
-        for _ in 0..FLUSH_ROUNDS {
-            // New entries go to the emptied list, deduplicated against it
-            // only (one being flushed may need flushing again).
-            std::mem::swap(&mut batch, &mut self.unflushed);
-            for id in batch.drain(..) {
-                // Closed since: its output went with it.
-                if let Some(key) = self.live_conn(id) {
-                    self.drive_output(key, now);
-                    self.apply_ops(now);
-                }
-            }
-            if self.unflushed.is_empty() {
-                break;
-            }
-        }
-        self.flushing = batch;
     }
 
     /// Fires the handler timers that are due, at most `TIMER_BUDGET` a turn.
