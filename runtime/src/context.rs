@@ -67,9 +67,9 @@ impl Op {
     }
 
     /// Whether carrying it out ends by driving its connection, or by
-    /// queueing it for the turn's flush (either way sending what the
-    /// operations before it on that connection left): those before it then
-    /// need not drive it themselves.
+    /// queueing it to be driven once the turn's events are handled (either
+    /// way sending what the operations before it on that connection left):
+    /// those before it then need not drive it themselves.
     pub(crate) fn drives(&self) -> bool {
         matches!(
             self,
