@@ -1,9 +1,11 @@
 //! Per-worker buffer pool, and the connection input and output buffers.
 //!
-//! A connection holds a buffer only while bytes are in flight: the read
-//! buffer is taken from the pool when bytes arrive and returned when the
-//! handler has consumed them, and the output buffer is returned as soon as it
-//! is flushed. An idle keep-alive connection therefore holds no buffer.
+//! A connection holds a buffer only while bytes are in flight: a connection
+//! with no unconsumed input reads into the pool's scratch buffer, and takes
+//! a buffer of its own only for what the handler leaves there (a message
+//! still arriving); the output buffer is taken when the handler writes and
+//! returned as soon as it is flushed. An idle keep-alive connection
+//! therefore holds no buffer.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -33,6 +35,9 @@ pub struct BufferPool {
     /// Buffers this pool allocated and has not let go of since (whether
     /// lent out or on the free list).
     owned: usize,
+    /// What a connection holding no input reads into (see
+    /// [`scratch`](Self::scratch)): empty between reads.
+    scratch: Vec<u8>,
 }
 
 impl BufferPool {
@@ -46,7 +51,45 @@ impl BufferPool {
             trim_after,
             over_since: None,
             owned: 0,
+            scratch: Vec::new(),
         }
+    }
+
+    /// The buffer a connection that holds no input reads into, empty and
+    /// with the pool's buffer size of capacity. Its bytes go to the handler
+    /// from here, and only what the handler leaves moves into a buffer of
+    /// the connection's own ([`keep_scratch`](Self::keep_scratch)): a
+    /// request read whole and answered costs no buffer taken and given
+    /// back. It must be left empty (by the caller, once the handler is
+    /// done) before the next connection reads.
+    #[inline]
+    pub(crate) fn scratch(&mut self) -> &mut Vec<u8> {
+        debug_assert!(self.scratch.is_empty(), "scratch input left behind");
+        if self.scratch.capacity() == 0 {
+            self.scratch = Vec::with_capacity(self.buf_size);
+        }
+        &mut self.scratch
+    }
+
+    /// The scratch buffer's bytes, as read.
+    #[inline]
+    pub(crate) fn scratch_bytes(&self) -> &[u8] {
+        &self.scratch
+    }
+
+    /// The handler consumed `consumed` of the scratch buffer's bytes: when
+    /// some are left, the scratch buffer, holding them, becomes the
+    /// connection's own (a pooled buffer replaces it) and is returned for
+    /// the caller to drop the consumed ones from; else it is emptied and
+    /// `None` returned.
+    #[inline]
+    pub(crate) fn keep_scratch(&mut self, consumed: usize) -> Option<Vec<u8>> {
+        if consumed >= self.scratch.len() {
+            self.scratch.clear();
+            return None;
+        }
+        let fresh = self.take();
+        Some(std::mem::replace(&mut self.scratch, fresh))
     }
 
     /// An empty buffer with at least the pool's buffer size of capacity.
@@ -607,6 +650,26 @@ mod tests {
         );
         assert!(pool.trim_due(t0 + 3 * s));
         assert_eq!(pool.trim(), 2);
+        assert_eq!((pool.idle(), pool.outstanding()), (1, 0));
+    }
+
+    /// Bytes read into the scratch buffer: all consumed, nothing moves;
+    /// some left, the scratch buffer (with them) becomes the connection's
+    /// and a pooled one replaces it, and the counts see one lent buffer.
+    #[test]
+    fn the_scratch_buffer_is_kept_only_for_what_the_handler_leaves() {
+        let mut pool = BufferPool::new(4096, 8, Duration::from_secs(1));
+        pool.scratch().extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(pool.keep_scratch(18), None);
+        assert!(pool.scratch_bytes().is_empty());
+        assert_eq!((pool.idle(), pool.outstanding()), (0, 0));
+
+        pool.scratch().extend_from_slice(b"GET / HTTP/1.1\r\n\r\nGET /");
+        let kept = pool.keep_scratch(18).expect("5 bytes were left");
+        assert_eq!(&kept[18..], b"GET /");
+        assert!(pool.scratch().is_empty() && pool.scratch().capacity() >= 4096);
+        assert_eq!(pool.outstanding(), 1);
+        pool.give(kept);
         assert_eq!((pool.idle(), pool.outstanding()), (1, 0));
     }
 

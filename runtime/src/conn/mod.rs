@@ -344,8 +344,17 @@ impl<S> Conn<S> {
             return self.discard_some();
         }
         if self.input.capacity() == 0 {
-            self.input = pool.take();
-        } else if self.input.len() == self.input.capacity() {
+            #[cfg(feature = "tls")]
+            if self.tls.is_some() {
+                self.input = pool.take();
+                return self.read_tls(worker, counters);
+            }
+            // Holding no input: read into the pool's scratch buffer
+            // (`call` hands the handler the bytes there).
+            let fd = self.stream.as_raw_fd();
+            return recv(fd, pool.scratch(), &mut self.phase, &mut self.readable);
+        }
+        if self.input.len() == self.input.capacity() {
             if self.input.len() >= max_input {
                 return Err(CloseReason::InputTooLarge);
             }
@@ -356,28 +365,8 @@ impl<S> Conn<S> {
         if self.tls.is_some() {
             return self.read_tls(worker, counters);
         }
-        let space = self.input.capacity() - self.input.len();
-        match sys::read_spare(self.stream.as_raw_fd(), &mut self.input) {
-            Ok(0) => {
-                self.phase = Phase::PeerClosed;
-                self.readable = Readable::No;
-                Ok(ReadOutcome::Eof)
-            }
-            Ok(n) => {
-                if n < space && self.readable != Readable::UntilEof {
-                    // A short read drained the socket; the next edge reports
-                    // new bytes. Saves the read that would say WouldBlock.
-                    self.readable = Readable::No;
-                }
-                Ok(ReadOutcome::Bytes(n))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.readable = Readable::No;
-                Ok(ReadOutcome::Drained)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Again),
-            Err(e) => Err(classify(&e)),
-        }
+        let fd = self.stream.as_raw_fd();
+        recv(fd, &mut self.input, &mut self.phase, &mut self.readable)
     }
 
     /// [`read`](Self::read) on a TLS connection (the input has room):
@@ -463,18 +452,48 @@ impl<S> Conn<S> {
         on_data: impl FnOnce(&mut S, &mut Input<'_>, &mut Output) -> Action,
     ) -> Result<(), String> {
         self.output_buffer(pool);
+        // Input not held by the connection was read into the pool's
+        // scratch buffer (see `read`).
+        let scratch = self.input.capacity() == 0;
         let Some(user) = self.user.as_mut() else {
+            if scratch {
+                pool.keep_scratch(usize::MAX);
+            }
             return Ok(());
         };
         let peer_closed = self.phase == Phase::PeerClosed;
-        let input = Input::new(&self.input, peer_closed, draining);
+        let bytes: &[u8] = if scratch {
+            pool.scratch_bytes()
+        } else {
+            &self.input
+        };
+        let input = Input::new(bytes, peer_closed, draining);
         // What the TLS handshake settled, for the handler to ask.
         #[cfg(feature = "tls")]
         let input = input.with_tls(self.tls.as_deref().map(tls::Tls::session));
         let mut input = input;
         let output = &mut self.output;
-        let action = panic::catch(|| on_data(user, &mut input, output))?;
+        let action = panic::catch(|| on_data(user, &mut input, output));
         let consumed = input.consumed();
+        if scratch {
+            // What the handler left becomes the connection's own input.
+            match pool.keep_scratch(if action.is_ok() { consumed } else { usize::MAX }) {
+                Some(kept) => self.input = kept,
+                None => return self.after_call(action, 0, now),
+            }
+        }
+        self.after_call(action, consumed, now)
+    }
+
+    /// Applies what `on_data` consumed and the action it returned.
+    #[inline(always)]
+    fn after_call(
+        &mut self,
+        action: Result<Action, String>,
+        consumed: usize,
+        now: Instant,
+    ) -> Result<(), String> {
+        let action = action?;
         self.consumed(consumed, now);
         if action == Action::Close {
             self.close_after_flush(CloseReason::Handler);
@@ -638,6 +657,39 @@ impl<S> Conn<S> {
             pool.give(buf);
         }
         self.user.take()
+    }
+}
+
+/// One `recvfrom(2)` on `fd` into `buf`'s spare capacity, and what it
+/// says about the connection's `phase` and `readable`.
+#[inline(always)]
+fn recv(
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    phase: &mut Phase,
+    readable: &mut Readable,
+) -> Result<ReadOutcome, CloseReason> {
+    let space = buf.capacity() - buf.len();
+    match sys::read_spare(fd, buf) {
+        Ok(0) => {
+            *phase = Phase::PeerClosed;
+            *readable = Readable::No;
+            Ok(ReadOutcome::Eof)
+        }
+        Ok(n) => {
+            if n < space && *readable != Readable::UntilEof {
+                // A short read drained the socket; the next edge reports
+                // new bytes. Saves the read that would say WouldBlock.
+                *readable = Readable::No;
+            }
+            Ok(ReadOutcome::Bytes(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            *readable = Readable::No;
+            Ok(ReadOutcome::Drained)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Again),
+        Err(e) => Err(classify(&e)),
     }
 }
 
