@@ -547,11 +547,15 @@ impl<S> Conn<S> {
     ///
     /// The reason to close when the socket fails.
     pub(crate) fn flush(&mut self, worker: usize, now: Instant) -> Result<(u64, u64), CloseReason> {
-        if !self.unflushed() || matches!(self.phase, Phase::Connecting { .. }) {
+        // With nothing pending the plain path below makes no call.
+        if matches!(self.phase, Phase::Connecting { .. }) {
             return Ok((0, 0));
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.as_mut() {
+            if self.output.is_empty() && !tls.wants_write() {
+                return Ok((0, 0));
+            }
             let fd = self.stream.as_raw_fd();
             let before = self.output.len();
             // Closing: `close_notify` follows the last of the output.

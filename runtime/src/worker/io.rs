@@ -142,13 +142,14 @@ impl<H: Handler> Worker<H> {
     fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
         let conn = &mut self.conns[key];
         // Nothing to write (a drive's first flush, most of the time): no
-        // call into the write path.
-        if conn.unflushed() {
+        // call into the write path, and no output can be left behind.
+        let left_behind = conn.unflushed() && {
             let (writes, bytes) = conn.flush(self.info.index, now)?;
             self.counters.writes += writes;
             self.counters.bytes_written += bytes;
-        }
-        if conn.needs_writable_edges() || conn.awaits_writable() {
+            conn.needs_writable_edges()
+        };
+        if left_behind || conn.awaits_writable() {
             return self.after_partial_flush(key, now);
         }
         Ok(())
