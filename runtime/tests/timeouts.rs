@@ -112,14 +112,22 @@ fn output_that_makes_no_progress_is_closed_at_the_write_timeout() {
         move |_| l.clone(),
     );
     let mut c = server.connect();
+    // A small receive buffer, so the echoes back up soon, but not smaller
+    // than loopback's 64 KB segments: with 4 KB the client's kernel dropped
+    // the server's segments, and the window updates they carried, and the
+    // two kernels stalled each other with the server's output all handed
+    // to its kernel (none left for the write timeout to see).
     socket2::SockRef::from(&c)
-        .set_recv_buffer_size(4096)
+        .set_recv_buffer_size(256 * 1024)
         .unwrap();
-    c.set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    // Longer than the server's write timeout: the client keeps sending
+    // until the server, its output stuck, stops reading and then closes.
+    c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let line = [vec![b'y'; 1023], vec![b'\n']].concat();
-    // Send lines without reading the echoes until the server stops reading.
-    for _ in 0..20_000 {
+    // Send lines without reading the echoes until the server stops reading
+    // (past what the kernels' buffers hold: up to 4 MB of send buffer and
+    // 6 MB of receive buffer each way).
+    for _ in 0..60_000 {
         if c.write_all(&line).is_err() {
             break;
         }
