@@ -664,7 +664,8 @@ mod tests {
         assert!(pool.scratch_bytes().is_empty());
         assert_eq!((pool.idle(), pool.outstanding()), (0, 0));
 
-        pool.scratch().extend_from_slice(b"GET / HTTP/1.1\r\n\r\nGET /");
+        pool.scratch()
+            .extend_from_slice(b"GET / HTTP/1.1\r\n\r\nGET /");
         let kept = pool.keep_scratch(18).expect("5 bytes were left");
         assert_eq!(&kept[18..], b"GET /");
         assert!(pool.scratch().is_empty() && pool.scratch().capacity() >= 4096);

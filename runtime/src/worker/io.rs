@@ -1,6 +1,7 @@
-//! Serving one connection in a turn: flush what is pending, read and hand
-//! the bytes to the handler under the read budget and the output high-water
-//! mark, flush the replies, then do what the connection says comes next.
+//! Serving one connection in a turn: read and hand the bytes to the
+//! handler under the read budget and the output high-water mark, flush the
+//! replies with whatever was pending, then do what the connection says
+//! comes next.
 
 use std::time::Instant;
 
@@ -15,8 +16,9 @@ use crate::probes;
 const WRITABLE_BUDGET: usize = 16;
 
 impl<H: Handler> Worker<H> {
-    /// Does all the work a connection has: flush pending output, read and
-    /// hand bytes to the handler, flush the replies, close if it is done.
+    /// Does all the work a connection has: read and hand bytes to the
+    /// handler, flush the replies and any output pending from before,
+    /// close if it is done.
     pub(super) fn drive(&mut self, key: usize, now: Instant) {
         if let Err(reason) = self.drive_io(key, now) {
             self.close(key, reason, now);
@@ -60,7 +62,10 @@ impl<H: Handler> Worker<H> {
         let high_water = self.opts.output_high_water;
         let mut reads = 0;
         loop {
-            self.flush(key, now)?;
+            // Read first, then flush what is pending (from before and from
+            // this read) together: output left from before is no reason
+            // not to read, unless it is over the high-water mark, which
+            // `read_some` checks.
             let backpressure = self.read_some(key, now, &mut reads)?;
             self.flush(key, now)?;
             // Reading stopped at the high-water mark with bytes possibly left
