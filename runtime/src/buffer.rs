@@ -33,7 +33,8 @@ pub struct BufferPool {
     /// buffers (sampled by [`trim_due`](Self::trim_due)).
     over_since: Option<Instant>,
     /// Buffers this pool allocated and has not let go of since (whether
-    /// lent out or on the free list).
+    /// lent out or on the free list), the scratch buffer aside: handing it
+    /// over to a connection takes a counted buffer in its place.
     owned: usize,
     /// What a connection holding no input reads into (see
     /// [`scratch`](Self::scratch)): empty between reads.
@@ -77,6 +78,13 @@ impl BufferPool {
         &self.scratch
     }
 
+    /// Empties the scratch buffer: its bytes are not wanted (the
+    /// connection is closing).
+    #[inline]
+    pub(crate) fn clear_scratch(&mut self) {
+        self.scratch.clear();
+    }
+
     /// The handler consumed `consumed` of the scratch buffer's bytes: when
     /// some are left, the scratch buffer, holding them, becomes the
     /// connection's own (a pooled buffer replaces it) and is returned for
@@ -85,7 +93,7 @@ impl BufferPool {
     #[inline]
     pub(crate) fn keep_scratch(&mut self, consumed: usize) -> Option<Vec<u8>> {
         if consumed >= self.scratch.len() {
-            self.scratch.clear();
+            self.clear_scratch();
             return None;
         }
         let fresh = self.take();

@@ -457,7 +457,7 @@ impl<S> Conn<S> {
         let scratch = self.input.capacity() == 0;
         let Some(user) = self.user.as_mut() else {
             if scratch {
-                pool.keep_scratch(usize::MAX);
+                pool.clear_scratch();
             }
             return Ok(());
         };
@@ -476,10 +476,16 @@ impl<S> Conn<S> {
         let action = panic::catch(|| on_data(user, &mut input, output));
         let consumed = input.consumed();
         if scratch {
-            // What the handler left becomes the connection's own input.
-            match pool.keep_scratch(if action.is_ok() { consumed } else { usize::MAX }) {
-                Some(kept) => self.input = kept,
-                None => return self.after_call(action, 0, now),
+            if action.is_err() {
+                // A panic: the connection closes, its bytes with it.
+                pool.clear_scratch();
+            } else if let Some(kept) = pool.keep_scratch(consumed) {
+                // What the handler left becomes the connection's own
+                // input, from which `after_call` drops what it consumed.
+                self.input = kept;
+            } else {
+                // All consumed, and the connection's own input is empty.
+                return self.after_call(action, 0, now);
             }
         }
         self.after_call(action, consumed, now)

@@ -146,8 +146,9 @@ impl<H: Handler> Worker<H> {
     #[inline]
     fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
         let conn = &mut self.conns[key];
-        // Nothing to write (a drive's first flush, most of the time): no
-        // call into the write path, and no output can be left behind.
+        // Nothing to write (the handler answered nothing yet, or only a
+        // writable edge came): no call into the write path, and no output
+        // can be left behind.
         let left_behind = conn.unflushed() && {
             let (writes, bytes) = conn.flush(self.info.index, now)?;
             self.counters.writes += writes;
