@@ -12,12 +12,21 @@ use crate::{Http, HttpOptions};
 /// bytes as the runtime does, until the handler asks to close. Returns the
 /// bytes it wrote and whether it closed.
 pub fn feed(pieces: &[&[u8]], opts: HttpOptions) -> (Vec<u8>, bool) {
+    feed_with(pieces, opts, false)
+}
+
+/// [`feed`], with heads scanned the baseline way (16 bytes at a time) if
+/// `baseline`, else as the CPU allows (32 with AVX2).
+fn feed_with(pieces: &[&[u8]], opts: HttpOptions, baseline: bool) -> (Vec<u8>, bool) {
     let info = WorkerInfo::detached(0, 1);
     let mut http = Http::new(
         &info,
         opts,
         std::sync::Arc::new(crate::RequestCounters::new(1)),
     );
+    if baseline {
+        http.scan_baseline_only();
+    }
     // A fixed clock: both feeds must format the same Date.
     http.tick(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
     let mut conn = http.on_accept_detached();
@@ -58,8 +67,9 @@ fn without_interim(mut out: &[u8]) -> Vec<u8> {
 
 /// The fuzz property. The first byte chooses how the rest is split; the rest
 /// is fed whole and in pieces. Nothing may panic, every response must be a
-/// well-formed HTTP/1.1 status line, and splitting must not change the
-/// responses (interim 100s aside) or whether the connection closes.
+/// well-formed HTTP/1.1 status line, and neither splitting nor how wide the
+/// head scan is must change the responses (interim 100s aside) or whether
+/// the connection closes.
 pub fn check(data: &[u8]) {
     let Some((&seed, data)) = data.split_first() else {
         return;
@@ -68,6 +78,15 @@ pub fn check(data: &[u8]) {
     opts.limits.max_head = 2048;
     opts.limits.max_body = 4096;
     let (whole, whole_closed) = feed(&[data], opts);
+    // The baseline scan answers the same as the wider one the CPU allows.
+    let baseline = feed_with(&[data], opts, true);
+    assert!(
+        baseline == (whole.clone(), whole_closed),
+        "the baseline scan answers differently:\nbaseline (closed {}): {:?}\nwide (closed {whole_closed}): {:?}",
+        baseline.1,
+        String::from_utf8_lossy(&baseline.0),
+        String::from_utf8_lossy(&whole)
+    );
     let step = usize::from(seed % 17) + 1;
     let pieces: Vec<&[u8]> = data.chunks(step).collect();
     let (split, split_closed) = feed(&pieces, opts);

@@ -20,7 +20,9 @@
 //! The scan answers the same for a prefix of the head as httparse does:
 //! [`Scan::Partial`] while every byte so far can still begin a valid head,
 //! an error as soon as one cannot. On x86-64 the target and the values are
-//! scanned 16 bytes at a time (SSE2, which every x86-64 CPU has).
+//! scanned 16 bytes at a time (SSE2, which every x86-64 CPU has), and, with
+//! [`scan_in`] and [`Avx2`], the common shapes of the request line and of a
+//! field 32 bytes at a time.
 
 /// Why a head is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +77,126 @@ pub fn scan<'a>(
     max_fields: usize,
     field: impl FnMut(&'a [u8], &'a [u8]),
 ) -> Result<Scan<Line<'a>>, HeadError> {
-    head(buf, max_fields, field, request_line)
+    scan_in(Baseline, buf, max_fields, field)
+}
+
+/// [`scan`] with the common shapes judged by `lanes`: the same answers
+/// (the tests hold every [`Lanes`] to them), at a different cost. With
+/// [`Avx2`], call it from a function compiled for AVX2
+/// (`#[target_feature(enable = "avx2")]`), into which it is inlined:
+/// elsewhere each 32-byte judgement is a call. `Http::serve` does that.
+///
+/// # Errors
+///
+/// As [`scan`].
+#[inline(always)]
+pub fn scan_in<'a, L: Lanes>(
+    lanes: L,
+    buf: &'a [u8],
+    max_fields: usize,
+    field: impl FnMut(&'a [u8], &'a [u8]),
+) -> Result<Scan<Line<'a>>, HeadError> {
+    head(
+        lanes,
+        buf,
+        max_fields,
+        field,
+        #[inline(always)]
+        |buf| request_line(lanes, buf),
+    )
+}
+
+/// How a scan judges the common shapes of a request line and of a field,
+/// many bytes at a time: [`Baseline`] or [`Avx2`]. Sealed: the scan's
+/// answers are proven for these two only.
+pub trait Lanes: Copy + sealed::Sealed {
+    /// The field at `pos` (a byte is there, not a line end) if it has the
+    /// common shape: its name, its value and where the next line begins;
+    /// `None` for the exact scan to judge.
+    #[doc(hidden)]
+    fn common_field(self, buf: &[u8], pos: usize) -> Option<Field<'_>>;
+    /// The request line at the start of `buf` if it has the common shape,
+    /// and where the fields begin; `None` for the exact scan to judge.
+    #[doc(hidden)]
+    fn common_request_line(self, buf: &[u8]) -> Option<(Line<'_>, usize)>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Baseline {}
+    impl Sealed for super::Avx2 {}
+}
+
+/// 16 bytes at a time with SSE2 on x86-64 (part of the architecture, so
+/// every x86-64 CPU has it); byte by byte elsewhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baseline;
+
+impl Lanes for Baseline {
+    #[inline(always)]
+    fn common_field(self, buf: &[u8], pos: usize) -> Option<Field<'_>> {
+        #[cfg(target_arch = "x86_64")]
+        return simd::common_field(simd::W16, buf, pos);
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = (buf, pos);
+            None
+        };
+    }
+
+    #[inline(always)]
+    fn common_request_line(self, buf: &[u8]) -> Option<(Line<'_>, usize)> {
+        #[cfg(target_arch = "x86_64")]
+        return simd::common_request_line(simd::W16, buf);
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = buf;
+            None
+        };
+    }
+}
+
+/// 32 bytes at a time with AVX2: proof, made by [`detect`](Avx2::detect),
+/// that this CPU has it. A request line or a field up to 31 bytes long
+/// then takes one judgement, a long value half as many as with
+/// [`Baseline`].
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2(());
+
+impl Avx2 {
+    /// `Some` if this CPU has AVX2 (x86-64 only; the answer is cached by
+    /// the standard library).
+    pub fn detect() -> Option<Avx2> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Avx2(()));
+        }
+        None
+    }
+}
+
+impl Lanes for Avx2 {
+    #[inline(always)]
+    fn common_field(self, buf: &[u8], pos: usize) -> Option<Field<'_>> {
+        #[cfg(target_arch = "x86_64")]
+        return simd::common_field(simd::W32(self), buf, pos);
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = (buf, pos);
+            None
+        };
+    }
+
+    #[inline(always)]
+    fn common_request_line(self, buf: &[u8]) -> Option<(Line<'_>, usize)> {
+        #[cfg(target_arch = "x86_64")]
+        return simd::common_request_line(simd::W32(self), buf);
+        #[cfg(not(target_arch = "x86_64"))]
+        return {
+            let _ = buf;
+            None
+        };
+    }
 }
 
 /// A response's status line.
@@ -105,12 +226,13 @@ pub fn scan_response<'a>(
     max_fields: usize,
     field: impl FnMut(&'a [u8], &'a [u8]),
 ) -> Result<Scan<StatusLine<'a>>, HeadError> {
-    head(buf, max_fields, field, status_line)
+    head(Baseline, buf, max_fields, field, status_line)
 }
 
 /// A head: the start line `start` reads, then the fields.
 #[inline(always)]
 fn head<'a, L>(
+    lanes: impl Lanes,
     buf: &'a [u8],
     max_fields: usize,
     field: impl FnMut(&'a [u8], &'a [u8]),
@@ -119,7 +241,7 @@ fn head<'a, L>(
     let Some((line, pos)) = start(buf)? else {
         return Ok(Scan::Partial);
     };
-    Ok(match fields(buf, pos, max_fields, field)? {
+    Ok(match fields(lanes, buf, pos, max_fields, field)? {
         Some(len) => Scan::Complete { line, len },
         None => Scan::Partial,
     })
@@ -129,6 +251,7 @@ fn head<'a, L>(
 /// where the head ends, `Ok(None)` while partial.
 #[inline(always)]
 fn fields<'a>(
+    lanes: impl Lanes,
     buf: &'a [u8],
     mut pos: usize,
     max_fields: usize,
@@ -142,11 +265,7 @@ fn fields<'a>(
         if b == b'\r' || b == b'\n' {
             return newline(buf, pos);
         }
-        #[cfg(target_arch = "x86_64")]
-        let common = simd::common_field(buf, pos);
-        #[cfg(not(target_arch = "x86_64"))]
-        let common = None;
-        let (name, value, next) = match common {
+        let (name, value, next) = match lanes.common_field(buf, pos) {
             Some(f) => f,
             None => match header_field(buf, pos)? {
                 Some(f) => f,
@@ -255,9 +374,8 @@ fn status_line(buf: &[u8]) -> Result<Option<(StatusLine<'_>, usize)>, HeadError>
 /// fields begin. The common shape's fast path is inlined into the caller;
 /// any other line is a call.
 #[inline(always)]
-fn request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(line) = simd::common_request_line(buf) {
+fn request_line(lanes: impl Lanes, buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError> {
+    if let Some(line) = lanes.common_request_line(buf) {
         return Ok(Some(line));
     }
     exact_request_line(buf)
@@ -314,7 +432,7 @@ fn exact_request_line(buf: &[u8]) -> Result<Option<(Line<'_>, usize)>, HeadError
 }
 
 /// A field's name, its value, and where the next line begins.
-type Field<'a> = (&'a [u8], &'a [u8], usize);
+pub type Field<'a> = (&'a [u8], &'a [u8], usize);
 
 /// One field starting at `pos` (a byte is there, not a line end): its name,
 /// its value, and where the next line begins; `Ok(None)` while partial.
@@ -443,8 +561,9 @@ fn token_end(buf: &[u8], start: usize) -> usize {
     // Most names and methods are letters, digits and `-`: those are
     // skipped 16 at a time; any other token character one at a time.
     #[cfg(target_arch = "x86_64")]
-    let start =
-        simd::first::<{ simd::NAME }>(buf, start, |c| c.is_ascii_alphanumeric() || c == b'-');
+    let start = simd::first::<_, { simd::NAME }>(simd::W16, buf, start, |c| {
+        c.is_ascii_alphanumeric() || c == b'-'
+    });
     match buf.get(start) {
         Some(&c) if TOKEN[c as usize] => scalar_end(buf, start, |c| TOKEN[c as usize]),
         _ => start,
@@ -494,7 +613,7 @@ fn value_end(buf: &[u8], start: usize) -> usize {
     let allowed = |c: u8| (c >= b' ' && c != 0x7F) || c == b'\t';
     #[cfg(target_arch = "x86_64")]
     {
-        simd::first::<{ simd::VALUE }>(buf, start, allowed)
+        simd::first::<_, { simd::VALUE }>(simd::W16, buf, start, allowed)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -511,12 +630,16 @@ fn scalar_end(buf: &[u8], start: usize, allowed: impl Fn(u8) -> bool) -> usize {
         .map_or(buf.len(), |n| start + n)
 }
 
-/// SSE2 scanning, 16 bytes at a time (SSE2 is part of x86-64, so these
-/// need no run-time detection).
+/// SIMD scanning: 16 bytes at a time with SSE2 ([`W16`]: SSE2 is part of
+/// x86-64, so it needs no run-time detection), 32 with AVX2 ([`W32`],
+/// made only from an [`Avx2`](super::Avx2), the proof that the CPU has
+/// it).
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::{
-        __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        __m128i, __m256i, _mm256_andnot_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256,
+        _mm256_min_epu8, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8, _mm256_sub_epi8,
+        _mm_andnot_si128, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8, _mm_set_epi64x, _mm_sub_epi8,
     };
 
@@ -525,16 +648,42 @@ mod simd {
     pub(super) const NAME: u8 = 2;
     pub(super) const CONTROL: u8 = 3;
 
-    /// The 16 bytes to judge from `i` on, and how many at their start
-    /// come before `i` (to shift out of the masks): `buf[i..i + 16]`, or,
-    /// with fewer left, the last 16 of `buf`. `None` when nothing is left,
-    /// or `buf` is shorter than 16 (then the caller goes byte by byte).
+    /// How many bytes are judged at once, and with which instructions.
+    pub(super) trait Width: Copy {
+        /// Bytes per judgement (16 or 32: the masks are `u32`).
+        const N: usize;
+        /// A bit per byte of `chunk` (`N` bytes) that ends a `KIND` scan.
+        fn flagged<const KIND: u8>(self, chunk: &[u8]) -> u32;
+        /// For a target: the bytes of `chunk` (`N` bytes) that end it,
+        /// `?`s, and bytes above `0x7F`.
+        fn masks_target(self, chunk: &[u8]) -> [u32; 3];
+        /// [`common_field`] where fewer than `N` bytes are left from `pos`
+        /// (the last field of a head read whole, say): narrower lanes'
+        /// answer, or `None`.
+        fn near_end_field(self, buf: &[u8], pos: usize) -> Option<super::Field<'_>>;
+        /// [`common_request_line`] where fewer than `N` bytes are left for
+        /// one of its loads, the same way.
+        fn near_end_line(self, buf: &[u8]) -> Option<(super::Line<'_>, usize)>;
+    }
+
+    /// 16 bytes at a time, SSE2.
+    #[derive(Clone, Copy)]
+    pub(super) struct W16;
+
+    /// 32 bytes at a time, AVX2.
+    #[derive(Clone, Copy)]
+    pub(super) struct W32(pub(super) super::Avx2);
+
+    /// The `N` bytes to judge from `i` on, and how many at their start
+    /// come before `i` (to shift out of the masks): `buf[i..i + N]`, or,
+    /// with fewer left, the last `N` of `buf`. `None` when nothing is left,
+    /// or `buf` is shorter than `N` (then the caller goes byte by byte).
     #[inline]
-    fn window(buf: &[u8], i: usize) -> Option<(&[u8], usize)> {
-        match buf.get(i..i + 16) {
+    fn window<W: Width>(buf: &[u8], i: usize) -> Option<(&[u8], usize)> {
+        match buf.get(i..i + W::N) {
             Some(chunk) => Some((chunk, 0)),
-            None if i < buf.len() && buf.len() >= 16 => {
-                let base = buf.len() - 16;
+            None if i < buf.len() && buf.len() >= W::N => {
+                let base = buf.len() - W::N;
                 Some((&buf[base..], i - base))
             }
             None => None,
@@ -542,12 +691,14 @@ mod simd {
     }
 
     /// The first byte from `start` on that is not allowed in a field value
-    /// (`KIND` [`VALUE`]), or is not a letter, digit or `-` ([`NAME`]);
-    /// `buf.len()` if none. 16 bytes at a time; in a buffer shorter than
-    /// that, one at a time with `allowed`. Inlined: a call here cost the
-    /// common field path its SIMD constants, reloaded after it.
+    /// (`KIND` [`VALUE`]), is a control byte ([`CONTROL`]), or is not a
+    /// letter, digit or `-` ([`NAME`]); `buf.len()` if none. `N` bytes at
+    /// a time; in a buffer shorter than that, one at a time with
+    /// `allowed`. Inlined: a call here cost the common field path its SIMD
+    /// constants, reloaded after it.
     #[inline(always)]
-    pub(super) fn first<const KIND: u8>(
+    pub(super) fn first<W: Width, const KIND: u8>(
+        w: W,
         buf: &[u8],
         start: usize,
         allowed: impl Fn(u8) -> bool,
@@ -555,16 +706,16 @@ mod simd {
         let mut i = start;
         // Whole chunks first, the last window once: one loop over
         // `window` costs ~80 instructions more per plain request.
-        while let Some(chunk) = buf.get(i..i + 16) {
-            let mask = flagged::<KIND>(chunk);
+        while let Some(chunk) = buf.get(i..i + W::N) {
+            let mask = w.flagged::<KIND>(chunk);
             if mask != 0 {
                 return i + mask.trailing_zeros() as usize;
             }
-            i += 16;
+            i += W::N;
         }
-        match window(buf, i) {
+        match window::<W>(buf, i) {
             Some((chunk, skip)) => {
-                let mask = flagged::<KIND>(chunk) >> skip;
+                let mask = w.flagged::<KIND>(chunk) >> skip;
                 if mask != 0 {
                     i + mask.trailing_zeros() as usize
                 } else {
@@ -576,17 +727,19 @@ mod simd {
     }
 
     /// The field at `pos` if it has the shape almost every field has, in
-    /// one 16-byte load for its name and the start of its value: a name of
-    /// letters, digits and `-` shorter than 16 bytes, its colon, at most
-    /// one space, a value of no control byte (not even `HTAB`) not ending
-    /// in a space, and `CRLF`. Then exactly what
+    /// one `N`-byte load for its name and the start of its value: a name
+    /// of letters, digits and `-` shorter than `N` bytes, its colon, at
+    /// most one space, a value of no control byte (not even `HTAB`) not
+    /// ending in a space, and `CRLF`. Then exactly what
     /// [`header_field`](super::header_field) finds (the caller's unit test
     /// holds the two to that); `None` for any other shape, a partial line
     /// or a malformed one, which the byte-exact scan then judges.
     #[inline(always)]
-    pub(super) fn common_field(buf: &[u8], pos: usize) -> Option<super::Field<'_>> {
-        let chunk = buf.get(pos..pos + 16)?;
-        let (ctl, not_name) = (flagged::<CONTROL>(chunk), flagged::<NAME>(chunk));
+    pub(super) fn common_field<W: Width>(w: W, buf: &[u8], pos: usize) -> Option<super::Field<'_>> {
+        let Some(chunk) = buf.get(pos..pos + W::N) else {
+            return w.near_end_field(buf, pos);
+        };
+        let (ctl, not_name) = (w.flagged::<CONTROL>(chunk), w.flagged::<NAME>(chunk));
         // The name ends at its first byte that is not a letter, digit or
         // `-`: a colon, in the common shape, and then no control byte came
         // before it, so the first control byte is the line's end.
@@ -597,7 +750,7 @@ mod simd {
         let end = if ctl != 0 {
             pos + ctl.trailing_zeros() as usize
         } else {
-            first_control(buf, pos + 16)
+            first::<W, CONTROL>(w, buf, pos + W::N, |c| c >= b' ' && c != 0x7F)
         };
         if !crlf_at(buf, end) {
             return None;
@@ -616,34 +769,35 @@ mod simd {
         Some((name, value, end + 2))
     }
 
-    /// The first control byte (below `0x20`, or `0x7F`) from `start` on,
-    /// or `buf.len()`: where a value without tabs ends.
-    #[inline(always)]
-    fn first_control(buf: &[u8], start: usize) -> usize {
-        first::<{ CONTROL }>(buf, start, |c| c >= b' ' && c != 0x7F)
-    }
-
     /// The request line if it has the shape almost every one has: a method
     /// of letters, digits and `-`, one space, an ASCII target shorter than
-    /// 16 bytes, one space, `HTTP/1.1` or `HTTP/1.0`, `CRLF`; in two
-    /// 16-byte loads. Then exactly what the byte-exact scan finds (a unit
+    /// `N` bytes, one space, `HTTP/1.1` or `HTTP/1.0`, `CRLF`; in two
+    /// `N`-byte loads. Then exactly what the byte-exact scan finds (a unit
     /// test holds the two to that); `None` for any other shape, a partial
     /// line or a malformed one, which that scan then judges.
     #[inline(always)]
-    pub(super) fn common_request_line(buf: &[u8]) -> Option<(super::Line<'_>, usize)> {
-        let chunk = buf.get(..16)?;
+    pub(super) fn common_request_line<W: Width>(
+        w: W,
+        buf: &[u8],
+    ) -> Option<(super::Line<'_>, usize)> {
+        let Some(chunk) = buf.get(..W::N) else {
+            return w.near_end_line(buf);
+        };
         // `GET ` in one comparison; other methods by their letters.
         let method_end = if chunk[..4] == *b"GET " {
             3
         } else {
-            let end = flagged::<NAME>(chunk).trailing_zeros() as usize;
+            let end = w.flagged::<NAME>(chunk).trailing_zeros() as usize;
             if end == 0 || chunk.get(end) != Some(&b' ') {
                 return None;
             }
             end
         };
         let start = method_end + 1;
-        let [end, q, high] = masks_target(buf.get(start..start + 16)?);
+        let Some(chunk) = buf.get(start..start + W::N) else {
+            return w.near_end_line(buf);
+        };
+        let [end, q, high] = w.masks_target(chunk);
         if end == 0 {
             return None;
         }
@@ -691,8 +845,8 @@ mod simd {
         let mut i = start;
         let mut query = buf.len();
         let mut high = 0;
-        while let Some((chunk, skip)) = window(buf, i) {
-            let [end, q, hi] = masks_target(chunk).map(|m| m >> skip);
+        while let Some((chunk, skip)) = window::<W16>(buf, i) {
+            let [end, q, hi] = W16.masks_target(chunk).map(|m| m >> skip);
             let before = if end != 0 {
                 (1u32 << end.trailing_zeros()) - 1
             } else {
@@ -729,12 +883,63 @@ mod simd {
         (word(0), word(8))
     }
 
-    /// For a target: the bytes that end it, `?`s, and bytes above `0x7F`.
-    #[inline]
-    fn masks_target(chunk: &[u8]) -> [u32; 3] {
-        let (lo, hi) = halves(chunk);
-        // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
-        unsafe { masks_target_sse2(lo, hi) }
+    impl Width for W16 {
+        const N: usize = 16;
+
+        #[inline]
+        fn flagged<const KIND: u8>(self, chunk: &[u8]) -> u32 {
+            let (lo, hi) = halves(chunk);
+            // SAFETY: SSE2 is enabled on every x86-64 target (it is part of
+            // the architecture's baseline), which is all `flagged_sse2`
+            // needs.
+            unsafe { flagged_sse2::<KIND>(lo, hi) }
+        }
+
+        #[inline]
+        fn masks_target(self, chunk: &[u8]) -> [u32; 3] {
+            let (lo, hi) = halves(chunk);
+            // SAFETY: SSE2 is enabled on every x86-64 target (see `flagged`).
+            unsafe { masks_target_sse2(lo, hi) }
+        }
+
+        #[inline(always)]
+        fn near_end_field(self, _: &[u8], _: usize) -> Option<super::Field<'_>> {
+            None
+        }
+
+        #[inline(always)]
+        fn near_end_line(self, _: &[u8]) -> Option<(super::Line<'_>, usize)> {
+            None
+        }
+    }
+
+    impl Width for W32 {
+        const N: usize = 32;
+
+        #[inline]
+        fn flagged<const KIND: u8>(self, chunk: &[u8]) -> u32 {
+            let chunk = &chunk[..32];
+            // SAFETY: a `W32` holds an `Avx2`, which exists only where the
+            // CPU has AVX2; `chunk` holds the 32 bytes read.
+            unsafe { flagged_avx2::<KIND>(chunk.as_ptr()) }
+        }
+
+        #[inline]
+        fn masks_target(self, chunk: &[u8]) -> [u32; 3] {
+            let chunk = &chunk[..32];
+            // SAFETY: as in `flagged`.
+            unsafe { masks_target_avx2(chunk.as_ptr()) }
+        }
+
+        #[inline(always)]
+        fn near_end_field(self, buf: &[u8], pos: usize) -> Option<super::Field<'_>> {
+            common_field(W16, buf, pos)
+        }
+
+        #[inline(always)]
+        fn near_end_line(self, buf: &[u8]) -> Option<(super::Line<'_>, usize)> {
+            common_request_line(W16, buf)
+        }
     }
 
     #[inline]
@@ -749,15 +954,6 @@ mod simd {
             _mm_movemask_epi8(q) as u32,
             _mm_movemask_epi8(v) as u32,
         ]
-    }
-
-    /// A bit per byte of `chunk` (16 bytes) that ends a `KIND` scan.
-    #[inline]
-    fn flagged<const KIND: u8>(chunk: &[u8]) -> u32 {
-        let (lo, hi) = halves(chunk);
-        // SAFETY: SSE2 is enabled on every x86-64 target (it is part of the
-        // architecture's baseline), which is all `flagged_sse2` needs.
-        unsafe { flagged_sse2::<KIND>(lo, hi) }
     }
 
     #[inline]
@@ -781,6 +977,54 @@ mod simd {
             }
         };
         _mm_movemask_epi8(bad) as u32
+    }
+
+    /// [`masks_target_sse2`] for the 32 bytes at `at`.
+    ///
+    /// # Safety
+    ///
+    /// 32 bytes must be readable at `at`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn masks_target_avx2(at: *const u8) -> [u32; 3] {
+        // SAFETY: the caller's.
+        let v: __m256i = unsafe { _mm256_loadu_si256(at.cast()) };
+        let low = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x20)), v);
+        let end = _mm256_or_si256(low, _mm256_cmpeq_epi8(v, _mm256_set1_epi8(0x7F)));
+        let q = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'?' as i8));
+        [
+            _mm256_movemask_epi8(end) as u32,
+            _mm256_movemask_epi8(q) as u32,
+            _mm256_movemask_epi8(v) as u32,
+        ]
+    }
+
+    /// [`flagged_sse2`] for the 32 bytes at `at`.
+    ///
+    /// # Safety
+    ///
+    /// 32 bytes must be readable at `at`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn flagged_avx2<const KIND: u8>(at: *const u8) -> u32 {
+        // SAFETY: the caller's.
+        let v: __m256i = unsafe { _mm256_loadu_si256(at.cast()) };
+        let at_most = |x: __m256i, max: u8| {
+            _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8(max as i8)), x)
+        };
+        let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
+        let bad = match KIND {
+            VALUE => _mm256_or_si256(_mm256_andnot_si256(eq(b'\t'), at_most(v, 0x1F)), eq(0x7F)),
+            CONTROL => _mm256_or_si256(at_most(v, 0x1F), eq(0x7F)),
+            _ => {
+                let lower = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
+                let alpha = at_most(_mm256_sub_epi8(lower, _mm256_set1_epi8(b'a' as i8)), 25);
+                let digit = at_most(_mm256_sub_epi8(v, _mm256_set1_epi8(b'0' as i8)), 9);
+                let fine = _mm256_or_si256(_mm256_or_si256(alpha, digit), eq(b'-'));
+                return !(_mm256_movemask_epi8(fine) as u32);
+            }
+        };
+        _mm256_movemask_epi8(bad) as u32
     }
 }
 
@@ -931,57 +1175,142 @@ mod tests {
         assert!(taken > 1_000, "the fast path took {taken} lines");
     }
 
+    /// A field judged by `lanes`' fast path, in `Debug` form.
+    #[cfg(target_arch = "x86_64")]
+    fn common_field(lanes: impl Lanes, line: &[u8]) -> Option<String> {
+        lanes.common_field(line, 0).map(|f| format!("{f:?}"))
+    }
+
+    /// A field judged by the exact scan, in `Debug` form.
+    #[cfg(target_arch = "x86_64")]
+    fn exact_field(line: &[u8]) -> Result<Option<String>, HeadError> {
+        header_field(line, 0).map(|f| f.map(|f| format!("{f:?}")))
+    }
+
+    /// The common fields (each in a buffer of at least 32 bytes, which
+    /// the 32-byte lanes need to judge the last field of a head).
+    const COMMON_FIELDS: [&[u8]; 5] = [
+        b"Host: localhost\r\n\r\nGET / HTTP/1.1\r\n",
+        b"Accept: text/plain,text/html;q=0.9,application/xhtml+xml;q=0.9\r\n\r\n",
+        b"Connection: keep-alive\r\n\r\n\r\n\r\n\r\n",
+        b"Content-Length:12\r\n\r\n0123456789ab",
+        b"X-Empty: \r\nHost: x\r\n\r\nGET / HTTP",
+    ];
+
+    /// Bytes that matter to a field's scan, for mutations.
+    const FIELD_BYTES: &[u8] = b"aZ9-_:: \t\r\n\x01\x7f\x80x";
+
+    /// Mutants of a field seed: a longer value, then up to two line ends.
+    #[cfg(target_arch = "x86_64")]
+    fn field_shape(line: &mut Vec<u8>, rng: u64) {
+        line.extend(std::iter::repeat_n(b'v', (rng >> 40) as usize % 48));
+        line.extend_from_slice(&b"\r\n\r\n"[..(rng >> 50) as usize % 5]);
+    }
+
     /// The common-shape field path finds exactly what the byte-exact scan
     /// finds, on lines made of the bytes that matter to either, and takes
-    /// the lines it is for.
+    /// the lines it is for: 16 bytes at a time, and 32 where the CPU has
+    /// AVX2 (also on names of 16 to 31 bytes, which only it takes).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_common_field_path_agrees_with_the_exact_scan() {
+        let seed = (&b"Name: value \r\n"[..], FIELD_BYTES, 0x2545_f491_4f6c_dd1d);
         agrees(
-            &[
-                b"Host: localhost\r\n\r\n",
-                b"Accept: text/plain,text/html;q=0.9,application/xhtml+xml;q=0.9\r\n\r\n",
-                b"Connection: keep-alive\r\n\r\n",
-                b"Content-Length:12\r\n\r\n",
-                b"X-Empty: \r\nHost: x\r\n\r\n",
-            ],
+            &COMMON_FIELDS,
+            seed,
+            field_shape,
+            |l| common_field(Baseline, l),
+            exact_field,
+        );
+        let Some(avx2) = Avx2::detect() else {
+            eprintln!("this CPU has no AVX2: its lanes were not checked");
+            return;
+        };
+        agrees(
+            &COMMON_FIELDS,
+            seed,
+            field_shape,
+            |l| common_field(avx2, l),
+            exact_field,
+        );
+        let long = b"Upgrade-Insecure-Requests: 1 \r\n";
+        agrees(
+            &[b"Upgrade-Insecure-Requests: 1\r\nHost: x\r\n\r\n"],
+            // More name bytes: a long name survives mutation more often.
             (
-                b"Name: value \r\n",
-                b"aZ9-_:: \t\r\n\x01\x7f\x80x",
-                0x2545_f491_4f6c_dd1d,
+                &long[..],
+                b"aZ9-aZ9-aZ9-_:: \t\r\n\x01\x7f\x80x",
+                0x51_7cc1_b727_220a,
             ),
-            |line, rng| {
-                line.extend(std::iter::repeat_n(b'v', (rng >> 40) as usize % 24));
-                line.extend_from_slice(&b"\r\n\r\n"[..(rng >> 50) as usize % 5]);
-            },
-            |line| simd::common_field(line, 0).map(|f| format!("{f:?}")),
-            |line| header_field(line, 0).map(|f| f.map(|f| format!("{f:?}"))),
+            field_shape,
+            |l| common_field(avx2, l),
+            exact_field,
         );
     }
 
+    /// A request line judged by `lanes`' fast path, in `Debug` form.
+    #[cfg(target_arch = "x86_64")]
+    fn common_line(lanes: impl Lanes, line: &[u8]) -> Option<String> {
+        lanes.common_request_line(line).map(|l| format!("{l:?}"))
+    }
+
+    /// A request line judged by the exact scan, in `Debug` form.
+    #[cfg(target_arch = "x86_64")]
+    fn exact_line(line: &[u8]) -> Result<Option<String>, HeadError> {
+        exact_request_line(line).map(|l| l.map(|l| format!("{l:?}")))
+    }
+
+    /// The common request lines (in buffers of at least 36 bytes).
+    const COMMON_LINES: [&[u8]; 3] = [
+        b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /a?b=c HTTP/1.0\r\n\r\n0123456789abcdef",
+        b"M-SEARCH * HTTP/1.1\r\n\r\n0123456789abcdef",
+    ];
+
+    /// Bytes that matter to a request line's scan, for mutations.
+    const LINE_BYTES: &[u8] = b"aZ9-_/?  \t\r\n\x01\x7f\x80\xc3\xa9H.1";
+
     /// The common-shape request line agrees with the exact scan the same
-    /// way.
+    /// way (mutants of the line, the rest of the head after it, cut short
+    /// by up to 15 bytes).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_common_request_line_agrees_with_the_exact_scan() {
-        let seed = b"GET /abc?d HTTP/1.1\r\nHost: x\r\n\r\n";
+        let seed = b"GET /abc?d HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n";
+        let shape = |line: &mut Vec<u8>, rng: u64| {
+            line.extend_from_slice(&seed[22..]);
+            line.truncate(line.len() - (rng >> 58) as usize % 16);
+        };
+        let mutate = (&seed[..22], LINE_BYTES, 0x9e37_79b9_7f4a_7c15);
         agrees(
-            &[
-                b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n",
-                b"POST /a?b=c HTTP/1.0\r\n\r\n0123",
-                b"M-SEARCH * HTTP/1.1\r\n\r\n0123456",
-            ],
-            (
-                &seed[..22],
-                b"aZ9-_/?  \t\r\n\x01\x7f\x80\xc3\xa9H.1",
-                0x9e37_79b9_7f4a_7c15,
-            ),
+            &COMMON_LINES,
+            mutate,
+            shape,
+            |l| common_line(Baseline, l),
+            exact_line,
+        );
+        let Some(avx2) = Avx2::detect() else {
+            eprintln!("this CPU has no AVX2: its lanes were not checked");
+            return;
+        };
+        agrees(
+            &COMMON_LINES,
+            mutate,
+            shape,
+            |l| common_line(avx2, l),
+            exact_line,
+        );
+        // Targets of 16 to 31 bytes, which only the 32-byte lanes take.
+        let seed = b"GET /a/longer/target?q=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n";
+        agrees(
+            &[b"GET /a/longer/target?q=1 HTTP/1.1\r\nHost: x\r\n\r\n"],
+            (&seed[..25], LINE_BYTES, 0x2f1e_c3b4_a596_8778),
             |line, rng| {
-                line.extend_from_slice(&seed[22..]);
+                line.extend_from_slice(&seed[25..]);
                 line.truncate(line.len() - (rng >> 58) as usize % 16);
             },
-            |line| simd::common_request_line(line).map(|l| format!("{l:?}")),
-            |line| exact_request_line(line).map(|l| l.map(|l| format!("{l:?}"))),
+            |l| common_line(avx2, l),
+            exact_line,
         );
     }
 

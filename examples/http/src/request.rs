@@ -6,7 +6,7 @@
 //! `Transfer-Encoding`, `Host`, `Connection` and `Expect`, and a strict
 //! chunked-body decoder.
 
-use crate::head::{self, eq_lower, HeadError, Scan};
+use crate::head::{self, eq_lower, Baseline, HeadError, Lanes, Scan};
 use crate::status::Status;
 
 /// Most header fields in a request.
@@ -135,7 +135,7 @@ impl Fields {
         self.error = Some(status);
     }
 
-    #[inline]
+    #[inline(always)]
     fn field(&mut self, name: &[u8], value: &[u8]) {
         if self.flags & Fields::ERROR != 0 {
             return;
@@ -208,13 +208,25 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
 pub fn parse_with<'a>(
     buf: &'a [u8],
     limits: &Limits,
+    field: impl FnMut(&'a [u8], &'a [u8]),
+) -> Parse<'a> {
+    parse_in(Baseline, buf, limits, field)
+}
+
+/// [`parse_with`] with the head scanned by `lanes` (see
+/// [`scan_in`](head::scan_in)): the same answers.
+#[inline(always)]
+pub fn parse_in<'a>(
+    lanes: impl Lanes,
+    buf: &'a [u8],
+    limits: &Limits,
     mut field: impl FnMut(&'a [u8], &'a [u8]),
 ) -> Parse<'a> {
     // Only the first `max_head` bytes can hold the head: judging no further
     // makes the answer the same however the bytes were split across reads.
     let head_window = &buf[..buf.len().min(limits.max_head)];
     let mut fields = Fields::default();
-    let scanned = head::scan(head_window, MAX_HEADERS, |name, value| {
+    let scanned = head::scan_in(lanes, head_window, MAX_HEADERS, |name, value| {
         fields.field(name, value);
         field(name, value);
     });
