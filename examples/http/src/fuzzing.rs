@@ -17,16 +17,14 @@ pub fn feed(pieces: &[&[u8]], opts: HttpOptions) -> (Vec<u8>, bool) {
 
 /// [`feed`], with heads scanned the baseline way (16 bytes at a time) if
 /// `baseline`, else as the CPU allows (32 with AVX2).
-fn feed_with(pieces: &[&[u8]], opts: HttpOptions, baseline: bool) -> (Vec<u8>, bool) {
+fn feed_with(pieces: &[&[u8]], mut opts: HttpOptions, baseline: bool) -> (Vec<u8>, bool) {
+    opts.wide_scan = !baseline;
     let info = WorkerInfo::detached(0, 1);
     let mut http = Http::new(
         &info,
         opts,
         std::sync::Arc::new(crate::RequestCounters::new(1)),
     );
-    if baseline {
-        http.scan_baseline_only();
-    }
     // A fixed clock: both feeds must format the same Date.
     http.tick(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
     let mut conn = http.on_accept_detached();

@@ -62,6 +62,10 @@ pub struct HttpOptions {
     /// index: for fault-injection tests of steering. Never enable it in
     /// production. Default `false`.
     pub test_routes: bool,
+    /// Scan request heads 32 bytes at a time where the CPU has AVX2
+    /// (detected at start); `false` keeps the 16-byte SSE2 scan every
+    /// x86-64 CPU has. Both answer exactly the same. Default `true`.
+    pub wide_scan: bool,
 }
 
 impl Default for HttpOptions {
@@ -72,6 +76,7 @@ impl Default for HttpOptions {
                 max_body: 1024 * 1024,
             },
             test_routes: false,
+            wide_scan: true,
         }
     }
 }
@@ -81,6 +86,20 @@ impl HttpOptions {
     /// enforces the exact limits itself; this is the backstop).
     pub fn max_input(&self) -> usize {
         self.limits.max_chunked_wire().max(64 * 1024)
+    }
+
+    /// How wide the head scan is with these options on this CPU: 32
+    /// (AVX2) or 16 bytes.
+    pub fn scan_width(&self) -> usize {
+        if self.avx2().is_some() {
+            32
+        } else {
+            16
+        }
+    }
+
+    fn avx2(&self) -> Option<Avx2> {
+        self.wide_scan.then(Avx2::detect).flatten()
     }
 }
 
@@ -206,7 +225,7 @@ impl Http {
             test_routes: opts.test_routes,
             scratch: Vec::new(),
             state: ServerState::Serving,
-            avx2: Avx2::detect(),
+            avx2: opts.avx2(),
         };
         http.tick(SystemTime::now());
         http
@@ -472,13 +491,6 @@ impl Http {
         output: &mut Output,
     ) -> Action {
         self.serve_in(Baseline, conn, input, output)
-    }
-
-    /// Heads are scanned the baseline way (16 bytes at a time) even where
-    /// the CPU has AVX2: for tests that hold both ways to the same answers.
-    #[doc(hidden)]
-    pub fn scan_baseline_only(&mut self) {
-        self.avx2 = None;
     }
 
     /// [`serve`](Self::serve) compiled for AVX2, into which the head scan
