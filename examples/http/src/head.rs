@@ -746,26 +746,15 @@ mod simd {
         if colon == 0 || chunk.get(colon) != Some(&b':') {
             return None;
         }
-        let (line, next) = if ctl != 0 {
-            // The line ends in the chunk: judged there, by offsets the
-            // compiler knows are in it (its `LF` may be just past it).
-            let end = ctl.trailing_zeros() as usize;
-            let crlf = match chunk.get(end..end + 2) {
-                Some(pair) => pair == b"\r\n",
-                None => crlf_at(buf, pos + end),
-            };
-            if !crlf {
-                return None;
-            }
-            (&chunk[..end], pos + end + 2)
+        let end = if ctl != 0 {
+            pos + ctl.trailing_zeros() as usize
         } else {
-            let end = first::<W, CONTROL>(w, buf, pos + W::N, |c| c >= b' ' && c != 0x7F);
-            if !crlf_at(buf, end) {
-                return None;
-            }
-            (buf.get(pos..end)?, end + 2)
+            first::<W, CONTROL>(w, buf, pos + W::N, |c| c >= b' ' && c != 0x7F)
         };
-        field_of(line, colon, next)
+        if !crlf_at(buf, end) {
+            return None;
+        }
+        field_of(buf.get(pos..end)?, colon, end + 2)
     }
 
     /// The field whose `line` (without its `CRLF`) has its colon at
