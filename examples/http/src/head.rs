@@ -132,29 +132,37 @@ mod sealed {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Baseline;
 
-impl Lanes for Baseline {
-    #[inline(always)]
-    fn common_field(self, buf: &[u8], pos: usize) -> Option<Field<'_>> {
-        #[cfg(target_arch = "x86_64")]
-        return simd::common_field(simd::W16, buf, pos);
-        #[cfg(not(target_arch = "x86_64"))]
-        return {
-            let _ = (buf, pos);
-            None
-        };
-    }
+/// `Lanes` for `$lanes`, judging with the SIMD width `$width(self)`
+/// makes (x86-64 only: elsewhere the exact scan judges every line).
+macro_rules! lanes_by {
+    ($lanes:ty, $width:expr) => {
+        impl Lanes for $lanes {
+            #[inline(always)]
+            fn common_field(self, buf: &[u8], pos: usize) -> Option<Field<'_>> {
+                #[cfg(target_arch = "x86_64")]
+                return simd::common_field($width(self), buf, pos);
+                #[cfg(not(target_arch = "x86_64"))]
+                return {
+                    let _ = (buf, pos);
+                    None
+                };
+            }
 
-    #[inline(always)]
-    fn common_request_line(self, buf: &[u8]) -> Option<(Line<'_>, usize)> {
-        #[cfg(target_arch = "x86_64")]
-        return simd::common_request_line(simd::W16, buf);
-        #[cfg(not(target_arch = "x86_64"))]
-        return {
-            let _ = buf;
-            None
-        };
-    }
+            #[inline(always)]
+            fn common_request_line(self, buf: &[u8]) -> Option<(Line<'_>, usize)> {
+                #[cfg(target_arch = "x86_64")]
+                return simd::common_request_line($width(self), buf);
+                #[cfg(not(target_arch = "x86_64"))]
+                return {
+                    let _ = buf;
+                    None
+                };
+            }
+        }
+    };
 }
+
+lanes_by!(Baseline, |_| simd::W16);
 
 /// 32 bytes at a time with AVX2: proof, made by [`detect`](Avx2::detect),
 /// that this CPU has it. A request line or a field up to 31 bytes long
@@ -175,29 +183,7 @@ impl Avx2 {
     }
 }
 
-impl Lanes for Avx2 {
-    #[inline(always)]
-    fn common_field(self, buf: &[u8], pos: usize) -> Option<Field<'_>> {
-        #[cfg(target_arch = "x86_64")]
-        return simd::common_field(simd::W32(self), buf, pos);
-        #[cfg(not(target_arch = "x86_64"))]
-        return {
-            let _ = (buf, pos);
-            None
-        };
-    }
-
-    #[inline(always)]
-    fn common_request_line(self, buf: &[u8]) -> Option<(Line<'_>, usize)> {
-        #[cfg(target_arch = "x86_64")]
-        return simd::common_request_line(simd::W32(self), buf);
-        #[cfg(not(target_arch = "x86_64"))]
-        return {
-            let _ = buf;
-            None
-        };
-    }
-}
+lanes_by!(Avx2, simd::W32);
 
 /// A response's status line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -636,12 +622,7 @@ fn scalar_end(buf: &[u8], start: usize, allowed: impl Fn(u8) -> bool) -> usize {
 /// it).
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use std::arch::x86_64::{
-        __m128i, __m256i, _mm256_andnot_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256,
-        _mm256_min_epu8, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8, _mm256_sub_epi8,
-        _mm_andnot_si128, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8, _mm_set_epi64x, _mm_sub_epi8,
-    };
+    use std::arch::x86_64::{_mm256_loadu_si256, _mm_set_epi64x};
 
     /// Which bytes a scan stops at.
     pub(super) const VALUE: u8 = 1;
@@ -973,41 +954,101 @@ mod simd {
         }
     }
 
+    /// The byte classes of a vector `v`, written once for both widths:
+    /// `$feature` names the instructions' CPU feature, `$all` masks a
+    /// movemask to the width's bits, the rest are that width's intrinsics.
+    macro_rules! classes {
+        ($feature:literal, $vec:ty, $all:expr, $cmpeq:ident, $min:ident, $set1:ident,
+         $or:ident, $andnot:ident, $sub:ident, $movemask:ident) => {
+            /// For a target: the bytes that end it, `?`s, and bytes above
+            /// `0x7F`.
+            #[inline]
+            #[target_feature(enable = $feature)]
+            pub(super) fn target(v: $vec) -> [u32; 3] {
+                let low = $cmpeq($min(v, $set1(0x20)), v);
+                let end = $or(low, $cmpeq(v, $set1(0x7F)));
+                let q = $cmpeq(v, $set1(b'?' as i8));
+                [
+                    $movemask(end) as u32,
+                    $movemask(q) as u32,
+                    $movemask(v) as u32,
+                ]
+            }
+
+            /// A bit per byte that ends a `KIND` scan.
+            #[inline]
+            #[target_feature(enable = $feature)]
+            pub(super) fn flagged<const KIND: u8>(v: $vec) -> u32 {
+                // `x <= max` for unsigned bytes.
+                let at_most = |x: $vec, max: u8| $cmpeq($min(x, $set1(max as i8)), x);
+                let eq = |c: u8| $cmpeq(v, $set1(c as i8));
+                let bad = match KIND {
+                    super::VALUE => $or($andnot(eq(b'\t'), at_most(v, 0x1F)), eq(0x7F)),
+                    super::CONTROL => $or(at_most(v, 0x1F), eq(0x7F)),
+                    _ => {
+                        // Letters (case folded), digits and `-` are fine.
+                        let lower = $or(v, $set1(0x20));
+                        let alpha = at_most($sub(lower, $set1(b'a' as i8)), 25);
+                        let digit = at_most($sub(v, $set1(b'0' as i8)), 9);
+                        let fine = $or($or(alpha, digit), eq(b'-'));
+                        return !($movemask(fine) as u32) & $all;
+                    }
+                };
+                $movemask(bad) as u32
+            }
+        };
+    }
+
+    /// The classes 16 bytes at a time.
+    mod sse2 {
+        use std::arch::x86_64::{
+            __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8, _mm_sub_epi8,
+        };
+        classes!(
+            "sse2",
+            __m128i,
+            0xFFFF,
+            _mm_cmpeq_epi8,
+            _mm_min_epu8,
+            _mm_set1_epi8,
+            _mm_or_si128,
+            _mm_andnot_si128,
+            _mm_sub_epi8,
+            _mm_movemask_epi8
+        );
+    }
+
+    /// The classes 32 bytes at a time.
+    mod avx2 {
+        use std::arch::x86_64::{
+            __m256i, _mm256_andnot_si256, _mm256_cmpeq_epi8, _mm256_min_epu8, _mm256_movemask_epi8,
+            _mm256_or_si256, _mm256_set1_epi8, _mm256_sub_epi8,
+        };
+        classes!(
+            "avx2",
+            __m256i,
+            u32::MAX,
+            _mm256_cmpeq_epi8,
+            _mm256_min_epu8,
+            _mm256_set1_epi8,
+            _mm256_or_si256,
+            _mm256_andnot_si256,
+            _mm256_sub_epi8,
+            _mm256_movemask_epi8
+        );
+    }
+
     #[inline]
     #[target_feature(enable = "sse2")]
     fn masks_target_sse2(lo: u64, hi: u64) -> [u32; 3] {
-        let v: __m128i = _mm_set_epi64x(hi as i64, lo as i64);
-        let low = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x20)), v);
-        let end = _mm_or_si128(low, _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7F)));
-        let q = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'?' as i8));
-        [
-            _mm_movemask_epi8(end) as u32,
-            _mm_movemask_epi8(q) as u32,
-            _mm_movemask_epi8(v) as u32,
-        ]
+        sse2::target(_mm_set_epi64x(hi as i64, lo as i64))
     }
 
     #[inline]
     #[target_feature(enable = "sse2")]
     fn flagged_sse2<const KIND: u8>(lo: u64, hi: u64) -> u32 {
-        let v: __m128i = _mm_set_epi64x(hi as i64, lo as i64);
-        // `x <= max` for unsigned bytes.
-        let at_most =
-            |x: __m128i, max: u8| _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(max as i8)), x);
-        let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-        let bad = match KIND {
-            VALUE => _mm_or_si128(_mm_andnot_si128(eq(b'\t'), at_most(v, 0x1F)), eq(0x7F)),
-            CONTROL => _mm_or_si128(at_most(v, 0x1F), eq(0x7F)),
-            _ => {
-                // Letters (case folded), digits and `-` are fine.
-                let lower = _mm_or_si128(v, _mm_set1_epi8(0x20));
-                let alpha = at_most(_mm_sub_epi8(lower, _mm_set1_epi8(b'a' as i8)), 25);
-                let digit = at_most(_mm_sub_epi8(v, _mm_set1_epi8(b'0' as i8)), 9);
-                let fine = _mm_or_si128(_mm_or_si128(alpha, digit), eq(b'-'));
-                return !(_mm_movemask_epi8(fine) as u32) & 0xFFFF;
-            }
-        };
-        _mm_movemask_epi8(bad) as u32
+        sse2::flagged::<KIND>(_mm_set_epi64x(hi as i64, lo as i64))
     }
 
     /// [`masks_target_sse2`] for the 32 bytes at `at`.
@@ -1019,15 +1060,7 @@ mod simd {
     #[target_feature(enable = "avx2")]
     unsafe fn masks_target_avx2(at: *const u8) -> [u32; 3] {
         // SAFETY: the caller's.
-        let v: __m256i = unsafe { _mm256_loadu_si256(at.cast()) };
-        let low = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x20)), v);
-        let end = _mm256_or_si256(low, _mm256_cmpeq_epi8(v, _mm256_set1_epi8(0x7F)));
-        let q = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'?' as i8));
-        [
-            _mm256_movemask_epi8(end) as u32,
-            _mm256_movemask_epi8(q) as u32,
-            _mm256_movemask_epi8(v) as u32,
-        ]
+        avx2::target(unsafe { _mm256_loadu_si256(at.cast()) })
     }
 
     /// [`flagged_sse2`] for the 32 bytes at `at`.
@@ -1039,23 +1072,7 @@ mod simd {
     #[target_feature(enable = "avx2")]
     unsafe fn flagged_avx2<const KIND: u8>(at: *const u8) -> u32 {
         // SAFETY: the caller's.
-        let v: __m256i = unsafe { _mm256_loadu_si256(at.cast()) };
-        let at_most = |x: __m256i, max: u8| {
-            _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8(max as i8)), x)
-        };
-        let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
-        let bad = match KIND {
-            VALUE => _mm256_or_si256(_mm256_andnot_si256(eq(b'\t'), at_most(v, 0x1F)), eq(0x7F)),
-            CONTROL => _mm256_or_si256(at_most(v, 0x1F), eq(0x7F)),
-            _ => {
-                let lower = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
-                let alpha = at_most(_mm256_sub_epi8(lower, _mm256_set1_epi8(b'a' as i8)), 25);
-                let digit = at_most(_mm256_sub_epi8(v, _mm256_set1_epi8(b'0' as i8)), 9);
-                let fine = _mm256_or_si256(_mm256_or_si256(alpha, digit), eq(b'-'));
-                return !(_mm256_movemask_epi8(fine) as u32);
-            }
-        };
-        _mm256_movemask_epi8(bad) as u32
+        avx2::flagged::<KIND>(unsafe { _mm256_loadu_si256(at.cast()) })
     }
 }
 
