@@ -61,15 +61,13 @@ fn serve(args: Args) -> corelane::Result<()> {
     opts.limits.max_head = args.max_head;
     opts.test_routes = args.test_routes;
     opts.wide_scan = !args.no_avx2;
-    tracing::info!(
-        "request heads are scanned {} bytes at a time{}",
-        opts.scan_width(),
-        match (opts.scan_width(), args.no_avx2) {
-            (32, _) => " (AVX2)",
-            (_, true) => " (SSE2: --no-avx2)",
-            _ => " (SSE2: this CPU has no AVX2)",
-        }
-    );
+    let width = opts.scan_width();
+    let why = match (width, args.no_avx2) {
+        (32, _) => "AVX2",
+        (_, true) => "SSE2: --no-avx2",
+        _ => "SSE2: this CPU has no AVX2",
+    };
+    tracing::info!("request heads are scanned {width} bytes at a time ({why})");
     let mut builder = Server::builder().max_input(opts.max_input());
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let config_error = |e: &dyn std::fmt::Display| corelane::Error::Config(e.to_string());
