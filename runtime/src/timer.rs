@@ -36,6 +36,10 @@ pub struct TimerWheel {
     resolution: Duration,
     /// The next tick to process: every entry due before it has been returned.
     cursor: Tick,
+    /// When tick `cursor` is due (`start + cursor * resolution`): before
+    /// then an expiry pass has nothing to do, which one comparison tells
+    /// (most loop turns come well within one tick of the last).
+    cursor_at: Instant,
     slots: Vec<Vec<Entry>>,
     len: usize,
     /// No entry is due before this tick (a lower bound, so waking at it is
@@ -43,7 +47,7 @@ pub struct TimerWheel {
     earliest: Option<Tick>,
 }
 
-/// Slots [`TimerWheel::next_timeout`] looks ahead at most; with nothing due
+/// Slots [`TimerWheel::next_due`] looks ahead at most; with nothing due
 /// sooner the worker wakes at that horizon and looks again.
 const LOOK_AHEAD: Tick = 64;
 
@@ -56,6 +60,7 @@ impl TimerWheel {
             start,
             resolution,
             cursor: 0,
+            cursor_at: start,
             slots: vec![Vec::new(); slots],
             len: 0,
             earliest: None,
@@ -90,6 +95,20 @@ impl TimerWheel {
 
     /// Moves the wheel to `now` and appends every entry due by then to `due`.
     pub fn expire(&mut self, now: Instant, due: &mut Vec<Entry>) {
+        if now < self.cursor_at {
+            return;
+        }
+        self.expire_ticks(now, due);
+        self.cursor_at = self.tick_at(self.cursor);
+    }
+
+    /// When tick `tick` is due.
+    fn tick_at(&self, tick: Tick) -> Instant {
+        self.start + Duration::from_nanos((self.resolution.as_nanos() as u64).saturating_mul(tick))
+    }
+
+    /// [`expire`](Self::expire) once tick `cursor` is due.
+    fn expire_ticks(&mut self, now: Instant, due: &mut Vec<Entry>) {
         // Ticks whose boundary has fully passed (entries round their due
         // time up, `now` rounds down: nothing fires early).
         let now_tick = (now.saturating_duration_since(self.start).as_nanos()
@@ -127,13 +146,19 @@ impl TimerWheel {
         self.len == 0
     }
 
-    /// How long from `now` until the next tick boundary at which an entry may
-    /// be due, or `None` when the wheel is empty. Used as the poll timeout.
+    /// How long from `now` until [`next_due`](Self::next_due).
+    #[cfg(test)]
+    pub fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
+        Some(self.next_due()?.saturating_duration_since(now))
+    }
+
+    /// When the next tick boundary at which an entry may be due comes, or
+    /// `None` when the wheel is empty: what the poll timeout is made of.
     ///
-    /// Cheap on every loop turn: the answer is cached as a lower bound and
+    /// Cheap on every loop turn: the tick is cached as a lower bound and
     /// only recomputed, by looking at most [`LOOK_AHEAD`] slots ahead, after
     /// an expiry pass consumed it.
-    pub fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
+    pub fn next_due(&mut self) -> Option<Instant> {
         if self.len == 0 {
             return None;
         }
@@ -151,9 +176,7 @@ impl TimerWheel {
                 t
             }
         };
-        let at = self.start
-            + Duration::from_nanos((self.resolution.as_nanos() as u64).saturating_mul(first));
-        Some(at.saturating_duration_since(now))
+        Some(self.tick_at(first))
     }
 
     /// Frees slot storage left over from a spike when the wheel holds few

@@ -352,19 +352,17 @@ impl<H: Handler> Worker<H> {
         {
             return Some(Duration::ZERO);
         }
-        let mut t = self.next_tick.saturating_duration_since(now);
-        if let Some(w) = self.wheel.next_timeout(now) {
-            t = t.min(w);
-        }
-        if let Some(w) = self.timers.wheel.next_timeout(now) {
-            t = t.min(w);
-        }
-        if let Some(until) = self.accept.paused_until() {
-            t = t.min(until.saturating_duration_since(now));
-        }
-        if let Some(d) = self.draining_until {
-            t = t.min(d.saturating_duration_since(now));
-        }
+        // The earliest instant first, then one subtraction.
+        let at = [
+            self.wheel.next_due(),
+            self.timers.wheel.next_due(),
+            self.accept.paused_until(),
+            self.draining_until,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_tick, Instant::min);
+        let mut t = at.saturating_duration_since(now);
         if let Some(w) = self.steer.wake_within() {
             t = t.min(w);
         }
