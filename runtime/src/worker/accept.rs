@@ -9,13 +9,18 @@
 //! - reported alone, it gives one connection (nginx's `multi_accept off`);
 //!   the next turn's events say whether more are queued (reported again)
 //!   or not (the queue is empty);
-//! - reported among other events (connections arrive faster than turns
-//!   come round), at the loop's start, and at the end of a pause or of the
-//!   connection cap, it is drained to `EAGAIN` or the turn's budget. One
-//!   accept per turn there settles into a turn per connection (under
-//!   callgrind, with a connection per request: 2,990 → 3,640 instructions
-//!   per connection). Taking two when reported twice in a row was tried:
-//!   a third of the `accept4` calls failed again.
+//! - reported among other events, it gives one more for every eight of
+//!   them (a busy worker's turns are long, and connections queue
+//!   meanwhile), without asking for more: the next turn's report says.
+//!   Draining to `EAGAIN` whenever other events came too (until the tenth
+//!   session) made 1.15 `accept4` per connection under a connection per
+//!   request (the failed ones) against nginx's 0.98; under callgrind, where
+//!   the slowed server finds connections piled up, it made fewer turns
+//!   (2,609–2,671 instructions per connection against 2,945 with one
+//!   accept per report). Taking two when reported twice in a row was
+//!   tried: a third of the `accept4` calls failed again;
+//! - at the loop's start, and at the end of a pause or of the connection
+//!   cap, it is drained to `EAGAIN` or the turn's budget.
 //!
 //! Least-loaded steering counts what it sent a worker as pending until
 //! accepted: each accept takes one off, and an empty queue resets the
@@ -42,6 +47,10 @@ use crate::handler::{Accepted, CloseReason, Handler};
 use crate::panic;
 use crate::probes;
 use crate::sys;
+
+/// A reported listener gives one connection per turn, plus one for every
+/// this many other events of the turn.
+const ACCEPT_SHARE: usize = 8;
 
 /// Why a worker is, or is not, accepting right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +116,14 @@ impl<H: Handler> Worker<H> {
         // keeps what is queued from waiting for the next arrival.
         let drain = !self.listener_level;
         let budget = match self.accept {
-            // Reported among other events: connections arrive faster than
-            // turns come round.
-            AcceptState::Open(Queue::Ready(1)) if events > 1 || drain => self.opts.accept_budget,
+            // Edge-triggered: no new report comes for what stays queued.
+            AcceptState::Open(Queue::Ready(1)) if drain => self.opts.accept_budget,
+            // Reported: one connection (nginx's `multi_accept off`), and
+            // one more for every eight other events of the turn (a busy
+            // worker's turns are long, and connections queue meanwhile).
+            AcceptState::Open(Queue::Ready(1)) => {
+                (1 + events / ACCEPT_SHARE).min(self.opts.accept_budget)
+            }
             AcceptState::Open(Queue::Ready(n)) => n,
             AcceptState::Open(Queue::Took) => {
                 // Not reported again: nothing more was queued.
