@@ -107,7 +107,9 @@ impl HttpOptions {
 /// whichever worker serves `/metrics` can report every worker's count.
 #[derive(Debug)]
 pub struct RequestCounters {
-    per_worker: Box<[PaddedCounter]>,
+    /// Each worker's handler holds its own counter as well: publishing is
+    /// one store, with no index to check.
+    per_worker: Box<[Arc<PaddedCounter>]>,
 }
 
 #[derive(Debug, Default)]
@@ -118,8 +120,14 @@ impl RequestCounters {
     /// Counters for `workers` workers.
     pub fn new(workers: usize) -> Self {
         RequestCounters {
-            per_worker: (0..workers).map(|_| PaddedCounter::default()).collect(),
+            per_worker: (0..workers).map(|_| Arc::default()).collect(),
         }
+    }
+
+    /// Worker `worker`'s counter (a counter of its own, not reported,
+    /// for a worker beyond those counted).
+    fn slot(&self, worker: usize) -> Arc<PaddedCounter> {
+        self.per_worker.get(worker).cloned().unwrap_or_default()
     }
 
     /// Requests answered by `worker`.
@@ -139,8 +147,10 @@ pub struct Http {
     json: Vec<u8>,
     metrics: Metrics,
     requests: Arc<RequestCounters>,
-    /// Requests answered by this worker (published to `requests`).
+    /// Requests answered by this worker (published to `published`).
     answered: u64,
+    /// This worker's counter in `requests`.
+    published: Arc<PaddedCounter>,
     test_routes: bool,
     scratch: Vec<u8>,
     /// The server's state as of the last callback, for `/readyz`.
@@ -222,6 +232,7 @@ impl Http {
             plaintext: Vec::with_capacity(256),
             json: Vec::with_capacity(256),
             metrics: info.metrics.clone(),
+            published: requests.slot(info.index),
             requests,
             answered: 0,
             test_routes: opts.test_routes,
@@ -555,9 +566,7 @@ impl Http {
             }
         };
         if self.answered != answered {
-            if let Some(c) = self.requests.per_worker.get(self.worker) {
-                c.0.store(self.answered, Relaxed);
-            }
+            self.published.0.store(self.answered, Relaxed);
         }
         action
     }

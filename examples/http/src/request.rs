@@ -42,6 +42,25 @@ pub enum Method {
     Other,
 }
 
+impl Method {
+    /// The method a token names. By length first, then the token as one
+    /// integer: a slice match compares byte by byte (~10 instructions more).
+    #[inline(always)]
+    fn of(token: &[u8]) -> Method {
+        match *token {
+            [a, b, c] if u32::from_le_bytes([a, b, c, 0]) == u32::from_le_bytes(*b"GET\0") => {
+                Method::Get
+            }
+            [a, b, c, d] => match u32::from_le_bytes([a, b, c, d]) {
+                m if m == u32::from_le_bytes(*b"HEAD") => Method::Head,
+                m if m == u32::from_le_bytes(*b"POST") => Method::Post,
+                _ => Method::Other,
+            },
+            _ => Method::Other,
+        }
+    }
+}
+
 /// How the body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
@@ -130,16 +149,19 @@ impl Fields {
     /// A problem was found (in `error`).
     const ERROR: u32 = 1 << 8;
 
+    /// Records a problem; the first one found is the one answered.
     fn fail(&mut self, status: Status) {
+        if self.flags & Fields::ERROR == 0 {
+            self.error = Some(status);
+        }
         self.flags |= Fields::ERROR;
-        self.error = Some(status);
     }
 
+    /// Takes one field into account. Fields after a problem still are
+    /// (cheaper than a test on every field), but only the first problem
+    /// is answered, and any problem makes the request an error.
     #[inline(always)]
     fn field(&mut self, name: &[u8], value: &[u8]) {
-        if self.flags & Fields::ERROR != 0 {
-            return;
-        }
         // Dispatch on length first: most headers (Accept, User-Agent, ...)
         // match no interesting name and cost one comparison.
         match name.len() {
@@ -263,12 +285,7 @@ pub fn parse_in<'a>(
         return Parse::Error(fields.error.unwrap_or(Status::BadRequest));
     }
     let minor = line.minor;
-    let method = match line.method {
-        b"GET" => Method::Get,
-        b"HEAD" => Method::Head,
-        b"POST" => Method::Post,
-        _ => Method::Other,
-    };
+    let method = Method::of(line.method);
     let path = route_path(line.target, line.path_len);
     let has = |flag: u32| flags & flag != 0;
     // `100 Continue` is an HTTP/1.1 interim response.
@@ -553,6 +570,29 @@ mod tests {
         match parse(req, &LIMITS) {
             Parse::Error(s) => Some(s),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn methods_are_told_apart_exactly() {
+        for (token, method) in [
+            (&b"GET"[..], Method::Get),
+            (b"HEAD", Method::Head),
+            (b"POST", Method::Post),
+            (b"get", Method::Other),
+            (b"GE", Method::Other),
+            (b"GETS", Method::Other),
+            (b"GET\0", Method::Other),
+            (b"HEADS", Method::Other),
+            (b"PUT", Method::Other),
+            (b"", Method::Other),
+        ] {
+            assert_eq!(
+                Method::of(token),
+                method,
+                "{:?}",
+                String::from_utf8_lossy(token)
+            );
         }
     }
 
