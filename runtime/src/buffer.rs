@@ -39,6 +39,11 @@ pub struct BufferPool {
     /// What a connection holding no input reads into (see
     /// [`scratch`](Self::scratch)): empty between reads.
     scratch: Vec<u8>,
+    /// The free buffer given back last (no capacity if none), in front of
+    /// `free`: a reply takes its output buffer and gives it back once
+    /// flushed, and one slot makes that a move each way, without the free
+    /// list's length and capacity bookkeeping.
+    hot: Vec<u8>,
 }
 
 impl BufferPool {
@@ -53,6 +58,7 @@ impl BufferPool {
             over_since: None,
             owned: 0,
             scratch: Vec::new(),
+            hot: Vec::new(),
         }
     }
 
@@ -103,6 +109,9 @@ impl BufferPool {
     /// An empty buffer with at least the pool's buffer size of capacity.
     #[inline]
     pub fn take(&mut self) -> Vec<u8> {
+        if self.hot.capacity() != 0 {
+            return std::mem::take(&mut self.hot);
+        }
         match self.free.pop() {
             Some(buf) => buf,
             None => {
@@ -123,7 +132,11 @@ impl BufferPool {
             return;
         }
         buf.clear();
-        self.free.push(buf);
+        if self.hot.capacity() == 0 {
+            self.hot = buf;
+        } else {
+            self.free.push(buf);
+        }
     }
 
     /// Whether a trim pass is due: the free list has been over its bound
@@ -132,7 +145,7 @@ impl BufferPool {
     /// unseen: the excess is then freed up to a tick early, never kept
     /// longer.
     pub fn trim_due(&mut self, now: Instant) -> bool {
-        if self.free.len() <= self.max_idle {
+        if self.idle() <= self.max_idle {
             self.over_since = None;
             return false;
         }
@@ -142,8 +155,12 @@ impl BufferPool {
 
     /// Frees idle buffers down to the bound. Returns how many were freed.
     pub fn trim(&mut self) -> usize {
-        let freed = self.free.len().saturating_sub(self.max_idle);
-        self.free.truncate(self.max_idle);
+        let freed = self.idle().saturating_sub(self.max_idle);
+        if self.max_idle == 0 {
+            self.hot = Vec::new();
+        }
+        self.free
+            .truncate(self.max_idle.saturating_sub(self.hot_idle()));
         self.free.shrink_to_fit();
         self.over_since = None;
         self.owned = self.owned.saturating_sub(freed);
@@ -152,12 +169,17 @@ impl BufferPool {
 
     /// Buffers on the free list.
     pub fn idle(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.hot_idle()
+    }
+
+    /// Whether the hot slot holds a free buffer (1) or not (0).
+    fn hot_idle(&self) -> usize {
+        usize::from(self.hot.capacity() != 0)
     }
 
     /// Buffers currently lent to connections.
     pub fn outstanding(&self) -> usize {
-        self.owned.saturating_sub(self.free.len())
+        self.owned.saturating_sub(self.idle())
     }
 }
 
@@ -418,6 +440,31 @@ impl Output {
         n
     }
 
+    /// The unwritten bytes when they are one inline piece (no shared chunk
+    /// queued): what one `send(2)` writes whole in the common case.
+    #[inline(always)]
+    pub(crate) fn inline_unwritten(&self) -> Option<&[u8]> {
+        if !self.segs.is_empty() {
+            return None;
+        }
+        self.buf.get(self.pos..)
+    }
+
+    /// All of [`inline_unwritten`](Self::inline_unwritten) was written.
+    #[inline(always)]
+    pub(crate) fn inline_written(&mut self) {
+        debug_assert!(self.segs.is_empty() && self.pending == self.buf.len() - self.pos);
+        self.buf.clear();
+        self.pos = 0;
+        self.pending = 0;
+    }
+
+    /// Records that `n` bytes were written (by the caller, not through
+    /// [`flush_to`](Self::flush_to)).
+    pub(crate) fn written(&mut self, n: usize) {
+        self.advance(n);
+    }
+
     /// Records that `n` bytes were written. All inline (the common case),
     /// in place; across shared segments, [`advance_segments`](Self::advance_segments).
     #[inline]
@@ -609,6 +656,24 @@ mod tests {
         out.extend_from_slice(b"world");
         let (rest, _) = drain(&mut out, 100, 10);
         assert_eq!(rest, b"g world");
+    }
+
+    #[test]
+    fn the_buffer_given_back_last_is_taken_first_and_trimmed_like_the_rest() {
+        let mut pool = BufferPool::new(4096, 0, Duration::ZERO);
+        let (mut a, b) = (pool.take(), pool.take());
+        a.extend_from_slice(b"left");
+        let a_ptr = a.as_ptr();
+        pool.give(a);
+        pool.give(b);
+        assert_eq!((pool.idle(), pool.outstanding()), (2, 0));
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), a_ptr, "the hot buffer first");
+        assert!(again.is_empty(), "given back cleared");
+        pool.give(again);
+        assert!(pool.trim_due(Instant::now()));
+        assert_eq!(pool.trim(), 2);
+        assert_eq!((pool.idle(), pool.outstanding()), (0, 0));
     }
 
     #[test]

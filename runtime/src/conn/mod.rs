@@ -42,10 +42,11 @@ use mio::net::TcpStream;
 use crate::buffer::{BufferPool, Input, Output};
 use crate::handler::{Action, CloseReason};
 use crate::metrics::Counters;
+use crate::options::ServerOptions;
 use crate::panic;
 use crate::probes;
 use crate::sys;
-use crate::timer::Tick;
+use crate::timer::{Tick, TimerWheel};
 use deadline::Rule;
 
 pub use token::ConnToken;
@@ -602,6 +603,80 @@ impl<S> Conn<S> {
         Ok((writes, written as u64))
     }
 
+    /// [`flush`](Self::flush) with its common case inlined into the
+    /// worker's loop: a plain connection's output, one inline piece,
+    /// written whole by one `send(2)`. Anything else (TLS, shared chunks, a
+    /// connect in progress, a short write, an error) goes the general way.
+    /// The writes and bytes are counted in `counters`.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush).
+    #[inline(always)]
+    pub(crate) fn flush_quick(
+        &mut self,
+        worker: usize,
+        now: Instant,
+        counters: &mut Counters,
+    ) -> Result<(), CloseReason> {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return self.flush_counted(None, worker, now, counters);
+        }
+        let Some(bytes) = self.output.inline_unwritten() else {
+            return self.flush_counted(None, worker, now, counters);
+        };
+        if bytes.is_empty() || matches!(self.phase, Phase::Connecting { .. }) {
+            return self.flush_counted(None, worker, now, counters);
+        }
+        let fd = self.stream.as_raw_fd();
+        // Closing: the FIN follows this output as soon as it is written.
+        let fin_follows = matches!(self.phase, Phase::Closing { .. });
+        match sys::send(fd, bytes, fin_follows) {
+            Ok(n) if n == bytes.len() => {
+                probes::write(worker, fd, self.id, n);
+                self.output.inline_written();
+                self.last_progress = now;
+                counters.writes += 1;
+                counters.bytes_written += n as u64;
+                Ok(())
+            }
+            sent => self.flush_counted(Some(sent), worker, now, counters),
+        }
+    }
+
+    /// [`flush_quick`](Self::flush_quick) the general way, after the
+    /// result of a `send(2)` that did not write everything, if one was
+    /// made: records what it wrote, then flushes the rest.
+    #[cold]
+    #[inline(never)]
+    fn flush_counted(
+        &mut self,
+        sent: Option<io::Result<usize>>,
+        worker: usize,
+        now: Instant,
+        counters: &mut Counters,
+    ) -> Result<(), CloseReason> {
+        match sent {
+            None => {}
+            Some(Ok(0)) => return Err(CloseReason::Error),
+            Some(Ok(n)) => {
+                probes::write(worker, self.fd(), self.id, n);
+                self.output.written(n);
+                self.last_progress = now;
+                counters.writes += 1;
+                counters.bytes_written += n as u64;
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Some(Err(e)) => return Err(classify(&e)),
+        }
+        let (writes, bytes) = self.flush(worker, now)?;
+        counters.writes += writes;
+        counters.bytes_written += bytes;
+        Ok(())
+    }
+
     // ----- closing --------------------------------------------------------------
 
     /// What to do once this turn's I/O is done. `drain_idle`: a drain is
@@ -620,6 +695,27 @@ impl<S> Conn<S> {
             Phase::Closing { linger: true, .. } => Next::Linger,
             Phase::Closing { reason, .. } => Next::Close(reason),
         }
+    }
+
+    /// The end of a turn for this connection: what it needs next
+    /// ([`next`](Self::next)); when it stays, its buffers it no longer
+    /// needs go back to `pool` and its timer (entry `key` of `wheel`) is
+    /// re-armed.
+    #[inline(always)]
+    pub(crate) fn settle(
+        &mut self,
+        drain_idle: bool,
+        pool: &mut BufferPool,
+        (wheel, key): (&mut TimerWheel, usize),
+        opts: &ServerOptions,
+        grace: Option<Instant>,
+    ) -> Next {
+        let next = self.next(drain_idle);
+        if next == Next::Keep {
+            self.release_buffers(pool);
+            self.update_timer(wheel, key, opts, grace);
+        }
+        next
     }
 
     /// Sends FIN and starts discarding what the peer still sends, so unread

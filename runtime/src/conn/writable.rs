@@ -1,8 +1,12 @@
 //! Writable edges and the low-water mark: when a connection watches for
 //! writable edges, and when its handler hears that output has drained.
 
+use std::time::Instant;
+
 use super::Conn;
 use crate::buffer::BufferPool;
+use crate::handler::CloseReason;
+use crate::metrics::Counters;
 
 impl<S> Conn<S> {
     /// The readiness this connection is registered for.
@@ -12,6 +16,30 @@ impl<S> Conn<S> {
         } else {
             mio::Interest::READABLE
         }
+    }
+
+    /// Flushes what is pending, counting writes and bytes in `counters`
+    /// (of worker `worker`): whether the worker has more to do (the
+    /// handler waits to stream more, or output was left behind and no
+    /// writable edge is watched for). Nothing pending (the handler answered
+    /// nothing yet, or only a writable edge came): no call into the write
+    /// path, and no output can be left behind.
+    ///
+    /// # Errors
+    ///
+    /// The reason to close when the socket fails.
+    #[inline(always)]
+    pub(crate) fn flush_pending(
+        &mut self,
+        worker: usize,
+        now: Instant,
+        counters: &mut Counters,
+    ) -> Result<bool, CloseReason> {
+        let left_behind = self.unflushed() && {
+            self.flush_quick(worker, now, counters)?;
+            self.needs_writable_edges()
+        };
+        Ok(left_behind || self.awaits_writable())
     }
 
     /// A flush left output behind and no writable edge is watched for:

@@ -12,6 +12,46 @@ use crate::handler::{CloseReason, ConnectError, Handler};
 use crate::panic;
 use crate::probes;
 
+/// `on_data` for `$conn` (connection `self.conns[key]`, borrowed by the
+/// caller), with a context made of the worker's other fields: what
+/// [`call_handler`](Worker::call_handler) does, written out where the
+/// caller already holds the connection. A panic in it closes the
+/// connection: the caller returns `Err(CloseReason::Panic)` (a `return`
+/// here, so that the connection stays borrowed on the other way).
+macro_rules! on_data {
+    ($w:ident, $conn:ident, $now:expr) => {{
+        let draining = $w.leaving;
+        let handler = &mut $w.handler;
+        let handle = ConnHandle::new($w.info.index, $conn.id());
+        let mut cx = context!($w, Some(handle), $now);
+        let called = $conn.call(&mut $w.pool, draining, $now, |state, input, output| {
+            handler.on_data(state, input, output, &mut cx)
+        });
+        if let Err(message) = called {
+            let id = $conn.id();
+            $w.handler_panicked(Some(id), "on_data", &message);
+            return Err(CloseReason::Panic);
+        }
+        $conn.note_output($w.opts.output_low_water);
+    }};
+}
+
+/// Ends `$conn`'s turn (connection `self.conns[key]`, borrowed by the
+/// caller): [`Conn::settle`](crate::conn::Conn::settle), then closes or
+/// lingers it if it is done.
+macro_rules! settle {
+    ($w:ident, $conn:ident, $key:expr, $drain_idle:expr, $now:expr) => {{
+        let next = $conn.settle(
+            $drain_idle,
+            &mut $w.pool,
+            (&mut $w.wheel, $key),
+            &$w.opts,
+            $w.drain_grace_until,
+        );
+        $w.after_settle($key, next, $now);
+    }};
+}
+
 /// Most `on_writable` calls for one connection per turn.
 const WRITABLE_BUDGET: usize = 16;
 
@@ -20,11 +60,14 @@ impl<H: Handler> Worker<H> {
     /// handler, flush the replies and any output pending from before,
     /// close if it is done.
     pub(super) fn drive(&mut self, key: usize, now: Instant) {
-        if let Err(reason) = self.drive_io(key, now) {
-            self.close(key, reason, now);
-            return;
+        let mut reads = 0;
+        loop {
+            match self.serve(key, now, &mut reads) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(reason) => return self.close(key, reason, now),
+            }
         }
-        self.settle(key, now);
     }
 
     /// [`drive`](Self::drive) after an operation on the connection's
@@ -38,69 +81,60 @@ impl<H: Handler> Worker<H> {
             self.close(key, reason, now);
             return;
         }
-        self.settle(key, now);
-    }
-
-    /// After serving: close the connection if it is done, else return the
-    /// buffers it no longer needs and re-arm its timer.
-    #[inline(always)]
-    fn settle(&mut self, key: usize, now: Instant) {
-        let drain_idle =
-            self.draining_until.is_some() && self.drain_grace_until.is_none_or(|g| now >= g);
-        // One look-up of the connection for all three steps.
+        let drain_idle = self.drain_idle(now);
         let conn = &mut self.conns[key];
-        match conn.next(drain_idle) {
+        settle!(self, conn, key, drain_idle, now);
+    }
+
+    /// Whether a drain is closing idle keep-alive connections now.
+    #[inline(always)]
+    fn drain_idle(&self, now: Instant) -> bool {
+        self.draining_until.is_some() && self.drain_grace_until.is_none_or(|g| now >= g)
+    }
+
+    /// Closes or lingers a connection that [`Conn::settle`] says is done.
+    #[inline(always)]
+    fn after_settle(&mut self, key: usize, next: Next, now: Instant) {
+        match next {
             Next::Keep => {}
-            Next::Close(reason) => return self.close(key, reason, now),
-            Next::Linger => return self.start_linger(key, now),
+            Next::Close(reason) => self.close(key, reason, now),
+            Next::Linger => self.start_linger(key, now),
         }
-        conn.release_buffers(&mut self.pool);
-        conn.update_timer(&mut self.wheel, key, &self.opts, self.drain_grace_until);
     }
 
-    fn drive_io(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
+    /// One round of [`drive`](Self::drive): reads and hands bytes to the
+    /// handler until the socket drains, the budget runs out (the
+    /// connection is requeued) or the output reaches the high-water mark;
+    /// then flushes what is pending (from before and from these reads)
+    /// together: output left from before is no reason not to read, unless
+    /// it is over the high-water mark. Then, if reading stopped at the
+    /// high-water mark and the flush made room, `Ok(true)`: read on (bytes
+    /// may be left in the socket, for which no new edge will come); else
+    /// the connection is settled (closed if done, or its buffers returned
+    /// and its timer re-armed; if the flush made no room, the writable edge
+    /// resumes it).
+    ///
+    /// The connection is looked up once for all of it: the handler's call
+    /// is written out here, its context made of the worker's other fields.
+    #[inline(always)]
+    fn serve(&mut self, key: usize, now: Instant, reads: &mut usize) -> Result<bool, CloseReason> {
+        let drain_idle = self.drain_idle(now);
         let high_water = self.opts.output_high_water;
-        let mut reads = 0;
-        loop {
-            // Read first, then flush what is pending (from before and from
-            // this read) together: output left from before is no reason
-            // not to read, unless it is over the high-water mark, which
-            // `read_some` checks.
-            let backpressure = self.read_some(key, now, &mut reads)?;
-            self.flush(key, now)?;
-            // Reading stopped at the high-water mark with bytes possibly left
-            // in the socket, for which no new edge will come. If the flush
-            // made room, read on now; if not, the writable edge resumes us.
-            if !backpressure || self.conns[key].pending_output() >= high_water {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Reads and hands bytes to the handler until the socket drains, the
-    /// budget runs out (the connection is requeued) or the output reaches the
-    /// high-water mark (returns `true`).
-    fn read_some(
-        &mut self,
-        key: usize,
-        now: Instant,
-        reads: &mut usize,
-    ) -> Result<bool, CloseReason> {
-        loop {
-            let conn = &mut self.conns[key];
+        let conn = &mut self.conns[key];
+        let backpressure = loop {
             if !conn.wants_read() {
-                return Ok(false);
+                break false;
             }
-            if conn.pending_output() >= self.opts.output_high_water {
+            if conn.pending_output() >= high_water {
                 // Backpressure: the connection stays readable.
-                return Ok(true);
+                break true;
             }
             if *reads == self.opts.read_budget {
                 self.requeue.push(key);
-                return Ok(false);
+                break false;
             }
             *reads += 1;
-            match conn.read(
+            let eof = match conn.read(
                 &mut self.pool,
                 self.opts.max_input,
                 (self.info.index, &mut self.counters),
@@ -109,53 +143,42 @@ impl<H: Handler> Worker<H> {
                     self.counters.bytes_read += n as u64;
                     self.counters.reads += 1;
                     probes::read(self.info.index, conn.fd(), conn.id(), n);
-                    self.call_handler(key, now)?;
+                    false
                 }
-                ReadOutcome::Eof => {
-                    if conn.has_input() {
-                        // Let the handler see that no more bytes will come.
-                        self.call_handler(key, now)?;
-                    }
-                    return Ok(false);
-                }
-                ReadOutcome::Drained => return Ok(false),
-                ReadOutcome::Again => {}
+                // Let the handler see that no more bytes will come.
+                ReadOutcome::Eof if conn.has_input() => true,
+                ReadOutcome::Eof | ReadOutcome::Drained => break false,
+                ReadOutcome::Again => continue,
+            };
+            on_data!(self, conn, now);
+            if eof {
+                break false;
             }
+        };
+        let conn = if conn.flush_pending(self.info.index, now, &mut self.counters)? {
+            self.after_partial_flush(key, now)?;
+            &mut self.conns[key]
+        } else {
+            conn
+        };
+        if backpressure && conn.pending_output() < high_water {
+            return Ok(true);
         }
+        settle!(self, conn, key, drain_idle, now);
+        Ok(false)
     }
 
     /// `on_data` for connection `key`; a panic in it closes the connection.
     pub(super) fn call_handler(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
-        let draining = self.leaving;
-        let handler = &mut self.handler;
         let conn = &mut self.conns[key];
-        let handle = ConnHandle::new(self.info.index, conn.id());
-        let mut cx = context!(self, Some(handle), now);
-        let called = conn.call(&mut self.pool, draining, now, |state, input, output| {
-            handler.on_data(state, input, output, &mut cx)
-        });
-        if let Err(message) = called {
-            let id = conn.id();
-            self.handler_panicked(Some(id), "on_data", &message);
-            return Err(CloseReason::Panic);
-        }
-        conn.note_output(self.opts.output_low_water);
+        on_data!(self, conn, now);
         Ok(())
     }
 
-    #[inline]
+    /// Flushes connection `key`'s pending output (a writable edge, or
+    /// output written on its behalf).
     fn flush(&mut self, key: usize, now: Instant) -> Result<(), CloseReason> {
-        let conn = &mut self.conns[key];
-        // Nothing to write (the handler answered nothing yet, or only a
-        // writable edge came): no call into the write path, and no output
-        // can be left behind.
-        let left_behind = conn.unflushed() && {
-            let (writes, bytes) = conn.flush(self.info.index, now)?;
-            self.counters.writes += writes;
-            self.counters.bytes_written += bytes;
-            conn.needs_writable_edges()
-        };
-        if left_behind || conn.awaits_writable() {
+        if self.conns[key].flush_pending(self.info.index, now, &mut self.counters)? {
             return self.after_partial_flush(key, now);
         }
         Ok(())
