@@ -307,6 +307,54 @@ pub struct Output {
     pending: usize,
 }
 
+/// Appends `bytes` (33 to 256 of them) to `buf`, which has room for them,
+/// 32 bytes at a time: the whole chunks, then the last 32 bytes, which
+/// overlap what was copied. Inlined, the copies are a few vector moves
+/// (what `memcpy` does for these sizes, less its call and its dispatch on
+/// the size).
+#[inline(always)]
+fn copy_small(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const CHUNK: usize = 32;
+    let n = bytes.len();
+    assert!((CHUNK + 1..=8 * CHUNK).contains(&n) && buf.capacity() - buf.len() >= n);
+    let len = buf.len();
+    let (src, dst) = (bytes.as_ptr(), buf.as_mut_ptr());
+    // SAFETY: every copy reads `CHUNK` bytes at an offset at most
+    // `n - CHUNK` of `bytes` (`n` long) and writes them at `len` plus that
+    // offset, inside the capacity `buf` has past `len` (asserted above);
+    // `bytes` cannot be inside `buf`'s spare capacity (no reference to it
+    // exists); the `n` bytes after `len` are all written before `set_len`.
+    unsafe {
+        let copy = |at: usize| {
+            std::ptr::copy_nonoverlapping(src.add(at), dst.add(len + at), CHUNK);
+        };
+        // The chunks the last one does not cover, unrolled (a loop here
+        // would be turned back into a call to `memcpy`).
+        let last = n - CHUNK;
+        copy(0);
+        if last > CHUNK {
+            copy(CHUNK);
+            if last > 2 * CHUNK {
+                copy(2 * CHUNK);
+                if last > 3 * CHUNK {
+                    copy(3 * CHUNK);
+                    if last > 4 * CHUNK {
+                        copy(4 * CHUNK);
+                        if last > 5 * CHUNK {
+                            copy(5 * CHUNK);
+                            if last > 6 * CHUNK {
+                                copy(6 * CHUNK);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        copy(last);
+        buf.set_len(len + n);
+    }
+}
+
 #[derive(Debug)]
 enum Segment {
     /// Inline bytes up to this offset of `buf`.
@@ -315,10 +363,18 @@ enum Segment {
 }
 
 impl Output {
-    /// Appends bytes, copying them.
+    /// Appends bytes, copying them. A reply of 33 to 256 bytes (most are)
+    /// is copied inline where the buffer has room for it, no call to
+    /// `memcpy`: see [`copy_small`].
+    #[inline]
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-        self.pending += bytes.len();
+        let n = bytes.len();
+        if (33..=256).contains(&n) && self.buf.capacity() - self.buf.len() >= n {
+            copy_small(&mut self.buf, bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+        self.pending += n;
     }
 
     /// Queues a shared or static chunk without copying it.
@@ -632,6 +688,31 @@ mod tests {
         assert_eq!(got, expect);
         assert!(out.is_empty());
         assert!(out.segs.is_empty());
+    }
+
+    /// Every length, inline (33 to 256 bytes with room) or not, after
+    /// every prefix length around a chunk: the bytes appended are the
+    /// bytes given, in order, and nothing else moves.
+    #[test]
+    fn appended_bytes_arrive_whole_at_every_length() {
+        let source: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        for prefix in [0, 1, 31, 32, 33, 100] {
+            for n in 0..=300 {
+                for room in [0, n, n + 40] {
+                    let mut out = Output::default();
+                    out.set_buffer(Vec::with_capacity(prefix + room));
+                    out.extend_from_slice(&source[..prefix]);
+                    out.extend_from_slice(&source[source.len() - n..]);
+                    let want = [&source[..prefix], &source[source.len() - n..]].concat();
+                    assert_eq!(
+                        out.to_vec(),
+                        want,
+                        "prefix {prefix}, {n} bytes, room {room}"
+                    );
+                    assert_eq!(out.len(), prefix + n);
+                }
+            }
+        }
     }
 
     #[test]
