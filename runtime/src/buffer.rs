@@ -318,41 +318,43 @@ fn copy_small(buf: &mut Vec<u8>, bytes: &[u8]) {
     let n = bytes.len();
     assert!((CHUNK + 1..=8 * CHUNK).contains(&n) && buf.capacity() - buf.len() >= n);
     let len = buf.len();
-    let (src, dst) = (bytes.as_ptr(), buf.as_mut_ptr());
-    // SAFETY: every copy reads `CHUNK` bytes at an offset at most
-    // `n - CHUNK` of `bytes` (`n` long) and writes them at `len` plus that
-    // offset, inside the capacity `buf` has past `len` (asserted above);
-    // `bytes` cannot be inside `buf`'s spare capacity (no reference to it
-    // exists); the `n` bytes after `len` are all written before `set_len`.
-    unsafe {
-        let copy = |at: usize| {
-            std::ptr::copy_nonoverlapping(src.add(at), dst.add(len + at), CHUNK);
+    let dst = buf.as_mut_ptr().wrapping_add(len);
+    let copy = |at: usize| {
+        // Within `bytes` for every `at` below: a checked read.
+        let Some(chunk) = bytes.get(at..).and_then(<[u8]>::first_chunk::<CHUNK>) else {
+            return;
         };
-        // The chunks the last one does not cover, unrolled (a loop here
-        // would be turned back into a call to `memcpy`).
-        let last = n - CHUNK;
-        copy(0);
-        if last > CHUNK {
-            copy(CHUNK);
-            if last > 2 * CHUNK {
-                copy(2 * CHUNK);
-                if last > 3 * CHUNK {
-                    copy(3 * CHUNK);
-                    if last > 4 * CHUNK {
-                        copy(4 * CHUNK);
-                        if last > 5 * CHUNK {
-                            copy(5 * CHUNK);
-                            if last > 6 * CHUNK {
-                                copy(6 * CHUNK);
-                            }
+        // SAFETY: `at` is at most `n - CHUNK`, so the write is inside the
+        // `n` bytes of capacity `buf` has past `len` (asserted above);
+        // unaligned, as a byte buffer is.
+        unsafe { std::ptr::write_unaligned(dst.wrapping_add(at).cast::<[u8; CHUNK]>(), *chunk) };
+    };
+    // The chunks the last one does not cover, unrolled (a loop here would
+    // be turned back into a call to `memcpy`).
+    let last = n - CHUNK;
+    copy(0);
+    if last > CHUNK {
+        copy(CHUNK);
+        if last > 2 * CHUNK {
+            copy(2 * CHUNK);
+            if last > 3 * CHUNK {
+                copy(3 * CHUNK);
+                if last > 4 * CHUNK {
+                    copy(4 * CHUNK);
+                    if last > 5 * CHUNK {
+                        copy(5 * CHUNK);
+                        if last > 6 * CHUNK {
+                            copy(6 * CHUNK);
                         }
                     }
                 }
             }
         }
-        copy(last);
-        buf.set_len(len + n);
     }
+    copy(last);
+    // SAFETY: the `n` bytes after `len` were all written above, inside
+    // the capacity.
+    unsafe { buf.set_len(len + n) };
 }
 
 #[derive(Debug)]
