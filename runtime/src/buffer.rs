@@ -329,8 +329,8 @@ fn copy_small(buf: &mut Vec<u8>, bytes: &[u8]) {
         // unaligned, as a byte buffer is.
         unsafe { std::ptr::write_unaligned(dst.wrapping_add(at).cast::<[u8; CHUNK]>(), *chunk) };
     };
-    // The chunks the last one does not cover, unrolled (a loop here would
-    // be turned back into a call to `memcpy`).
+    // The chunks the last one does not cover, unrolled: a loop may be
+    // turned back into a call to `memcpy`.
     let last = n - CHUNK;
     copy(0);
     if last > CHUNK {
