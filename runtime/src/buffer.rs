@@ -444,10 +444,15 @@ impl Output {
         self.buf.capacity() != 0
     }
 
+    /// Gives the output a buffer to append to; it holds none (see
+    /// [`has_buffer`](Self::has_buffer)), so nothing is dropped, and its
+    /// `pos` is 0 (as [`take_buffer`](Self::take_buffer) leaves it).
+    #[inline]
     pub(crate) fn set_buffer(&mut self, buf: Vec<u8>) {
-        debug_assert!(self.buf.is_empty() && self.pending == 0);
-        self.buf = buf;
-        self.pos = 0;
+        debug_assert!(self.buf.capacity() == 0 && self.pending == 0 && self.pos == 0);
+        // The buffer replaced has no capacity: forgetting it frees nothing
+        // and spares a test of it (which `self.buf = buf` makes).
+        std::mem::forget(std::mem::replace(&mut self.buf, buf));
     }
 
     /// Takes the (empty) inline buffer back out, for the pool.
