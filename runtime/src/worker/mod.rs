@@ -82,9 +82,10 @@ use accept::{AcceptState, Queue};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const EVENTS_CAPACITY: usize = 1024;
-/// Events handled between two signs of progress for least-loaded steering's
-/// stall check (a clock read each).
-const PROGRESS_EVERY: u64 = 32;
+/// Events handled in one turn between two signs of progress for
+/// least-loaded steering's stall check (a clock read each; a turn's start
+/// is one too).
+const PROGRESS_EVERY: usize = 32;
 
 /// Where a worker runs, given to the handler factory on the worker's thread.
 #[derive(Debug, Clone)]
@@ -290,13 +291,13 @@ impl<H: Handler> Worker<H> {
             let mut reported = 0;
             for event in events.iter() {
                 reported += 1;
-                self.counters.events += 1;
-                if self.counters.events.is_multiple_of(PROGRESS_EVERY) {
+                if reported % PROGRESS_EVERY == 0 {
                     self.steer.progress();
                 }
                 self.dispatch(event, now);
                 self.apply_ops(now);
             }
+            self.counters.events += reported as u64;
             self.resume_requeued(now);
             self.deliver_messages(now);
             self.check_shutdown(now);
