@@ -366,8 +366,8 @@ enum Segment {
 
 impl Output {
     /// Appends bytes, copying them. A reply of 33 to 256 bytes (most are)
-    /// is copied inline where the buffer has room for it, no call to
-    /// `memcpy`: see [`copy_small`].
+    /// is copied inline where the buffer has room for it, 32 bytes at a
+    /// time with the last 32 overlapping, no call to `memcpy`.
     #[inline]
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         let n = bytes.len();
