@@ -623,26 +623,32 @@ impl<S> Conn<S> {
         if self.tls.is_some() {
             return self.flush_counted(None, worker, now, counters);
         }
-        let Some(bytes) = self.output.inline_unwritten() else {
-            return self.flush_counted(None, worker, now, counters);
+        let bytes = match self.output.inline_unwritten() {
+            Some(bytes) if !bytes.is_empty() && !matches!(self.phase, Phase::Connecting { .. }) => {
+                bytes
+            }
+            _ => return self.flush_counted(None, worker, now, counters),
         };
-        if bytes.is_empty() || matches!(self.phase, Phase::Connecting { .. }) {
-            return self.flush_counted(None, worker, now, counters);
-        }
-        let fd = self.stream.as_raw_fd();
         // Closing: the FIN follows this output as soon as it is written.
         let fin_follows = matches!(self.phase, Phase::Closing { .. });
-        match sys::send(fd, bytes, fin_follows) {
+        match sys::send(self.fd(), bytes, fin_follows) {
             Ok(n) if n == bytes.len() => {
-                probes::write(worker, fd, self.id, n);
                 self.output.inline_written();
-                self.last_progress = now;
-                counters.writes += 1;
-                counters.bytes_written += n as u64;
+                self.wrote(n, worker, now, counters);
                 Ok(())
             }
             sent => self.flush_counted(Some(sent), worker, now, counters),
         }
+    }
+
+    /// One `send(2)` wrote `n` bytes: traced, counted in `counters`, and
+    /// the connection made progress.
+    #[inline(always)]
+    fn wrote(&mut self, n: usize, worker: usize, now: Instant, counters: &mut Counters) {
+        probes::write(worker, self.fd(), self.id, n);
+        self.last_progress = now;
+        counters.writes += 1;
+        counters.bytes_written += n as u64;
     }
 
     /// [`flush_quick`](Self::flush_quick) the general way, after the
@@ -661,11 +667,8 @@ impl<S> Conn<S> {
             None => {}
             Some(Ok(0)) => return Err(CloseReason::Error),
             Some(Ok(n)) => {
-                probes::write(worker, self.fd(), self.id, n);
                 self.output.written(n);
-                self.last_progress = now;
-                counters.writes += 1;
-                counters.bytes_written += n as u64;
+                self.wrote(n, worker, now, counters);
             }
             Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
