@@ -346,13 +346,6 @@ fn copy_small(buf: &mut Vec<u8>, bytes: &[u8]) {
     unsafe { buf.set_len(len + n) };
 }
 
-/// `buf.extend_from_slice(bytes)`, not inlined: its growth path would
-/// crowd every caller of [`Output::extend_from_slice`].
-#[inline(never)]
-fn extend_vec(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.extend_from_slice(bytes);
-}
-
 #[derive(Debug)]
 enum Segment {
     /// Inline bytes up to this offset of `buf`.
@@ -370,7 +363,7 @@ impl Output {
         if (33..=256).contains(&n) && self.buf.capacity() - self.buf.len() >= n {
             copy_small(&mut self.buf, bytes);
         } else {
-            extend_vec(&mut self.buf, bytes);
+            self.buf.extend_from_slice(bytes);
         }
         self.pending += n;
     }
