@@ -248,10 +248,16 @@ pub fn parse_in<'a>(
     // makes the answer the same however the bytes were split across reads.
     let head_window = &buf[..buf.len().min(limits.max_head)];
     let mut fields = Fields::default();
-    let scanned = head::scan_in(lanes, head_window, MAX_HEADERS, |name, value| {
-        fields.field(name, value);
-        field(name, value);
-    });
+    let scanned = head::scan_in(
+        lanes,
+        head_window,
+        MAX_HEADERS,
+        #[inline(always)]
+        |name, value| {
+            fields.field(name, value);
+            field(name, value);
+        },
+    );
     let (line, head_len) = match scanned {
         Ok(Scan::Complete { line, len }) => (line, len),
         Ok(Scan::Partial) => {
