@@ -287,63 +287,89 @@ pub fn parse_in<'a>(
         Err(HeadError::Malformed) => return Parse::Error(Status::BadRequest),
     };
     let flags = fields.flags;
-    if flags & Fields::ERROR != 0 {
-        return Parse::Error(fields.error.unwrap_or(Status::BadRequest));
-    }
     let minor = line.minor;
     let method = Method::of(line.method);
     let path = route_path(line.target, line.path_len);
+    // Almost every request: HTTP/1.1, one `Host`, no body, nothing about
+    // the connection but perhaps `keep-alive`: the rules (`framing`) say
+    // exactly this then, and one test instead of theirs is ~30
+    // instructions less per request (measured).
+    let complete = |keep_alive, body, body_wire| {
+        Parse::Complete(Request {
+            method,
+            method_token: line.method,
+            target: line.target,
+            path,
+            minor,
+            keep_alive,
+            head_len,
+            body,
+            total_len: head_len + body_wire,
+        })
+    };
+    if minor == 1 && flags & !Fields::KEEP_ALIVE == Fields::HOST {
+        return complete(true, Body::Length(0), 0);
+    }
+    match framing(&fields, minor, buf, head_len, limits) {
+        Ok((keep_alive, body, body_wire)) => complete(keep_alive, body, body_wire),
+        Err(answer) => answer,
+    }
+}
+
+/// The framing rules (RFC 9112 section 6) for a request whose head, of
+/// `head_len` bytes, starts `buf` and whose fields gave `fields`: whether
+/// the connection stays open, the body and its bytes on the wire; or the
+/// answer to give instead (an error, or a partial request).
+#[inline(always)]
+fn framing(
+    fields: &Fields,
+    minor: u8,
+    buf: &[u8],
+    head_len: usize,
+    limits: &Limits,
+) -> Result<(bool, Body, usize), Parse<'static>> {
+    let flags = fields.flags;
+    if flags & Fields::ERROR != 0 {
+        return Err(Parse::Error(fields.error.unwrap_or(Status::BadRequest)));
+    }
     let has = |flag: u32| flags & flag != 0;
     // `100 Continue` is an HTTP/1.1 interim response.
     let expect_continue = has(Fields::CONTINUE) && minor == 1;
     if has(Fields::CODING) && (has(Fields::LENGTH) || minor == 0) {
-        return Parse::Error(Status::BadRequest);
+        return Err(Parse::Error(Status::BadRequest));
     }
     if has(Fields::HOSTS) || (minor == 1 && !has(Fields::HOST)) {
-        return Parse::Error(Status::BadRequest);
+        return Err(Parse::Error(Status::BadRequest));
     }
     let keep_alive = !has(Fields::CLOSE) && (minor == 1 || has(Fields::KEEP_ALIVE));
-    let chunked = has(Fields::CHUNKED);
-    let content_length = has(Fields::LENGTH).then_some(fields.content_length);
-
     let rest = &buf[head_len..];
-    let (body, body_wire) = if chunked {
-        match decode_chunked(rest, limits.max_body, |_| {}) {
+    if has(Fields::CHUNKED) {
+        return match decode_chunked(rest, limits.max_body, |_| {}) {
             // The same bound as while it arrives (below), so a request is
             // judged alike whether it came in one read or many.
             Ok(Some((wire, _))) if head_len + wire > limits.max_chunked_wire() => {
-                return Parse::Error(Status::PayloadTooLarge);
+                Err(Parse::Error(Status::PayloadTooLarge))
             }
-            Ok(Some((wire, len))) => (Body::Chunked { len }, wire),
-            Ok(None) => {
-                if buf.len() > limits.max_chunked_wire() {
-                    return Parse::Error(Status::PayloadTooLarge);
-                }
-                return Parse::Partial { expect_continue };
+            Ok(Some((wire, len))) => Ok((keep_alive, Body::Chunked { len }, wire)),
+            Ok(None) if buf.len() > limits.max_chunked_wire() => {
+                Err(Parse::Error(Status::PayloadTooLarge))
             }
-            Err(status) => return Parse::Error(status),
-        }
+            Ok(None) => Err(Parse::Partial { expect_continue }),
+            Err(status) => Err(Parse::Error(status)),
+        };
+    }
+    let len = if has(Fields::LENGTH) {
+        fields.content_length
     } else {
-        let len = content_length.unwrap_or(0);
-        if len > limits.max_body {
-            return Parse::Error(Status::PayloadTooLarge);
-        }
-        if rest.len() < len {
-            return Parse::Partial { expect_continue };
-        }
-        (Body::Length(len), len)
+        0
     };
-    Parse::Complete(Request {
-        method,
-        method_token: line.method,
-        target: line.target,
-        path,
-        minor,
-        keep_alive,
-        head_len,
-        body,
-        total_len: head_len + body_wire,
-    })
+    if len > limits.max_body {
+        return Err(Parse::Error(Status::PayloadTooLarge));
+    }
+    if rest.len() < len {
+        return Err(Parse::Partial { expect_continue });
+    }
+    Ok((keep_alive, Body::Length(len), len))
 }
 
 /// The path to route on: the query is dropped, and an absolute-form target
@@ -629,6 +655,58 @@ mod tests {
         assert!(!ka(
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n"
         ));
+    }
+
+    /// Every combination of the fields the framing rules read, on both
+    /// versions, is judged as the rules say, whether or not it takes the
+    /// common request's one-test way.
+    #[test]
+    fn framing_rules_over_every_combination_of_fields() {
+        let fields: [(&str, &str); 8] = [
+            ("Host: a\r\n", ""),
+            ("Host: b\r\n", ""),
+            ("Connection: close\r\n", ""),
+            ("Connection: keep-alive\r\n", ""),
+            ("Content-Length: 2\r\n", "hi"),
+            ("Transfer-Encoding: chunked\r\n", "0\r\n\r\n"),
+            ("Expect: 100-continue\r\n", ""),
+            ("Content-Length: x\r\n", ""),
+        ];
+        for minor in [0u8, 1] {
+            for set in 0u32..1 << fields.len() {
+                let has = |i: usize| set & 1 << i != 0;
+                let mut head = format!("GET / HTTP/1.{minor}\r\n");
+                let mut body = String::new();
+                for (i, (field, bytes)) in fields.iter().enumerate() {
+                    if has(i) {
+                        head.push_str(field);
+                        body.push_str(bytes);
+                    }
+                }
+                let request = format!("{head}\r\n{body}");
+                let hosts = usize::from(has(0)) + usize::from(has(1));
+                let length = has(4) || has(7);
+                let expected = if has(7)
+                    || (has(5) && (length || minor == 0))
+                    || hosts > 1
+                    || (minor == 1 && hosts == 0)
+                {
+                    Err(Status::BadRequest)
+                } else {
+                    let keep_alive = !has(2) && (minor == 1 || has(3));
+                    Ok((keep_alive, body.len()))
+                };
+                let got = match parse(request.as_bytes(), &LIMITS) {
+                    Parse::Complete(r) => {
+                        assert_eq!(r.head_len, head.len() + 2, "{request:?}");
+                        Ok((r.keep_alive, r.total_len - r.head_len))
+                    }
+                    Parse::Error(status) => Err(status),
+                    Parse::Partial { .. } => panic!("partial: {request:?}"),
+                };
+                assert_eq!(got, expected, "{request:?}");
+            }
+        }
     }
 
     #[test]
