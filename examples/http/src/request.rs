@@ -288,7 +288,14 @@ pub fn parse_in<'a>(
     };
     let flags = fields.flags;
     let minor = line.minor;
-    let method = Method::of(line.method);
+    // A head that starts `GET ` has the method `GET` (its line starts at
+    // the first byte, and a token ends at a space): one comparison of
+    // bytes at hand rather than of the token, kept from long before.
+    let method = if buf.starts_with(b"GET ") {
+        Method::Get
+    } else {
+        Method::of(line.method)
+    };
     let path = route_path(line.target, line.path_len);
     // Almost every request: HTTP/1.1, one `Host`, no body, nothing about
     // the connection but perhaps `keep-alive`: the rules (`framing`) say
@@ -625,6 +632,25 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(token)
             );
+        }
+    }
+
+    /// The method as `parse` gives it, by the head's first bytes or by its
+    /// token.
+    #[test]
+    fn parsed_methods() {
+        for (head, method) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], Method::Get),
+            (b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Get),
+            (b"GETS / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Other),
+            (b"GE / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Other),
+            (b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Head),
+            (b"get / HTTP/1.1\r\nHost: a\r\n\r\n", Method::Other),
+        ] {
+            let Parse::Complete(r) = parse(head, &LIMITS) else {
+                panic!("{:?}", String::from_utf8_lossy(head))
+            };
+            assert_eq!(r.method, method, "{:?}", String::from_utf8_lossy(head));
         }
     }
 
