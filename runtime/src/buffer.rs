@@ -357,7 +357,7 @@ impl Output {
     /// Appends bytes, copying them. A reply of 33 to 256 bytes (most are)
     /// is copied inline where the buffer has room for it, 32 bytes at a
     /// time with the last 32 overlapping, no call to `memcpy`.
-    #[inline]
+    #[inline(always)]
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         let n = bytes.len();
         if (33..=256).contains(&n) && self.buf.capacity() - self.buf.len() >= n {
