@@ -84,6 +84,9 @@ fn scale_holds_keep_alive_connections_up_to_the_descriptor_limit() {
     }
     assert_eq!(answered, target, "first round");
     assert_eq!(again, target, "second round");
-    assert!(active > target, "{active} active");
+    // The scrape's own connection counts too unless it was accepted and
+    // answered in one turn (deferred accept: the counters are published
+    // after the turn).
+    assert!(active >= target, "{active} active");
     assert!(per_conn < 2048.0, "{per_conn} B per connection");
 }

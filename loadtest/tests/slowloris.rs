@@ -116,9 +116,11 @@ fn slowloris_is_cut_at_the_header_timeout_and_normal_clients_keep_their_latency(
         cut.iter().all(|d| *d >= Duration::from_millis(2900)),
         "none before the header timeout"
     );
+    // The header timeout runs from the accept, which corelane-http defers
+    // until a connection's first byte: up to `every` (1 s) after connecting.
     assert!(
-        latest < Duration::from_millis(4500),
-        "all near the 3 s timeout: {latest:?}"
+        latest < Duration::from_millis(4500 + 1000),
+        "all near the 3 s timeout after the first byte: {latest:?}"
     );
     assert!(
         // The attacker shares the machine's two CPUs with the server and

@@ -79,6 +79,10 @@ fn spreads(workers: usize) -> Vec<(Vec<u64>, f64)> {
         "least-loaded",
         "--idle-timeout",
         "120s",
+        // The bursts connect and send nothing: accepted at once, as a
+        // server whose clients speak first sees them after their request.
+        "--defer-accept",
+        "0",
     ]);
     assert!(
         s.start_line.contains("steering=least-loaded"),

@@ -85,7 +85,8 @@ pub struct ServerArgs {
     pub user: Option<String>,
     /// Accept a connection only when its first bytes arrive, waiting up to
     /// this long (`TCP_DEFER_ACCEPT`, whole seconds; like nginx's
-    /// `listen ... deferred`).
+    /// `listen ... deferred`); for protocols whose client speaks first.
+    /// `0` disables.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub defer_accept: Option<Duration>,
     /// Take the address over from the corelane process serving it, without
@@ -102,8 +103,28 @@ pub struct ServerArgs {
 /// in `--help`); prints the error or help and exits when it does not parse.
 #[must_use]
 pub fn parse<A: clap::Parser>(default_addr: &'static str) -> A {
-    let cli = A::command().mut_arg("addr", |a| a.default_value(default_addr));
+    parse_with_defaults(&[("addr", default_addr)])
+}
+
+/// [`parse`] with the program's own defaults for options of
+/// [`ServerArgs`] (shown in `--help`): pairs of an option's name as a
+/// field (`"addr"`, `"defer_accept"`) and its default as typed on the
+/// command line (`"127.0.0.1:8080"`, `"1s"`).
+///
+/// # Panics
+///
+/// If a name is not an option of `A` (a programming error).
+#[must_use]
+pub fn parse_with_defaults<A: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> A {
+    let cli = with_defaults::<A>(defaults);
     A::from_arg_matches(&cli.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+/// `A`'s command with `defaults` set (see [`parse_with_defaults`]).
+fn with_defaults<A: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> clap::Command {
+    defaults.iter().fold(A::command(), |cli, &(name, value)| {
+        cli.mut_arg(name, |a| a.default_value(value))
+    })
 }
 
 impl ServerArgs {
@@ -118,7 +139,7 @@ impl ServerArgs {
             .shutdown_timeout(self.shutdown_timeout)
             .drain_delay(self.drain_delay)
             .user(self.user.clone())
-            .defer_accept(self.defer_accept)
+            .defer_accept(self.defer_accept.and_then(nonzero))
             .takeover(self.takeover);
         if let Some(addr) = self.addr {
             builder = builder.addr(addr);
@@ -132,7 +153,7 @@ impl ServerArgs {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use clap::{FromArgMatches, Parser};
 
     use super::*;
 
@@ -172,5 +193,29 @@ mod tests {
         assert_eq!(opts.idle_timeout, None);
         assert!(opts.takeover);
         assert!(Args::try_parse_from(["x", "--steering", "fastest"]).is_err());
+    }
+
+    /// A program's own defaults apply unless the option is given; a zero
+    /// `--defer-accept` turns deferred accepts off.
+    #[test]
+    fn program_defaults_and_defer_accept() {
+        let defer = |argv: &[&str]| {
+            let cli = with_defaults::<Args>(&[("defer_accept", "1s")]);
+            let matches = cli.try_get_matches_from(argv).unwrap();
+            let args = Args::from_arg_matches(&matches).unwrap();
+            args.server
+                .apply(ServerBuilder::default())
+                .into_options()
+                .defer_accept
+        };
+        assert_eq!(defer(&["x"]), Some(Duration::from_secs(1)));
+        assert_eq!(
+            defer(&["x", "--defer-accept", "3s"]),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(defer(&["x", "--defer-accept", "0"]), None);
+        let args = Args::parse_from(["x"]);
+        let opts = args.server.apply(ServerBuilder::default()).into_options();
+        assert_eq!(opts.defer_accept, None, "no default of the program's: off");
     }
 }
